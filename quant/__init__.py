@@ -1,0 +1,1 @@
+"""Quantization recipes and accuracy reports."""

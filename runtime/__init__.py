@@ -1,0 +1,1 @@
+"""ONNX Runtime sessions, generation, streaming and audio I/O. Never imports torch."""
