@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny preset, and real speech made offline by espeak-ng."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcaudio.config import ModelConfig
+from bcaudio.presets import get_preset
+
+SENTENCE = "Hello, this is a test of the voice assistant. What is the weather like today?"
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    return get_preset("tiny")
+
+
+def espeak_wav(text: str, out: Path, rate: int = 16000) -> Path:
+    """Speak ``text`` to a mono wav at ``rate`` (espeak-ng writes 22.05 kHz; sox converts)."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.fail("espeak-ng and sox are required: run `make test` (it installs them) or apt-get install them")
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    raw.unlink()
+    return out
+
+
+@pytest.fixture(scope="session")
+def speech_16k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """About 5 s of English speech at 16 kHz, float32 in [-1, 1]."""
+    import soundfile as sf
+
+    path = espeak_wav(SENTENCE, tmp_path_factory.mktemp("speech") / "speech.wav")
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == 16000
+    return audio
