@@ -432,7 +432,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, so a corrupt manifest is caught."""
-        return _build(cls, raw, "config").validate()
+        return from_plain(cls, raw, "config").validate()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_official(), indent=2, ensure_ascii=False) + "\n")
@@ -462,7 +462,7 @@ _OFFICIAL_TOKEN_KEYS = {
 }
 
 
-def _build(kind: type, raw: Any, where: str) -> Any:
+def from_plain(kind: type, raw: Any, where: str) -> Any:
     """Build a (nested) dataclass from a dict, refusing unknown keys."""
     if not dataclasses.is_dataclass(kind):
         return raw
@@ -473,7 +473,7 @@ def _build(kind: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     hints = {name: _field_type(kind, name) for name in raw}
-    return kind(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
+    return kind(**{k: from_plain(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
 
 
 def _field_type(kind: type, name: str) -> Any:
@@ -541,7 +541,7 @@ def _from_official(raw: dict[str, Any]) -> ModelConfig:
     f.prenet_hidden_dim = extra.get("flow", {}).get("prenet_hidden_dim", f.prenet_hidden_dim)
     f.static_chunk_size = extra.get("flow", {}).get("static_chunk_size", f.static_chunk_size)
     if "vocoder" in extra:
-        cfg.vocoder = _build(VocoderConfig, extra["vocoder"], "bcaudio.vocoder")
+        cfg.vocoder = from_plain(VocoderConfig, extra["vocoder"], "bcaudio.vocoder")
     tok = cfg.tokens
     for key, name in _OFFICIAL_TOKEN_KEYS.items():
         if key in ac:

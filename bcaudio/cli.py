@@ -1,0 +1,115 @@
+"""The ``bcaudio`` command. Subcommands import their package lazily: ``respond`` never pays for torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UserError(RuntimeError):
+    """Bad input the user can fix; printed as one line, no traceback."""
+
+
+def _init(args: argparse.Namespace) -> None:
+    import torch
+
+    from bcaudio.export.checkpoint import init_checkpoint
+    from bcaudio.export.summary import print_summary
+    from bcaudio.presets import get_preset
+
+    cfg = get_preset(args.preset, layers=args.layers)
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    init_checkpoint(cfg, Path(args.out), seed=args.seed, dtype=dtype,
+                    shard_bytes=int(args.shard_size_mb * 1024**2), progress=print)
+    print_summary(Path(args.out))
+
+
+def _info(args: argparse.Namespace) -> None:
+    from bcaudio.export.summary import print_summary
+
+    print_summary(Path(args.checkpoint))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from bcaudio.export.reference_turn import run_reference_turn
+
+    run_reference_turn(Path(args.checkpoint), mode=args.mode, input_wav=args.input, text=args.text,
+                       output_wav=args.output, seed=args.seed, greedy=args.greedy)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from bcaudio.demo import run_demo
+
+    run_demo(Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcaudio", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a deterministic random checkpoint in the official layout")
+    p.add_argument("--preset", required=True, help="tiny | small | baichuan-audio-7b")
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=None, help="cut every transformer stack to at most N layers")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="storage dtype (the official checkpoints are bfloat16)")
+    p.add_argument("--shard-size-mb", type=float, default=2048.0, help="largest safetensors shard")
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("info", help="summarize a checkpoint: preset, shapes, parameters per part")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("generate", help="one turn with the torch reference model (the parity oracle)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--mode", choices=["respond", "text", "asr", "tts"], default="respond")
+    p.add_argument("--input", help="input speech (any rate, mono or stereo) for respond/text/asr")
+    p.add_argument("--text", help="text to speak for tts")
+    p.add_argument("--output", help="write the answer audio (24 kHz wav)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding in every phase")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
+    p.add_argument("--workdir", default="demo")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from bcaudio.config import ConfigError
+
+    errors: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError]
+    try:
+        from bcaudio.export.checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:  # runtime-only install: no torch, no export errors to catch
+        pass
+    from bcaudio.runtime.audio_io import AudioInputError
+
+    errors.append(AudioInputError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _known_errors()):
+            print(f"bcaudio {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The text-guided interleaved generation loop of spec §8, apart from any model implementation.
+
+A ``Backend`` owns the model state (LLM KV cache, depth cache, noise); the loop
+owns the token scheme, sampling and stop rules. The torch reference and the ONNX
+runtime are two backends of this one loop, so their outputs are comparable
+token for token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from bcaudio.config import GenerationConfig, ModelConfig, SamplingParams
+from bcaudio.runtime.sampling import sample_token
+
+ChooseCode = Callable[[int, np.ndarray], int]
+
+
+class Backend(Protocol):
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Append positions to the conversation; -> (last logits (V,), last final-normed hidden (H,)).
+
+        ``codes`` (len(ids), num_codebooks) gives the frames of ``<audio_pad>`` positions.
+        """
+
+    def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
+        """Run the audio head on ``hidden``; ``choose(i, logits_i)`` picks codebook i's code."""
+
+    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+        """(frames, num_codebooks) codes -> 24 kHz waveform."""
+
+
+class TextCodec(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass
+class TextDelta:
+    text: str
+    ids: list[int]
+
+
+@dataclass
+class AudioSegment:
+    codes: np.ndarray
+    waveform: np.ndarray
+
+
+@dataclass
+class TurnEnd:
+    reason: str
+
+
+Event = TextDelta | AudioSegment | TurnEnd
+
+
+@dataclass
+class TurnResult:
+    text: str = ""
+    text_ids: list[int] = field(default_factory=list)
+    segments: list[AudioSegment] = field(default_factory=list)
+    reason: str = ""
+
+    def waveform(self, crossfade: int) -> np.ndarray:
+        return crossfade_join([s.waveform for s in self.segments], crossfade)
+
+
+def crossfade_join(chunks: Sequence[np.ndarray], overlap: int) -> np.ndarray:
+    """Join segments with a linear crossfade of ``overlap`` samples (spec §12)."""
+    out = np.zeros(0, dtype=np.float32)
+    for chunk in chunks:
+        chunk = np.asarray(chunk, dtype=np.float32)
+        n = min(overlap, out.size, chunk.size)
+        if n:
+            fade = np.linspace(0.0, 1.0, n + 2, dtype=np.float32)[1:-1]
+            out[-n:] = out[-n:] * (1 - fade) + chunk[:n] * fade
+            chunk = chunk[n:]
+        out = np.concatenate([out, chunk])
+    return out
+
+
+class SpeechLoop:
+    """One conversation: prompts, the §8 loop, and its events."""
+
+    def __init__(self, cfg: ModelConfig, backend: Backend, codec: TextCodec, seed: int = 0,
+                 generation: GenerationConfig | None = None) -> None:
+        self.cfg, self.backend, self.codec = cfg, backend, codec
+        self.gen = generation or cfg.generation
+        self.tok = cfg.tokens
+        self.rng = np.random.default_rng(seed)
+        self.context: list[int] = []  # every id fed so far: the repetition-penalty history of text steps
+        self.started = False
+
+    # ----- prompts -----
+
+    def _feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self.context.extend(ids)
+        return self.backend.feed(ids, codes)
+
+    def _audio_block(self, codes: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """``<audio_start>{pads}<audio_end>`` with the frames' codes at the pad positions."""
+        n = codes.shape[0]
+        ids = [self.tok.audio_start] + [self.tok.audio_pad] * n + [self.tok.audio_end]
+        full = np.zeros((n + 2, codes.shape[1]), dtype=np.int64)
+        full[1:-1] = codes
+        return ids, full
+
+    def _turn_prefix(self) -> list[int]:
+        if self.started:
+            return [self.tok.user]
+        self.started = True
+        return [self.tok.system, *self.codec.encode(self.gen.system_prompt), self.tok.user]
+
+    def _prompt(self, user_codes: np.ndarray, tail: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        ids, codes = self._audio_block(user_codes)
+        prefix = self._turn_prefix()
+        all_ids = prefix + ids + tail
+        all_codes = np.concatenate([np.zeros((len(prefix), codes.shape[1]), np.int64), codes,
+                                    np.zeros((len(tail), codes.shape[1]), np.int64)])
+        return np.asarray(all_ids), all_codes
+
+    # ----- steps -----
+
+    def _text_step(self, logits: np.ndarray, params: SamplingParams, stop_at_clause: bool
+                   ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+        """Sample until a stop; every token but the last is fed. -> (tokens, logits, hidden) after the feeds."""
+        out: list[int] = []
+        hidden = None
+        stops = {self.tok.audiogen_start, self.tok.eos}
+        for _ in range(params.max_new_tokens):
+            token = sample_token(logits, params, self.context + out, self.rng)
+            out.append(token)
+            if token in stops or (stop_at_clause and self._ends_clause(out)):
+                break
+            if len(out) < params.max_new_tokens:
+                logits, hidden = self._feed([token])
+        return out, logits, hidden
+
+    def _ends_clause(self, ids: list[int]) -> bool:
+        """A clause mark completed by the newest token (marks may span tokens, like ". ")."""
+        before, text = len(self.codec.decode(ids[:-1])), self.codec.decode(ids)
+        return any(mark in text[max(0, before - len(mark) + 1):] for mark in self.gen.clause_marks)
+
+    def _audio_step(self, hidden: np.ndarray) -> np.ndarray:
+        """Frames until code 0 is EOS or the frame limit; each non-EOS frame is fed back."""
+        params = self.gen.audio
+        sizes = self.cfg.bridge.codebook_sizes
+        frames: list[list[int]] = []
+
+        def choose(i: int, logits: np.ndarray) -> int:
+            scores = np.asarray(logits, dtype=np.float64).copy()
+            if i > 0:
+                scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment
+            return sample_token(scores, params, (f[i] for f in frames), self.rng)
+
+        for _ in range(params.max_new_tokens):
+            codes = self.backend.audio_frame(hidden, choose)
+            if codes[0] == sizes[0]:
+                break
+            frames.append(codes)
+            _, hidden = self._feed([self.tok.audio_pad], np.asarray([codes], dtype=np.int64))
+        return np.asarray(frames, dtype=np.int64).reshape(-1, len(sizes))
+
+    def _segment(self, hidden: np.ndarray) -> AudioSegment:
+        codes = self._audio_step(hidden)
+        wave = self.backend.decode_segment(codes) if len(codes) else np.zeros(0, np.float32)
+        return AudioSegment(codes, wave)
+
+    def _delta(self, ids: list[int]) -> TextDelta:
+        visible = [i for i in ids if i not in self.tok.by_id()]
+        return TextDelta(self.codec.decode(visible), visible)
+
+    # ----- modes -----
+
+    def respond(self, user_codes: np.ndarray) -> Iterator[Event]:
+        """Speech in, text + speech out (spec §8)."""
+        ids, codes = self._prompt(user_codes, [self.tok.audiotext_start, self.tok.assistant])
+        logits, hidden = self._feed(ids.tolist(), codes)
+        params = self.gen.first_text
+        for round_ in range(self.gen.max_rounds):
+            tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
+            ended = tokens[-1] == self.tok.eos
+            delta = self._delta(tokens)
+            if delta.ids:
+                yield delta
+            if ended and len(tokens) == 1:
+                yield TurnEnd("eos")
+                return
+            _, hidden = self._feed([self.tok.audiogen_start])  # replaces the step's last token
+            yield self._segment(hidden)
+            logits, hidden = self._feed([self.tok.audiogen_end])
+            if ended:
+                yield TurnEnd("eos")
+                return
+            params = self.gen.text
+        yield TurnEnd("max_rounds")
+
+    def respond_text(self, user_codes: np.ndarray) -> Iterator[Event]:
+        """Speech in, text only: the prompt ends with ``<C_A>``."""
+        ids, codes = self._prompt(user_codes, [self.tok.assistant])
+        logits, _ = self._feed(ids.tolist(), codes)
+        yield from self._plain_text(logits, self.gen.text_only)
+
+    def transcribe(self, user_codes: np.ndarray) -> Iterator[Event]:
+        """ASR prompt of spec §8, greedy with repetition penalty."""
+        block, codes = self._audio_block(user_codes)
+        prefix = self.codec.encode(self.gen.asr_prompt)
+        ids = prefix + block
+        all_codes = np.concatenate([np.zeros((len(prefix), codes.shape[1]), np.int64), codes])
+        logits, _ = self._feed(ids, all_codes)
+        yield from self._plain_text(logits, self.gen.asr)
+
+    def _plain_text(self, logits: np.ndarray, params: SamplingParams) -> Iterator[Event]:
+        out: list[int] = []
+        for _ in range(params.max_new_tokens):
+            token = sample_token(logits, params, self.context + out, self.rng)
+            if token == self.tok.eos:
+                yield TurnEnd("eos")
+                return
+            out.append(token)
+            yield self._delta([token])
+            logits, _ = self._feed([token])
+        yield TurnEnd("max_tokens")
+
+    def speak(self, text: str) -> Iterator[Event]:
+        """TTS: each clause piece (> tts_min_piece_chars) followed by ``<audiogen_start>`` and its audio."""
+        prefix = self._turn_prefix() + self.codec.encode(text) + [self.tok.audiotext_start, self.tok.assistant]
+        self._feed(prefix)
+        for piece in split_clauses(text, self.gen.clause_marks, self.gen.tts_min_piece_chars):
+            ids = self.codec.encode(piece)
+            yield TextDelta(piece, ids)
+            _, hidden = self._feed(ids + [self.tok.audiogen_start])
+            yield self._segment(hidden)
+            self._feed([self.tok.audiogen_end])
+        yield TurnEnd("done")
+
+
+def split_clauses(text: str, marks: Sequence[str], min_chars: int) -> list[str]:
+    """Cut after clause punctuation once a piece is longer than ``min_chars``; a short tail joins the last piece."""
+    pieces, current = [], ""
+    for ch in text:
+        current += ch
+        if len(current.strip()) > min_chars and any(current.endswith(m) for m in marks):
+            pieces.append(current.strip())
+            current = ""
+    tail = current.strip()
+    if tail and pieces and len(tail) <= min_chars:
+        pieces[-1] = f"{pieces[-1]} {tail}"
+    elif tail:
+        pieces.append(tail)
+    return pieces
+
+
+def collect(events: Iterator[Event], crossfade: int) -> TurnResult:
+    """Drain an event stream into one result."""
+    result = TurnResult()
+    for event in events:
+        if isinstance(event, TextDelta):
+            result.text += event.text
+            result.text_ids.extend(event.ids)
+        elif isinstance(event, AudioSegment):
+            result.segments.append(event)
+        else:
+            result.reason = event.reason
+    return result
