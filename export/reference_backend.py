@@ -1,0 +1,58 @@
+"""The torch reference as a backend of the shared generation loop: the oracle the ONNX runtime must equal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bcaudio.export.audio_head import DepthKV
+from bcaudio.export.flow_reference import flow_mel
+from bcaudio.export.reference import Reference
+from bcaudio.runtime.noise import NoiseSource
+from bcaudio.runtime.speech_loop import ChooseCode
+
+
+class TorchBackend:
+    def __init__(self, ref: Reference, seed: int = 0, flow_steps: int | None = None) -> None:
+        self.ref, self.cfg = ref, ref.cfg
+        self.cache = ref.llm.empty_cache(1)
+        self.position = 0
+        self.noise = NoiseSource(ref.cfg, seed)
+        self.flow_steps = flow_steps or ref.cfg.flow.diffusion_steps
+
+    @torch.no_grad()
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n = len(ids)
+        ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+        k = self.cfg.bridge.num_codebooks
+        codes_t = torch.zeros(1, n, k, dtype=torch.long) if codes is None else torch.as_tensor(codes)[None]
+        pos = torch.arange(self.position, self.position + n)[None]
+        logits, hidden, self.cache = self.ref.llm(ids_t, codes_t, pos, self.cache)
+        self.position += n
+        return logits[0].numpy(), hidden[0, -1].numpy()
+
+    @torch.no_grad()
+    def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
+        tables = self.ref.llm.model.audio_embed_layers
+        x = torch.as_tensor(hidden)[None]
+        running = torch.zeros_like(x)
+        cache: DepthKV | None = None
+        codes = []
+        for i in range(self.cfg.bridge.num_codebooks):
+            logits, cache = self.ref.audio_head.step(x, i, cache)
+            code = choose(i, logits[0].numpy())
+            codes.append(code)
+            running = running + tables[i](torch.tensor([code]))
+            x = running
+        return codes
+
+    @torch.no_grad()
+    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+        states = self.ref.detokenizer(torch.as_tensor(codes)[None], self.ref.bridge)
+        z, phase, source = self.noise.next_segment(states.shape[1])
+        mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z), self.flow_steps,
+                       self.cfg.flow.cfg_rate)
+        wave = self.ref.vocoder(mel, torch.as_tensor(phase), torch.as_tensor(source))
+        return wave[0].numpy()

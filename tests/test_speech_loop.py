@@ -1,0 +1,136 @@
+"""The §8 loop's token scheme and stop rules, driven by a scripted backend (no model needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from bcaudio.config import ModelConfig, SamplingParams
+from bcaudio.runtime.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, collect, split_clauses
+
+
+class ByteCodec:
+    """ids < 256 are bytes; anything else decodes to nothing."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+
+class Scripted:
+    """Each feed's logits put all mass on the next scripted token; frames come from a script too."""
+
+    def __init__(self, cfg: ModelConfig, tokens: list[int], frames: list[list[int]]) -> None:
+        self.cfg, self.tokens, self.frames = cfg, list(tokens), list(frames)
+        self.fed: list[int] = []
+        self.fed_codes: list[list[int]] = []
+        self.decoded: list[int] = []
+
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self.fed.extend(int(i) for i in ids)
+        if codes is not None:
+            self.fed_codes.extend(codes.tolist())
+        logits = np.zeros(self.cfg.llm.vocab_size)
+        if self.tokens:
+            logits[self.tokens.pop(0)] = 100.0
+        return logits, np.zeros(self.cfg.llm.hidden_size)
+
+    def audio_frame(self, hidden: np.ndarray, choose) -> list[int]:
+        frame = self.frames.pop(0)
+        out = []
+        for i, code in enumerate(frame):
+            logits = np.zeros(self.cfg.bridge.codebook_sizes[i] + 1)
+            logits[code] = 100.0
+            out.append(choose(i, logits))
+        return out
+
+    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+        self.decoded.append(len(codes))
+        return np.ones(len(codes) * 480, dtype=np.float32)
+
+
+@pytest.fixture
+def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
+    for phase in ("first_text", "text", "audio", "text_only"):
+        params: SamplingParams = getattr(tiny_cfg.generation, phase)
+        params.temperature, params.repetition_penalty = 0.0, 1.0
+    tiny_cfg.generation.audio.max_new_tokens = 5
+    tiny_cfg.generation.first_text.max_new_tokens = 6
+    tiny_cfg.generation.text.max_new_tokens = 6
+    return tiny_cfg
+
+
+EOS_FRAME = [64, 0, 0, 0, 0, 0, 0, 0]  # tiny codebook 0 has 64 entries: index 64 is EOS
+FRAME = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_interleaved_turn_follows_the_token_scheme(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    # One entry per feed: prompt -> "Hi" <audiogen_start>; (its feed, 2 frames); <audiogen_end> -> "ok,"
+    # (clause stop); (feed, 1 frame); <audiogen_end> -> "x" <eos>; (feed, 1 frame); <audiogen_end>.
+    script = [ord("H"), ord("i"), tok.audiogen_start, 0, 0, 0, ord("o"), ord("k"), ord(","), 0, 0,
+              ord("x"), tok.eos, 0, 0, 0]
+    frames = [FRAME, FRAME, EOS_FRAME, FRAME, EOS_FRAME, FRAME, EOS_FRAME]
+    backend = Scripted(greedy_cfg, script, frames)
+    loop = SpeechLoop(greedy_cfg, backend, ByteCodec())
+    events = list(loop.respond(np.ones((3, 8), dtype=np.int64)))
+    result = collect(iter(events), 240)
+    assert result.text == "Hiok,x"
+    assert result.reason == "eos"
+    assert backend.decoded == [2, 1, 1]
+    assert isinstance(events[-1], TurnEnd)
+    fed = backend.fed
+    prompt_end = fed.index(tok.assistant)
+    assert fed[prompt_end - 1] == tok.audiotext_start
+    assert fed[:1] == [tok.system] and fed.count(tok.audio_pad) == 3 + 2 + 1 + 1
+    # the clause step's last token (",") and the final eos are replaced by <audiogen_start>, never fed
+    assert ord(",") not in fed and tok.eos not in fed
+    assert fed.count(tok.audiogen_start) == 3 and fed.count(tok.audiogen_end) == 3
+    assert fed[-1] == tok.audiogen_end
+
+
+def test_segment_stops_at_frame_limit_and_eos_without_text_ends_turn(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    backend = Scripted(greedy_cfg, [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos], [FRAME] * 5)
+    events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((2, 8), dtype=np.int64)))
+    segments = [e for e in events if isinstance(e, AudioSegment)]
+    assert [len(s.codes) for s in segments] == [5]  # audio.max_new_tokens
+    assert isinstance(events[-1], TurnEnd) and events[-1].reason == "eos"
+
+
+def test_text_step_token_limit_and_max_rounds(greedy_cfg: ModelConfig) -> None:
+    greedy_cfg.generation.max_rounds = 2
+    backend = Scripted(greedy_cfg, [ord("a")] * 40, [EOS_FRAME] * 4)
+    events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert texts == ["a" * 6, "a" * 6]
+    assert events[-1].reason == "max_rounds"
+
+
+def test_codebooks_after_the_first_never_pick_eos(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    bad = [1, 32, 32, 16, 16, 16, 16, 16]  # every later codebook "wants" its EOS index
+    backend = Scripted(greedy_cfg, [tok.audiogen_start, 0, 0, tok.eos], [bad, EOS_FRAME])
+    events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
+    codes = next(e for e in events if isinstance(e, AudioSegment)).codes
+    sizes = greedy_cfg.bridge.codebook_sizes
+    assert all(codes[0, i] < sizes[i] for i in range(1, 8))
+
+
+def test_multi_turn_prompt_has_system_once(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    backend = Scripted(greedy_cfg, [tok.eos, tok.eos], [])
+    loop = SpeechLoop(greedy_cfg, backend, ByteCodec())
+    list(loop.respond(np.ones((1, 8), dtype=np.int64)))
+    list(loop.respond(np.ones((1, 8), dtype=np.int64)))
+    assert backend.fed.count(tok.system) == 1 and backend.fed.count(tok.user) == 2
+
+
+def test_split_clauses_merges_short_pieces() -> None:
+    marks = [",", "!", "?", "，", "。", ". "]
+    text = "Hi, there. This is a longer clause, and another one! ok"
+    assert split_clauses(text, marks, 10) == ["Hi, there. This is a longer clause,", "and another one! ok"]
