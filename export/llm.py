@@ -60,7 +60,7 @@ class Attention(nn.Module):
         rep = self.heads // self.kv_heads
         qg = q.reshape(b, self.kv_heads, rep * t, self.head_dim)
         scores = torch.matmul(qg, k.transpose(-1, -2)) * (self.head_dim**-0.5) + bias
-        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
         out = out.reshape(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, q_size)
         return self.o_proj(out), (k, v)
 
