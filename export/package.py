@@ -1,0 +1,105 @@
+"""``bcaudio export``: a checkpoint -> a model package (ONNX graphs + tokenizer + manifest.json)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+import bcaudio
+from bcaudio.export.audio_tokenizer import AudioTokenizer, export_audio_tokenizer
+from bcaudio.export.checkpoint import checkpoint_hash, load_checkpoint
+from bcaudio.export.export_audio_head import export_audio_head
+from bcaudio.export.export_flow import export_flow_estimator
+from bcaudio.export.export_flow_prenet import export_codes_to_mu
+from bcaudio.export.export_llm import export_llm
+from bcaudio.export.export_vocoder import export_vocoder
+from bcaudio.export.reference import Reference
+from bcaudio.export.text_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from bcaudio.runtime.manifest import GRAPHS, GraphEntry, Manifest, ManifestError, TensorSpec, sha256_file
+
+DEFAULT_OPSET = 17
+
+# graph -> (checkpoint parts it needs, exporter)
+Exporter = Callable[[Reference, Path, int], list[Path]]
+EXPORTERS: dict[str, tuple[tuple[str, ...], Exporter]] = {
+    "audio_tokenizer": (("encoder", "bridge"), lambda r, p, o: export_audio_tokenizer(
+        AudioTokenizer(r.cfg, r.encoder, r.bridge), r.cfg, p, o)),
+    "llm": (("llm",), lambda r, p, o: export_llm(r.llm, r.cfg, p, o)),
+    "audio_head": (("llm", "audio_head"), lambda r, p, o: export_audio_head(
+        r.audio_head, r.llm.model.audio_embed_layers, r.cfg, p, o)),
+    "flow_prenet": (("bridge", "detokenizer", "prenet"), lambda r, p, o: export_codes_to_mu(
+        r.bridge, r.detokenizer, r.prenet, r.cfg, p, o)),
+    "flow_estimator": (("estimator",), lambda r, p, o: export_flow_estimator(r.estimator, r.cfg, p, o)),
+    "vocoder": (("vocoder",), lambda r, p, o: export_vocoder(r.vocoder, r.cfg, p, o)),
+}
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
+                onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                onnx.TensorProto.BOOL: "bool"}
+
+
+def _specs(values: Iterable[onnx.ValueInfoProto]) -> list[TensorSpec]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+        out.append(TensorSpec(v.name, _ONNX_DTYPES[t.elem_type], shape))
+    return out
+
+
+def graph_entry(package: Path, files: list[Path], precision: str = "fp32", recipe: str = "fp32") -> GraphEntry:
+    """Describe an exported graph from the file itself, so the manifest cannot disagree with it."""
+    model = onnx.load(str(files[0]), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return GraphEntry(file=files[0].name, sha256={f.relative_to(package).as_posix(): sha256_file(f) for f in files},
+                      opset=opset, inputs=_specs(model.graph.input), outputs=_specs(model.graph.output),
+                      precision=precision, recipe=recipe)
+
+
+def _parse_graphs(graphs: Iterable[str] | None) -> list[str]:
+    names = list(GRAPHS) if graphs is None else list(graphs)
+    unknown = [g for g in names if g not in EXPORTERS]
+    if unknown:
+        raise ManifestError(f"unknown graph(s) {unknown}; choose from {', '.join(GRAPHS)}")
+    return names
+
+
+def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = None, opset: int = DEFAULT_OPSET,
+                   progress: Callable[[str], None] = print) -> Manifest:
+    names = _parse_graphs(graphs)
+    parts = sorted({p for g in names for p in EXPORTERS[g][0]})
+    start = time.perf_counter()
+    ref = load_checkpoint(checkpoint, parts=parts, progress=lambda m: progress(f"  {m}"))
+    progress(f"loaded {len(parts)} part(s) of {checkpoint} in {time.perf_counter() - start:.1f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
+        files = EXPORTERS[name][1](ref, out / f"{name}.onnx", opset)
+        entries[name] = graph_entry(out, files)
+        size = sum(f.stat().st_size for f in files) / 1e6
+        progress(f"[{i}/{len(names)}] {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s"
+                 + (" (external data)" if len(files) > 1 else ""))
+    tokenizer = {}
+    for file in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
+        if (checkpoint / file).exists():
+            shutil.copyfile(checkpoint / file, out / file)
+            tokenizer[file] = sha256_file(out / file)
+    if TOKENIZER_FILE not in tokenizer:
+        raise ManifestError(f"{checkpoint}: no {TOKENIZER_FILE}; the runtime needs the text tokenizer")
+    manifest = Manifest(
+        config=ref.cfg.to_dict(), graphs=entries, tokenizer=tokenizer,
+        source={"checkpoint": str(checkpoint), "sha256": checkpoint_hash(checkpoint)},
+        versions={"bcaudio": bcaudio.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__},
+    )
+    manifest.save(out)
+    progress(f"package written to {out} in {time.perf_counter() - start:.1f} s")
+    return manifest

@@ -1,0 +1,74 @@
+"""The model package on ONNX Runtime as a backend of the shared generation loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bcaudio.runtime.flow_solver import euler_cfg_solve
+from bcaudio.runtime.noise import NoiseSource
+from bcaudio.runtime.sessions import PackageSessions
+from bcaudio.runtime.speech_loop import ChooseCode
+
+
+def _empty_cache(names: Sequence[str], heads: int, head_dim: int) -> dict[str, np.ndarray]:
+    return {n: np.zeros((1, heads, 0, head_dim), dtype=np.float32) for n in names}
+
+
+class OrtBackend:
+    """Batch-1 conversation state: the LLM KV cache and the position counter."""
+
+    def __init__(self, sessions: PackageSessions, seed: int = 0, flow_steps: int | None = None) -> None:
+        self.s, self.cfg = sessions, sessions.cfg
+        self.llm_past_names = [i.name for i in sessions["llm"].get_inputs() if i.name.startswith("past_")]
+        self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
+        self.past = _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim)
+        self.position = 0
+        self.noise = NoiseSource(self.cfg, seed)
+        self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n = len(ids)
+        k = self.cfg.bridge.num_codebooks
+        feeds = {"input_ids": np.asarray(ids, dtype=np.int64)[None],
+                 "audio_codes": (np.zeros((1, n, k), np.int64) if codes is None
+                                 else np.asarray(codes, dtype=np.int64)[None]),
+                 "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None],
+                 **self.past}
+        logits, hidden, *presents = self.s.run("llm", feeds)
+        self.past = dict(zip(self.llm_past_names, presents, strict=True))
+        self.position += n
+        return logits[0], hidden[0, -1]
+
+    def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
+        h = np.asarray(hidden, dtype=np.float32)[None]
+        running = np.zeros_like(h)
+        prev = np.zeros(1, dtype=np.int64)
+        past = _empty_cache(self.head_past_names, self.cfg.audio_head_heads, self.cfg.audio_head.head_dim)
+        codes = []
+        for pos in range(self.cfg.bridge.num_codebooks):
+            logits, running, *presents = self.s.run("audio_head", {
+                "hidden": h, "running": running, "prev_code": prev, "position": np.array([pos], np.int64), **past})
+            past = dict(zip(self.head_past_names, presents, strict=True))
+            code = choose(pos, logits[0])
+            codes.append(code)
+            prev = np.array([code], dtype=np.int64)
+        return codes
+
+    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+        (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
+        z, phase, source = self.noise.next_segment(mu.shape[-1])
+        mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
+
+        def estimator_cfg(x: np.ndarray, mu_: np.ndarray, t: np.ndarray, mask_: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+            # the conditional and unconditional passes as one batch-2 call
+            (v,) = self.s.run("flow_estimator", {
+                "x": np.concatenate([x, x]), "mu": np.concatenate([mu_, np.zeros_like(mu_)]),
+                "t": np.concatenate([t, t]).astype(np.float32), "mask": np.concatenate([mask_, mask_])})
+            return v[:1], v[1:]
+
+        mel = euler_cfg_solve(estimator_cfg, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
+        (wave,) = self.s.run("vocoder", {"mel": mel.astype(np.float32), "phase": phase, "noise": source})
+        return wave[0]

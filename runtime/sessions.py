@@ -1,0 +1,87 @@
+"""ONNX Runtime sessions for a model package, with provider choice and an honest fallback line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from bcaudio.config import ModelConfig
+from bcaudio.runtime.manifest import Manifest, ManifestError, load_manifest
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass
+class SessionSettings:
+    """What a device profile decides about sessions."""
+
+    provider: str = "cpu"
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    graph_optimization: str = "all"
+    memory_arena: bool = True
+
+    def validate(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ManifestError(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
+        if self.graph_optimization not in _OPT_LEVELS:
+            raise ManifestError(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}")
+
+
+_OPT_LEVELS = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def resolve_providers(provider: str, log: Callable[[str], None]) -> list[str]:
+    """The provider list to ask for; CUDA falls back to CPU with one log line when unavailable."""
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted == "CUDAExecutionProvider" and wanted not in available:
+        log("CUDA execution provider not available in this onnxruntime build "
+            f"({', '.join(available)}); falling back to CPU. Install bcaudio[gpu] on a CUDA machine.")
+        return ["CPUExecutionProvider"]
+    return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+
+
+class PackageSessions:
+    """One InferenceSession per graph of a package (sha256-verified on load)."""
+
+    def __init__(self, package: Path, settings: SessionSettings | None = None, graphs: Iterable[str] | None = None,
+                 verify: bool = True, log: Callable[[str], None] = print) -> None:
+        self.package = Path(package)
+        self.settings = settings or SessionSettings()
+        self.settings.validate()
+        names = tuple(graphs) if graphs is not None else None
+        self.manifest: Manifest = load_manifest(self.package, verify=verify, graphs=names)
+        self.cfg: ModelConfig = self.manifest.model_config()
+        self.providers = resolve_providers(self.settings.provider, log)
+        missing = [g for g in (names or ()) if g not in self.manifest.graphs]
+        if missing:
+            raise ManifestError(f"{self.package}: graph(s) {missing} not in this package; export them with "
+                                f"`bcaudio export --graphs {','.join(missing)}`")
+        self.sessions = {name: self._open(name) for name in (names or self.manifest.graphs)}
+
+    def _open(self, name: str) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = _OPT_LEVELS[self.settings.graph_optimization]
+        opts.enable_cpu_mem_arena = self.settings.memory_arena
+        opts.log_severity_level = 3
+        if self.settings.intra_op_threads:
+            opts.intra_op_num_threads = self.settings.intra_op_threads
+        path = self.package / self.manifest.graphs[name].file
+        try:
+            return ort.InferenceSession(str(path), opts, providers=self.providers)
+        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
+            raise ManifestError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]}); "
+                                "re-export the package") from None
+
+    def __getitem__(self, name: str) -> ort.InferenceSession:
+        return self.sessions[name]
+
+    def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
+        return self.sessions[name].run(outputs, feeds)
