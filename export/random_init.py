@@ -30,7 +30,7 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     if name.endswith(_UNIT_SUFFIXES) or name.endswith("weight_g"):
         return torch.ones(shape)
     if len(shape) == 1:
-        if _is_norm_weight(name):
+        if name.endswith(".weight"):  # every 1-D ".weight" is a norm gain (RMSNorm, LayerNorm, GroupNorm)
             return 1.0 + 0.02 * torch.randn(shape, generator=gen)
         return 0.02 * torch.randn(shape, generator=gen)
     if "codebook.embed" in name:
@@ -41,7 +41,3 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     for n in shape[1:]:
         fan_in *= n
     return torch.randn(shape, generator=gen) / fan_in**0.5
-
-
-def _is_norm_weight(name: str) -> bool:
-    return name.endswith(".weight") and ("norm" in name or "layernorm" in name)

@@ -37,6 +37,7 @@ IGNORED_PREFIXES = (
     "audio_tokenizer.audio_decoder.dconv2.",
     "audio_tokenizer.audio_decoder.post_net.",
     "audio_tokenizer.audio_decoder.coarse_mel",
+    _FLOW + "prenet.positional_embedding",  # registered by the published pre-net, never read
     "visual.",
     "video.",
 )
