@@ -21,7 +21,7 @@ from torch import nn
 
 from bcaudio.config import ConfigError, GenerationConfig, ModelConfig, from_plain
 from bcaudio.export.random_init import random_tensor
-from bcaudio.export.reference import IGNORED_PREFIXES, MAIN_PARTS, PARTS, Reference, build_part, part_of
+from bcaudio.export.reference import MAIN_PARTS, PARTS, Reference, build_part, is_ignored, part_of
 from bcaudio.export.text_tokenizer import save_text_tokenizer
 
 CONFIG = "config.json"
@@ -174,7 +174,7 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
             raise CheckpointError(f"{where}: tensor {key} has shape {list(found[key])}, "
                                   f"the config expects {list(shape)}; config.json and weights disagree")
     for key in found:
-        if key not in expected and not key.startswith(IGNORED_PREFIXES):
+        if key not in expected and not is_ignored(key):
             raise CheckpointError(f"{where}: unexpected tensor {key} {list(found[key])}; "
                                   "not part of any known module (wrong model family or config?)")
 
