@@ -7,9 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-
-class UserError(RuntimeError):
-    """Bad input the user can fix; printed as one line, no traceback."""
+from bcaudio.errors import UserError
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -37,6 +35,25 @@ def _generate(args: argparse.Namespace) -> None:
 
     run_reference_turn(Path(args.checkpoint), mode=args.mode, input_wav=args.input, text=args.text,
                        output_wav=args.output, seed=args.seed, greedy=args.greedy)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from bcaudio.export.package import export_package
+
+    graphs = args.graphs.split(",") if args.graphs else None
+    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from bcaudio.export.validate import format_table, reports_json, validate_package
+    from bcaudio.runtime.audio_io import load_audio
+
+    speech = load_audio(args.speech, 16000) if args.speech else None
+    reports = validate_package(Path(args.package), Path(args.checkpoint), speech,
+                               progress=(lambda _: None) if args.json else print)
+    print(reports_json(reports) if args.json else format_table(reports))
+    if not all(r.passed for r in reports):
+        raise UserError("validation failed: a graph is past its tolerance (see the table)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -73,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="greedy decoding in every phase")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("export", help="split a checkpoint into ONNX graphs + manifest (a model package)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="model package folder to write")
+    p.add_argument("--graphs", help="comma-separated subset of: audio_tokenizer,llm,audio_head,flow_prenet,"
+                                    "flow_estimator,vocoder (default: all)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("validate", help="run every graph of a package against the torch reference")
+    p.add_argument("package")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--speech", help="speech wav for the audio tokenizer check (default: fixed noise)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_validate)
+
     p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
     p.add_argument("--workdir", default="demo")
     p.set_defaults(func=_demo)
@@ -90,8 +122,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # runtime-only install: no torch, no export errors to catch
         pass
     from bcaudio.runtime.audio_io import AudioInputError
+    from bcaudio.runtime.manifest import ManifestError
 
-    errors.append(AudioInputError)
+    errors += [AudioInputError, ManifestError]
     return tuple(errors)
 
 

@@ -283,6 +283,13 @@ class GenerationConfig:
 
     PHASES = ("first_text", "text", "audio", "text_only", "asr")
 
+    def greedy(self) -> GenerationConfig:
+        """A copy with temperature 0 in every phase (penalties and limits kept): for parity runs."""
+        out = from_plain(GenerationConfig, dataclasses.asdict(self), "generation")
+        for name in self.PHASES:
+            getattr(out, name).temperature = 0.0
+        return out
+
     def validate(self) -> None:
         for name in self.PHASES:
             getattr(self, name).validate(f"generation.{name}")

@@ -1,0 +1,55 @@
+"""One turn with the torch reference: ``bcaudio generate`` and the oracle of the runtime's parity tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bcaudio.errors import UserError
+from bcaudio.export.audio_tokenizer import AudioTokenizer, token_frames
+from bcaudio.export.checkpoint import load_checkpoint
+from bcaudio.export.frontend import chunk_audio
+from bcaudio.export.reference import Reference
+from bcaudio.export.reference_backend import TorchBackend
+from bcaudio.runtime.audio_io import load_audio
+from bcaudio.runtime.console import stream_to_console
+from bcaudio.runtime.speech_loop import Event, SpeechLoop
+from bcaudio.runtime.text_codec import TextCodec
+
+
+@torch.no_grad()
+def reference_codes(ref: Reference, audio: np.ndarray) -> np.ndarray:
+    """16 kHz audio -> (frames, K) codes, 30 s chunks tokenized on their own (spec §1)."""
+    tokenizer = AudioTokenizer(ref.cfg, ref.encoder, ref.bridge).eval()
+    parts = [tokenizer(torch.from_numpy(chunk)[None])[0].numpy()
+             for chunk in chunk_audio(audio, ref.cfg.frontend) if token_frames(len(chunk), ref.cfg) > 0]
+    if not parts:
+        raise UserError("input audio is too short to give a single audio token (needs > 60 ms of speech)")
+    return np.concatenate(parts)
+
+
+def reference_events(ref: Reference, codec: TextCodec, mode: str, audio: np.ndarray | None, text: str | None,
+                     seed: int, greedy: bool) -> Iterator[Event]:
+    generation = ref.cfg.generation.greedy() if greedy else ref.cfg.generation
+    loop = SpeechLoop(ref.cfg, TorchBackend(ref, seed), codec, seed=seed, generation=generation)
+    if mode == "tts":
+        if not text:
+            raise UserError("--mode tts needs --text")
+        return loop.speak(text)
+    if audio is None:
+        raise UserError(f"--mode {mode} needs --input speech.wav")
+    codes = reference_codes(ref, audio)
+    return {"respond": loop.respond, "text": loop.respond_text, "asr": loop.transcribe}[mode](codes)
+
+
+def run_reference_turn(ckpt: Path, mode: str, input_wav: str | None, text: str | None, output_wav: str | None,
+                       seed: int, greedy: bool) -> None:
+    ref = load_checkpoint(ckpt)
+    audio = load_audio(input_wav, ref.cfg.frontend.sampling_rate) if input_wav else None
+    codec = TextCodec(ckpt / "tokenizer.json")
+    events = reference_events(ref, codec, mode, audio, text, seed, greedy)
+    stream_to_console(events, ref.cfg.generation.crossfade_samples, ref.cfg.vocoder.sampling_rate,
+                      output_wav if mode in ("respond", "tts") else None)

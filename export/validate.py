@@ -1,0 +1,229 @@
+"""``bcaudio validate``: every graph of a package on onnxruntime CPU against the torch reference.
+
+Per graph: max abs error and relative L2 of its main output on fixed inputs, and
+a task-level agreement (codes, greedy tokens, mel L1, SNR). Tolerances are for
+fp32 packages; quantized packages carry their own in their accuracy report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bcaudio.export.audio_head import depth_inputs
+from bcaudio.export.audio_tokenizer import AudioTokenizer, audio_tokenizer_example_inputs
+from bcaudio.export.checkpoint import load_checkpoint
+from bcaudio.export.export_audio_head import audio_head_io_names
+from bcaudio.export.export_flow import flow_estimator_example_inputs
+from bcaudio.export.export_flow_prenet import CodesToMu, codes_to_mu_example_inputs
+from bcaudio.export.export_llm import llm_example_inputs, llm_io_names
+from bcaudio.export.export_vocoder import vocoder_example_inputs
+from bcaudio.export.flow_reference import torch_cfg_estimator
+from bcaudio.export.reference import Reference
+from bcaudio.runtime.flow_solver import euler_cfg_solve
+from bcaudio.runtime.sessions import PackageSessions
+
+GREEDY_STEPS = 32
+
+
+@dataclass
+class Tolerance:
+    max_abs: float = 1e-4
+    rel_l2: float = 1e-5
+    task_min: float | None = None  # agreement/SNR must be >= this
+    task_max: float | None = None  # mel L1 must be <= this
+
+
+# The contract for fp32 packages (README "Validation").
+FP32_TOLERANCES = {
+    "audio_tokenizer": Tolerance(task_min=1.0),
+    "llm": Tolerance(task_min=1.0),
+    "audio_head": Tolerance(task_min=1.0),
+    "flow_prenet": Tolerance(),
+    "flow_estimator": Tolerance(task_max=1e-3),
+    "vocoder": Tolerance(task_min=60.0),
+}
+
+
+@dataclass
+class GraphReport:
+    graph: str
+    max_abs: float
+    rel_l2: float
+    task_metric: str
+    task_value: float
+    passed: bool = False
+
+    def judge(self, tol: Tolerance) -> GraphReport:
+        ok = self.max_abs <= tol.max_abs or self.rel_l2 <= tol.rel_l2
+        if tol.task_min is not None:
+            ok = ok and self.task_value >= tol.task_min
+        if tol.task_max is not None:
+            ok = ok and self.task_value <= tol.task_max
+        self.passed = bool(ok)
+        return self
+
+
+def errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    diff = got - want
+    return float(np.abs(diff).max(initial=0.0)), float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-30))
+
+
+def snr_db(got: np.ndarray, want: np.ndarray) -> float:
+    noise = float(np.sum((np.asarray(got, np.float64) - want) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(np.asarray(want, np.float64) ** 2)) / noise)
+
+
+Check = Callable[[Reference, PackageSessions, np.ndarray | None], GraphReport]
+
+
+@torch.no_grad()
+def _audio_tokenizer(ref: Reference, s: PackageSessions, speech: np.ndarray | None) -> GraphReport:
+    wave = speech if speech is not None else audio_tokenizer_example_inputs(ref.cfg, 3.0, 0)["waveform"][0]
+    want = AudioTokenizer(ref.cfg, ref.encoder, ref.bridge)(torch.from_numpy(wave)[None]).numpy()
+    (got,) = s.run("audio_tokenizer", {"waveform": wave[None].astype(np.float32)})
+    agree = float((got == want).mean()) if got.shape == want.shape else 0.0
+    return GraphReport("audio_tokenizer", *errors(got, want), "codes equal", agree)
+
+
+@torch.no_grad()
+def _llm(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    cfg = ref.cfg
+    feeds = llm_example_inputs(cfg, batch=2, new=9, past=5, seed=3)
+    names, _ = llm_io_names(cfg)
+    past = [(torch.from_numpy(feeds[names[3 + 2 * i]]), torch.from_numpy(feeds[names[4 + 2 * i]]))
+            for i in range(cfg.llm.layers)]
+    want, _, _ = ref.llm(*(torch.from_numpy(feeds[n]) for n in names[:3]), past)
+    got = s.run("llm", feeds)[0]
+    max_abs, rel = errors(got, want.numpy())
+    return GraphReport("llm", max_abs, rel, f"greedy tokens equal ({GREEDY_STEPS} steps)", _greedy_agreement(ref, s))
+
+
+def _greedy_agreement(ref: Reference, s: PackageSessions) -> float:
+    """Fraction of greedy steps where both pick the same token, each fed its own choice."""
+    cfg = ref.cfg
+    k = cfg.bridge.num_codebooks
+    prompt = [cfg.tokens.system, 11, 23, cfg.tokens.user, cfg.tokens.audio_start, cfg.tokens.audio_pad,
+              cfg.tokens.audio_end, cfg.tokens.assistant]
+    names, _ = llm_io_names(cfg)
+    shape = (1, cfg.llm.kv_heads, 0, cfg.llm.head_dim)
+    torch_cache = ref.llm.empty_cache(1)
+    ort_cache = {n: np.zeros(shape, np.float32) for n in names[3:]}
+    ids_t = ids_o = prompt
+    pos, same = 0, 0
+    for _ in range(GREEDY_STEPS):
+        n = len(ids_t)
+        position = np.arange(pos, pos + n)[None]
+        codes = np.ones((1, n, k), np.int64)
+        logits_t, _, torch_cache = ref.llm(torch.tensor([ids_t]), torch.from_numpy(codes),
+                                           torch.from_numpy(position), torch_cache)
+        out = s.run("llm", {"input_ids": np.asarray([ids_o], np.int64), "audio_codes": codes,
+                            "position_ids": position.astype(np.int64), **ort_cache})
+        ort_cache = dict(zip(names[3:], out[2:], strict=True))
+        tok_t, tok_o = int(logits_t[0].argmax()), int(out[0][0].argmax())
+        same += tok_t == tok_o
+        ids_t, ids_o, pos = [tok_t], [tok_o], pos + n
+    return same / GREEDY_STEPS
+
+
+@torch.no_grad()
+def _audio_head(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    cfg = ref.cfg
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, cfg.llm.hidden_size, generator=gen)
+    tables = ref.llm.model.audio_embed_layers
+    names, _ = audio_head_io_names(cfg)
+    codes_t, codes_o, gots, wants = [], [], [], []
+    past = {n: np.zeros((2, cfg.audio_head_heads, 0, cfg.audio_head.head_dim), np.float32) for n in names[4:]}
+    running, prev = np.zeros((2, cfg.llm.hidden_size), np.float32), np.zeros(2, np.int64)
+    for pos in range(cfg.bridge.num_codebooks):
+        chosen = torch.tensor(codes_t).T if codes_t else torch.zeros(2, 0, dtype=torch.long)
+        pad = torch.zeros(2, cfg.bridge.num_codebooks - chosen.shape[1], dtype=torch.long)
+        inputs = depth_inputs(hidden, torch.cat([chosen, pad], dim=1), tables)
+        want = ref.audio_head.teacher_forced(inputs)[pos].numpy()
+        out = s.run("audio_head", {"hidden": hidden.numpy(), "running": running, "prev_code": prev,
+                                   "position": np.array([pos], np.int64), **past})
+        got, running, past = out[0], out[1], dict(zip(names[4:], out[2:], strict=True))
+        gots.append(got)
+        wants.append(want)
+        codes_t.append(want.argmax(-1).tolist())
+        codes_o.append(got.argmax(-1).tolist())
+        prev = np.asarray(codes_t[-1], np.int64)  # both sides follow the reference's choice
+    max_abs, rel = errors(np.concatenate(gots, axis=1), np.concatenate(wants, axis=1))
+    return GraphReport("audio_head", max_abs, rel, "greedy codes equal", float(np.mean(np.equal(codes_t, codes_o))))
+
+
+@torch.no_grad()
+def _flow_prenet(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    codes = codes_to_mu_example_inputs(ref.cfg, frames=17, seed=5)["codes"]
+    want = CodesToMu(ref.bridge, ref.detokenizer, ref.prenet)(torch.from_numpy(codes)).numpy()
+    (got,) = s.run("flow_prenet", {"codes": codes})
+    max_abs, rel = errors(got, want)
+    return GraphReport("flow_prenet", max_abs, rel, "mu rel L2", rel)
+
+
+@torch.no_grad()
+def _flow_estimator(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    cfg = ref.cfg
+    feeds = flow_estimator_example_inputs(cfg, frames=57, seed=6)
+    want = ref.estimator(*(torch.from_numpy(feeds[n]) for n in ("x", "mu", "t", "mask"))).numpy()
+    (got,) = s.run("flow_estimator", feeds)
+    max_abs, rel = errors(got, want)
+    # the whole solve: numpy Euler/CFG on the ONNX estimator vs torch
+    rng = np.random.default_rng(8)
+    mu = feeds["mu"][:1]
+    z = rng.standard_normal(mu.shape).astype(np.float32)
+    mask = np.ones((1, 1, mu.shape[-1]), np.float32)
+
+    def ort_pair(x: np.ndarray, m: np.ndarray, t: float, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (v,) = s.run("flow_estimator", {"x": np.concatenate([x, x]), "mu": np.concatenate([m, np.zeros_like(m)]),
+                                        "t": np.full(2, t, np.float32), "mask": np.concatenate([k, k])})
+        return v[:1], v[1:]
+
+    mel_o = euler_cfg_solve(ort_pair, z, mu, mask, cfg.flow.diffusion_steps, cfg.flow.cfg_rate)
+    mel_t = euler_cfg_solve(torch_cfg_estimator(ref.estimator), torch.from_numpy(z), torch.from_numpy(mu),
+                            torch.from_numpy(mask), cfg.flow.diffusion_steps, cfg.flow.cfg_rate).numpy()
+    return GraphReport("flow_estimator", max_abs, rel, "mel L1 (full solve)", float(np.abs(mel_o - mel_t).mean()))
+
+
+@torch.no_grad()
+def _vocoder(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    feeds = vocoder_example_inputs(ref.cfg, frames=40, seed=9)
+    want = ref.vocoder(*(torch.from_numpy(feeds[n]) for n in ("mel", "phase", "noise"))).numpy()
+    (got,) = s.run("vocoder", feeds)
+    max_abs, rel = errors(got, want)
+    return GraphReport("vocoder", max_abs, rel, "SNR dB", snr_db(got, want))
+
+
+CHECKS: dict[str, Check] = {"audio_tokenizer": _audio_tokenizer, "llm": _llm, "audio_head": _audio_head,
+                            "flow_prenet": _flow_prenet, "flow_estimator": _flow_estimator, "vocoder": _vocoder}
+
+
+def validate_package(package: Path, checkpoint: Path, speech: np.ndarray | None = None,
+                     progress: Callable[[str], None] = print) -> list[GraphReport]:
+    sessions = PackageSessions(package, log=progress)
+    ref = load_checkpoint(checkpoint)
+    reports = []
+    for name in sessions.manifest.graphs:
+        report = CHECKS[name](ref, sessions, speech).judge(FP32_TOLERANCES[name])
+        reports.append(report)
+        progress(f"  {name}: {'ok' if report.passed else 'FAILED'}")
+    return reports
+
+
+def format_table(reports: list[GraphReport]) -> str:
+    lines = ["| graph | max abs err | rel L2 | task metric | value | result |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        lines.append(f"| {r.graph} | {r.max_abs:.2e} | {r.rel_l2:.2e} | {r.task_metric} | {r.task_value:.4g} | "
+                     f"{'pass' if r.passed else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def reports_json(reports: list[GraphReport]) -> str:
+    return json.dumps([asdict(r) for r in reports], indent=2)
