@@ -1,7 +1,7 @@
 """The audio tokenizer graph: one <= 30 s chunk of 16 kHz audio -> RVQ codes at 12.5 Hz (spec §1-4).
 
 Frontend, encoder, bridge and quantizer run in one graph so the runtime hands over raw samples
-and gets codes back; longer audio is cut with ``frontend.chunk_audio`` and the chunks' codes are
+and gets codes back; longer audio is cut with ``runtime.audio_chunks.chunk_audio`` and the chunks' codes are
 concatenated. One chunk per call (batch 1) keeps every shape exact: no padding reaches the
 encoder, just as the reference feeds each chunk trimmed to its real frames.
 
@@ -21,14 +21,9 @@ from torch import nn
 
 from bcaudio.config import ModelConfig
 from bcaudio.export.bridge import AudioBridge
-from bcaudio.export.encoder import AudioEncoder, encoder_frames
-from bcaudio.export.frontend import LogMel, kept_frames
+from bcaudio.export.encoder import AudioEncoder
+from bcaudio.export.frontend import LogMel
 from bcaudio.export.onnx_io import export_module
-
-
-def token_frames(samples: int, cfg: ModelConfig) -> int:
-    """Codes the tokenizer writes for one chunk of ``samples`` (1 s -> 101 mel -> 51 encoder -> 12)."""
-    return encoder_frames(kept_frames(samples, cfg.frontend)) // cfg.bridge.avg_pooler
 
 
 class AudioTokenizer(nn.Module):

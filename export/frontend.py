@@ -76,11 +76,6 @@ def dft_basis(n_fft: int) -> np.ndarray:
     return basis[:, None, :]
 
 
-def kept_frames(samples: int, cfg: FrontendConfig) -> int:
-    """Mel frames the reference keeps for a chunk of ``samples`` (100 Hz, at most 30 s)."""
-    return min(cfg.max_frames, samples // cfg.hop_length + 1)
-
-
 def frames_with_signal(samples: int, cfg: FrontendConfig) -> int:
     """Frames whose centered window reaches a real sample; every later frame is all zeros.
 
@@ -88,18 +83,6 @@ def frames_with_signal(samples: int, cfg: FrontendConfig) -> int:
     real sample iff f * hop - n_fft/2 <= samples - 1.
     """
     return min(cfg.max_frames, (samples - 1 + cfg.n_fft // 2) // cfg.hop_length + 1)
-
-
-def chunk_audio(audio: np.ndarray, cfg: FrontendConfig) -> list[np.ndarray]:
-    """Cut mono audio into consecutive 30 s chunks, no overlap (spec §1); each is tokenized on its own.
-
-    A tail shorter than one FFT window is dropped as the reference does (it yields no token).
-    """
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    size = cfg.chunk_samples
-    if audio.size <= size:
-        return [audio]
-    return [audio[s:s + size] for s in range(0, audio.size, size) if audio.size - s >= cfg.n_fft]
 
 
 def _clamp_max(value: int | torch.Tensor, bound: int) -> int | torch.Tensor:

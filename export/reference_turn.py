@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from bcaudio.errors import UserError
-from bcaudio.export.audio_tokenizer import AudioTokenizer, token_frames
+from bcaudio.export.audio_tokenizer import AudioTokenizer
 from bcaudio.export.checkpoint import load_checkpoint
-from bcaudio.export.frontend import chunk_audio
 from bcaudio.export.reference import Reference
 from bcaudio.export.reference_backend import TorchBackend
+from bcaudio.runtime.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.audio_io import load_audio
 from bcaudio.runtime.console import stream_to_console
 from bcaudio.runtime.speech_loop import Event, SpeechLoop

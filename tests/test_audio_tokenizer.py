@@ -20,7 +20,6 @@ from bcaudio.export.audio_tokenizer import (
     audio_tokenizer_example_inputs,
     detokenizer_example_codes,
     export_audio_tokenizer,
-    token_frames,
 )
 from bcaudio.export.bridge import AudioBridge
 from bcaudio.export.detokenizer import AudioDetokenizer, detokenizer_frames
@@ -29,13 +28,12 @@ from bcaudio.export.frontend import (
     DYNAMIC_RANGE,
     LOG_FLOOR,
     LogMel,
-    chunk_audio,
     frames_with_signal,
-    kept_frames,
     slaney_mel_filters,
 )
 from bcaudio.export.layers import causal_bias
 from bcaudio.export.whisper_layer import WhisperLayer, key_padding_bias
+from bcaudio.runtime.audio_chunks import chunk_audio, kept_frames, token_frames
 
 SR = 16000
 
