@@ -56,6 +56,37 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("validation failed: a graph is past its tolerance (see the table)")
 
 
+def _runtime_turn(args: argparse.Namespace) -> None:
+    """respond / transcribe / speak on a model package: numpy + onnxruntime only."""
+    import json
+
+    from bcaudio.runtime.assistant import VoiceAssistant
+    from bcaudio.runtime.audio_io import load_audio
+    from bcaudio.runtime.console import stream_to_console
+    from bcaudio.runtime.sessions import SessionSettings
+
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    assistant = VoiceAssistant(args.model, SessionSettings(provider=args.provider, intra_op_threads=args.threads),
+                               seed=args.seed, log=log)
+    if args.command == "speak":
+        events = assistant.speak(args.text)
+    else:
+        audio = load_audio(args.input, assistant.cfg.frontend.sampling_rate)
+        rate = assistant.cfg.frontend.sampling_rate
+        if args.command == "transcribe":
+            events = assistant.transcribe(audio, rate)
+        elif args.text_only:
+            events = assistant.respond_text(audio, rate)
+        else:
+            events = assistant.respond(audio, rate)
+    out = sys.stderr if args.json else sys.stdout
+    result = stream_to_console(events, assistant.cfg.generation.crossfade_samples, assistant.sample_rate,
+                               getattr(args, "output", None), out=out)
+    if args.json:
+        print(json.dumps({"text": result.text, "text_ids": result.text_ids, "stop": result.reason,
+                          "segments": [s.codes.tolist() for s in result.segments]}))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from bcaudio.demo import run_demo
 
@@ -104,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speech", help="speech wav for the audio tokenizer check (default: fixed noise)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_validate)
+
+    for name, helptext in (("respond", "answer a spoken question with text and speech (ONNX Runtime, no torch)"),
+                           ("transcribe", "speech to text with the ASR prompt"),
+                           ("speak", "text to speech")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
+        if name == "speak":
+            p.add_argument("--text", required=True)
+        else:
+            p.add_argument("--input", required=True, help="speech file: any rate, mono or stereo")
+        if name != "transcribe":
+            p.add_argument("--output", help="write the answer audio (24 kHz wav)")
+        if name == "respond":
+            p.add_argument("--text-only", action="store_true", help="answer in text only")
+        p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+        p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+        p.set_defaults(func=_runtime_turn)
 
     p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
     p.add_argument("--workdir", default="demo")

@@ -1,0 +1,75 @@
+"""``VoiceAssistant``: a model package answering speech with text and speech, on ONNX Runtime, without torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bcaudio.config import GenerationConfig
+from bcaudio.runtime.audio_chunks import chunk_audio, token_frames
+from bcaudio.runtime.audio_io import AudioInputError, to_mono_rate
+from bcaudio.runtime.ort_backend import OrtBackend
+from bcaudio.runtime.sessions import PackageSessions, SessionSettings
+from bcaudio.runtime.speech_loop import Event, SpeechLoop
+from bcaudio.runtime.text_codec import TextCodec
+
+SILENCE_PEAK = 1e-4  # below this the input carries no speech worth tokenizing
+CLIP_LEVEL = 0.999
+
+
+class VoiceAssistant:
+    """One conversation on one package; each call continues it (the KV cache of earlier turns is reused)."""
+
+    def __init__(self, package: str | Path, settings: SessionSettings | None = None, seed: int = 0,
+                 generation: GenerationConfig | None = None, flow_steps: int | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.package = Path(package)
+        self.sessions = PackageSessions(self.package, settings, log=log)
+        self.cfg = self.sessions.cfg
+        self.log = log
+        self.codec = TextCodec(self.package / "tokenizer.json")
+        self.backend = OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps)
+        self.loop = SpeechLoop(self.cfg, self.backend, self.codec, seed=seed, generation=generation)
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the answer audio."""
+        return self.cfg.vocoder.sampling_rate
+
+    def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Any rate, mono or (samples, channels) -> 16 kHz mono, refusing input that cannot be an utterance."""
+        audio = to_mono_rate(audio, sample_rate, self.cfg.frontend.sampling_rate)
+        peak = float(np.abs(audio).max())
+        if peak < SILENCE_PEAK:
+            raise AudioInputError("input is silent (peak below -80 dBFS); check the microphone or the file")
+        if np.mean(np.abs(audio) >= CLIP_LEVEL) > 0.001:
+            self.log("warning: input is clipped (over 0.1% of samples at full scale); lower the input gain")
+        return audio
+
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        """16 kHz mono -> (frames, K) codes; over 30 s is cut into 30 s chunks, each tokenized on its own."""
+        chunks = [c for c in chunk_audio(audio16k, self.cfg.frontend) if token_frames(c.size, self.cfg) > 0]
+        if not chunks:
+            raise AudioInputError("input is shorter than one audio token (60 ms); speak a little longer")
+        if len(chunks) > 1:
+            self.log(f"input is {audio16k.size / self.cfg.frontend.sampling_rate:.1f} s: "
+                     f"tokenized in {len(chunks)} chunks of at most {self.cfg.frontend.max_audio_seconds} s")
+        codes = [self.sessions.run("audio_tokenizer", {"waveform": c[None]})[0][0] for c in chunks]
+        return np.concatenate(codes)
+
+    def respond(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
+        """Speech in -> events: text deltas and audio segments as they are made, then the turn end."""
+        return self.loop.respond(self.tokenize(self.prepare(audio, sample_rate)))
+
+    def respond_text(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
+        return self.loop.respond_text(self.tokenize(self.prepare(audio, sample_rate)))
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
+        return self.loop.transcribe(self.tokenize(self.prepare(audio, sample_rate)))
+
+    def speak(self, text: str) -> Iterator[Event]:
+        if not text.strip():
+            raise AudioInputError("nothing to speak: the text is empty")
+        return self.loop.speak(text)
