@@ -1,0 +1,168 @@
+"""The runtime on an exported tiny package: equal to the torch reference, torch-free, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint, load_config
+from bcaudio.export.package import export_package
+from bcaudio.export.reference_turn import reference_codes, reference_events
+from bcaudio.presets import get_preset
+from bcaudio.runtime.assistant import VoiceAssistant
+from bcaudio.runtime.audio_io import AudioInputError
+from bcaudio.runtime.manifest import MANIFEST, ManifestError, load_manifest
+from bcaudio.runtime.ort_backend import OrtBackend
+from bcaudio.runtime.speech_loop import collect
+from bcaudio.runtime.text_codec import TextCodec
+
+WAVE_TOL = 1e-3  # max abs over the waveform: fp32 ORT vs torch through 4 graphs and a 4-step solver
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    ckpt = init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1)
+    pkg = root / "pkg"
+    export_package(ckpt, pkg, progress=lambda _: None)
+    return ckpt, pkg
+
+
+def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
+    ckpt, pkg = tiny
+    ref = load_checkpoint(ckpt)
+    codec = TextCodec(ckpt / "tokenizer.json")
+    want = collect(reference_events(ref, codec, "respond", speech_16k, None, seed=0, greedy=True), 240)
+    assistant = VoiceAssistant(pkg, generation=ref.cfg.generation.greedy(), log=lambda _: None)
+    got = collect(assistant.respond(speech_16k, 16000), 240)
+    assert np.array_equal(assistant.tokenize(speech_16k), reference_codes(ref, speech_16k))
+    assert got.text_ids == want.text_ids and got.reason == want.reason
+    assert len(got.segments) == len(want.segments) >= 1
+    for g, w in zip(got.segments, want.segments, strict=True):
+        assert np.array_equal(g.codes, w.codes)  # every codebook of every frame
+        assert np.abs(g.waveform - w.waveform).max() < WAVE_TOL
+
+
+def test_seeded_sampling_is_reproducible_and_multi_turn_keeps_the_cache(tiny: tuple[Path, Path],
+                                                                         speech_16k: np.ndarray) -> None:
+    _, pkg = tiny
+    runs = []
+    for _ in range(2):
+        a = VoiceAssistant(pkg, seed=5, log=lambda _: None)
+        first = collect(a.respond(speech_16k, 16000), 240)
+        position = a.backend.position
+        second = collect(a.respond(speech_16k[:16000], 16000), 240)
+        assert a.backend.position > position  # the second turn continued the same cache
+        runs.append((first.text_ids, second.text_ids, [s.codes.tolist() for s in second.segments]))
+    assert runs[0] == runs[1]
+
+
+class Recording:
+    """Wraps a backend and keeps everything fed, to replay it as one prompt."""
+
+    def __init__(self, inner: OrtBackend) -> None:
+        self.inner = inner
+        self.fed: list[tuple[list[int], np.ndarray]] = []
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def feed(self, ids, codes=None):
+        k = self.inner.cfg.bridge.num_codebooks
+        self.fed.append((list(ids), np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes)))
+        self.last = self.inner.feed(ids, codes)
+        return self.last
+
+    def audio_frame(self, hidden, choose):
+        return self.inner.audio_frame(hidden, choose)
+
+    def decode_segment(self, codes):
+        return self.inner.decode_segment(codes)
+
+
+def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
+    """Two turns on one KV cache end with the same logits as the whole conversation fed at once."""
+    ckpt, pkg = tiny
+    a = VoiceAssistant(pkg, generation=load_config(ckpt).generation.greedy(), log=lambda _: None)
+    recorder = Recording(a.backend)
+    a.loop.backend = recorder
+    collect(a.respond(speech_16k[:24000], 16000), 240)
+    collect(a.respond(speech_16k[24000:], 16000), 240)
+    ids = [i for chunk, _ in recorder.fed for i in chunk]
+    codes = np.concatenate([c for _, c in recorder.fed])
+    logits, hidden = OrtBackend(a.sessions).feed(ids, codes)
+    assert np.abs(logits - recorder.last[0]).max() < 1e-4
+    assert np.abs(hidden - recorder.last[1]).max() < 1e-4
+
+
+def test_runtime_runs_a_turn_with_torch_blocked(tiny: tuple[Path, Path], tmp_path: Path,
+                                                speech_16k: np.ndarray) -> None:
+    _, pkg = tiny
+    wav = tmp_path / "q.wav"
+    import soundfile as sf
+
+    sf.write(wav, speech_16k, 16000)
+    script = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from bcaudio.cli import main
+rc = main(["respond", "--model", {str(pkg)!r}, "--input", {str(wav)!r}, "--output", {str(tmp_path / "a.wav")!r},
+           "--json"])
+assert "torch" not in sys.modules
+sys.exit(rc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["stop"] and (tmp_path / "a.wav").exists()
+
+
+@pytest.mark.parametrize("audio,rate,pattern", [
+    (np.zeros(0, np.float32), 16000, "empty audio"),
+    (np.zeros(16000, np.float32), 16000, "silent"),
+    (np.full(400, 0.1, np.float32), 16000, "shorter than one audio token"),
+    (np.full(100, np.nan, np.float32), 16000, "NaN"),
+])
+def test_bad_audio_gets_a_clear_message(tiny: tuple[Path, Path], audio: np.ndarray, rate: int,
+                                        pattern: str) -> None:
+    _, pkg = tiny
+    a = VoiceAssistant(pkg, log=lambda _: None)
+    with pytest.raises(AudioInputError, match=pattern):
+        list(a.respond(audio, rate))
+
+
+def test_any_rate_and_stereo_input_is_accepted(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
+    import soxr
+
+    _, pkg = tiny
+    a = VoiceAssistant(pkg, log=lambda _: None)
+    stereo44 = np.stack([soxr.resample(speech_16k, 16000, 44100)] * 2, axis=1)
+    assert abs(len(a.prepare(stereo44, 44100)) - len(speech_16k)) <= 2
+
+
+def test_corrupt_package_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    _, pkg = tiny
+    bad = tmp_path / "bad"
+    shutil.copytree(pkg, bad)
+    with open(bad / "llm.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ManifestError, match="llm.onnx does not match its sha256"):
+        load_manifest(bad)
+    raw = json.loads((pkg / MANIFEST).read_text())
+    raw["graphs"]["llm"].pop("inputs")
+    (bad / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="graphs.llm lacks 'inputs'"):
+        load_manifest(bad, verify=False)
+    (bad / MANIFEST).write_text("{")
+    with pytest.raises(ManifestError, match="corrupt JSON"):
+        load_manifest(bad)
