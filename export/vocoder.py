@@ -1,0 +1,200 @@
+"""CosyVoice2's HiFT vocoder (HiFi-GAN + neural source-filter + inverse STFT), written for ONNX export.
+
+Parameter names and the arithmetic follow CosyVoice's ``HiFTGenerator`` so its
+``hift.pt`` state dict loads as-is (spec §11, §13). Two changes make it export:
+the sine source's random phases and noise are inputs (see ``HiFTVocoder.forward``
+and ``bcaudio.runtime.vocoder_noise``), and the STFT pair is built from
+convolutions (``bcaudio.export.stft``). Weight norm is computed in ``forward``
+from ``weight_g`` / ``weight_v``, the names ``torch.nn.utils.weight_norm`` stores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bcaudio.config import VocoderConfig
+from bcaudio.export.stft import ISTFT, STFT
+
+# Constants of HiFT's code rather than of its config (the published generator hard-codes them).
+SNAKE_EPS = 1e-9  # Snake's guard against alpha = 0
+MAX_MAGNITUDE = 1e2  # the iSTFT clips exp(log-magnitude) here
+POST_LRELU_SLOPE = 0.01  # the last leaky ReLU uses torch's default slope, not lrelu_slope
+F0_KERNEL = 3  # the F0 predictor's conv kernel size
+CONV_PRE_KERNEL = 7  # conv_pre and conv_post kernel size
+
+
+def _padding(kernel: int, dilation: int = 1) -> int:
+    return (kernel * dilation - dilation) // 2
+
+
+class _WeightNormed(nn.Module):
+    """Holds ``weight_g`` (norm per output slice, dim 0) and ``weight_v`` (direction), as torch's weight_norm does."""
+
+    def __init__(self, shape: tuple[int, ...], bias: int) -> None:
+        super().__init__()
+        v = torch.empty(shape)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))  # torch's Conv default, so a fresh module is usable
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
+        self.weight_v = nn.Parameter(v)
+        bound = 1 / math.sqrt(shape[1] * shape[2])
+        self.bias = nn.Parameter(torch.empty(bias).uniform_(-bound, bound))
+
+    def weight(self) -> torch.Tensor:
+        v = self.weight_v
+        return v * (self.weight_g / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
+
+
+class WNConv1d(_WeightNormed):
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1, padding: int | None = None) -> None:
+        super().__init__((cout, cin, kernel), cout)
+        self.dilation = dilation
+        self.padding = _padding(kernel, dilation) if padding is None else padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, dilation=self.dilation)
+
+
+class WNConvTranspose1d(_WeightNormed):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__((cin, cout, kernel), cout)
+        self.stride, self.padding = stride, (kernel - stride) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose1d(x, self.weight(), self.bias, stride=self.stride, padding=self.padding)
+
+
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha, one alpha per channel (linear scale, as HiFT)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha[None, :, None]
+        return x + (1.0 / (alpha + SNAKE_EPS)) * torch.sin(x * alpha).pow(2)
+
+
+class ResBlock(nn.Module):
+    """HiFT's residual block: per dilation, Snake -> dilated conv -> Snake -> conv, added back."""
+
+    def __init__(self, channels: int, kernel: int, dilations: list[int]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(WNConv1d(channels, channels, kernel, d) for d in dilations)
+        self.convs2 = nn.ModuleList(WNConv1d(channels, channels, kernel) for _ in dilations)
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
+            x = x + c2(a2(c1(a1(x))))
+        return x
+
+
+class F0Predictor(nn.Module):
+    """CosyVoice's ConvRNNF0Predictor: weight-normed convs with ELU, then a linear head; -> |f0| in Hz per frame."""
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(cfg.f0_layers):
+            cin = cfg.num_mels if i == 0 else cfg.f0_channels
+            layers += [WNConv1d(cin, cfg.f0_channels, F0_KERNEL), nn.ELU()]
+        self.condnet = nn.Sequential(*layers)  # convs at even indices: condnet.{0,2,4,...}
+        self.classifier = nn.Linear(cfg.f0_channels, 1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, num_mels, T) -> (B, T)."""
+        return torch.abs(self.classifier(self.condnet(mel).transpose(1, 2)).squeeze(-1))
+
+
+class SourceModule(nn.Module):
+    """HiFT's SourceModuleHnNSF with SineGen inlined; the random parts come in as arguments."""
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.l_linear = nn.Linear(cfg.nb_harmonics + 1, 1)
+
+    def forward(self, f0: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """f0 (B, 1, L) Hz per sample, phase (B, H, 1), noise (B, H + 1, L) -> excitation (B, 1, L)."""
+        cfg = self.cfg
+        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0.dtype, device=f0.device)[None, :, None]
+        freq = f0 * harmonics / cfg.sampling_rate  # cycles per sample of each harmonic
+        # Same float32 order as SineGen: cumulative phase, wrapped, then scaled by 2 pi.
+        theta = 2 * math.pi * (torch.cumsum(freq, dim=-1) % 1)
+        initial = torch.cat([torch.zeros_like(phase[:, :1]), phase], dim=1)
+        sines = cfg.sine_amp * torch.sin(theta + initial)
+        uv = (f0 > cfg.voiced_threshold).to(f0.dtype)
+        noise_amp = uv * cfg.noise_std + (1 - uv) * cfg.sine_amp / 3
+        sines = sines * uv + noise_amp * noise
+        return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2)
+
+
+class HiFTVocoder(nn.Module):
+    """Mel (50 Hz) -> 24 kHz waveform, ``samples_per_frame`` samples per mel frame."""
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_fft, c = cfg.istft_n_fft, cfg.base_channels
+        self.bins = n_fft // 2 + 1
+        self.m_source = SourceModule(cfg)
+        self.f0_predictor = F0Predictor(cfg)
+        self.conv_pre = WNConv1d(cfg.num_mels, c, CONV_PRE_KERNEL)
+        self.ups = nn.ModuleList(
+            WNConvTranspose1d(c // 2**i, c // 2 ** (i + 1), k, u)
+            for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)))
+        # The source spectrum (hop istft_hop) is brought to each stage's rate: the strides are the
+        # remaining upsample factors, coarsest stage first; the last stage already matches.
+        strides = [math.prod(cfg.upsample_rates[i + 1:]) for i in range(len(cfg.upsample_rates))]
+        self.source_downs = nn.ModuleList(
+            nn.Conv1d(2 * self.bins, c // 2 ** (i + 1), 1) if s == 1
+            else nn.Conv1d(2 * self.bins, c // 2 ** (i + 1), 2 * s, s, padding=s // 2)
+            for i, s in enumerate(strides))
+        self.source_resblocks = nn.ModuleList(
+            ResBlock(c // 2 ** (i + 1), k, d)
+            for i, (k, d) in enumerate(zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilations,
+                                           strict=True)))
+        self.resblocks = nn.ModuleList(
+            ResBlock(c // 2 ** (i + 1), k, d)
+            for i in range(len(cfg.upsample_rates))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True))
+        self.conv_post = WNConv1d(c // 2 ** len(cfg.upsample_rates), 2 * self.bins, CONV_PRE_KERNEL)
+        self.stft = STFT(n_fft, cfg.istft_hop)
+        self.istft = ISTFT(n_fft, cfg.istft_hop)
+
+    def forward(self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Waveform (B, T * samples_per_frame) in [-audio_limit, audio_limit].
+
+        mel:   (B, num_mels, T) float32 log-mel at 50 Hz.
+        phase: (B, nb_harmonics, 1) float32, uniform on [-pi, pi): the initial phases of the
+               overtones 2..nb_harmonics+1; the fundamental starts at phase 0, as in HiFT.
+        noise: (B, nb_harmonics + 1, T * samples_per_frame) float32, standard normal; scaled here
+               by noise_std where voiced and sine_amp / 3 where unvoiced.
+        ``bcaudio.runtime.vocoder_noise.source_noise`` draws both.
+        """
+        cfg = self.cfg
+        f0 = self.f0_predictor(mel)
+        f0 = f0[:, :, None].expand(-1, -1, cfg.samples_per_frame).flatten(1)[:, None]  # nearest upsampling
+        source = self.stft(self.m_source(f0, phase, noise)[:, 0])
+        x = self.conv_pre(mel)
+        kernels = len(cfg.resblock_kernel_sizes)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, cfg.lrelu_slope))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")  # one more frame: the iSTFT's center frame count
+            x = x + self.source_resblocks[i](self.source_downs[i](source))
+            xs = self.resblocks[i * kernels](x)
+            for j in range(1, kernels):
+                xs = xs + self.resblocks[i * kernels + j](x)
+            x = xs / kernels
+        x = self.conv_post(F.leaky_relu(x, POST_LRELU_SLOPE))
+        magnitude = torch.exp(x[:, :self.bins]).clamp(max=MAX_MAGNITUDE)
+        angle = torch.sin(x[:, self.bins:])  # HiFT's redundant sin, kept for parity
+        wave = self.istft(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
+        return wave.clamp(-cfg.audio_limit, cfg.audio_limit)

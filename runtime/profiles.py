@@ -1,0 +1,178 @@
+"""Device profiles: which provider, threads, recipe, solver steps and chunk sizes suit a device kind.
+
+Profiles are TOML (``device_profiles/*.toml`` ship with bcaudio; a user may pass a path).
+Loading is strict: an unknown key, a wrong type or an unknown graph or precision is one
+line naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bcaudio.runtime.manifest import GRAPHS
+from bcaudio.runtime.sessions import PROVIDERS, SessionSettings
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass
+class GenerationSettings:
+    flow_steps: int = 10
+    stream_chunk_frames: int = 8
+    prefill_chunk_ms: int = 640
+    context_tokens: int = 4096
+
+
+@dataclass
+class Budget:
+    first_audio_ms: float = 1000.0
+    rtf: float = 1.0
+
+
+@dataclass
+class Match:
+    """What hardware a profile is for, used by ``--device-profile auto``."""
+
+    min_cores: int = 0
+    max_cores: int = 1 << 16
+    gpu: bool = False
+    gpu_name: str = ""
+    isa: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeviceProfile:
+    name: str
+    description: str
+    session: SessionSettings
+    recipe: dict[str, str]
+    generation: GenerationSettings
+    budget: Budget
+    match: Match
+    source: str = ""
+
+
+def _typed(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ProfileError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+    defaults = cls()
+    for key, value in raw.items():
+        want = type(getattr(defaults, key))
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (want is int and isinstance(value, bool)):
+            raise ProfileError(f"{where}.{key}: expected {want.__name__}, got {type(value).__name__} ({value!r})")
+    return cls(**raw)
+
+
+def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DeviceProfile:
+    where = source or name
+    allowed = {"description", "match", "session", "recipe", "generation", "budget"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ProfileError(f"{where}: unknown section(s) {unknown}; known: {', '.join(sorted(allowed))}")
+    session = _typed(SessionSettings, raw.get("session", {}), f"{where}: session")
+    if session.provider not in PROVIDERS:
+        raise ProfileError(f"{where}: session.provider {session.provider!r}; choose one of {', '.join(PROVIDERS)}")
+    recipe = raw.get("recipe", {})
+    for graph, precision in recipe.items():
+        if graph not in GRAPHS:
+            raise ProfileError(f"{where}: recipe names unknown graph {graph!r}; graphs: {', '.join(GRAPHS)}")
+        if precision not in PRECISIONS:
+            raise ProfileError(f"{where}: recipe.{graph} = {precision!r}; precisions: {', '.join(PRECISIONS)}")
+    profile = DeviceProfile(
+        name=name, description=str(raw.get("description", "")), session=session, recipe=dict(recipe),
+        generation=_typed(GenerationSettings, raw.get("generation", {}), f"{where}: generation"),
+        budget=_typed(Budget, raw.get("budget", {}), f"{where}: budget"),
+        match=_typed(Match, raw.get("match", {}), f"{where}: match"), source=source)
+    if profile.generation.flow_steps < 1 or profile.generation.stream_chunk_frames < 1:
+        raise ProfileError(f"{where}: generation.flow_steps and stream_chunk_frames must be >= 1")
+    return profile
+
+
+def shipped_profiles() -> dict[str, Path]:
+    folder = resources.files("bcaudio.device_profiles")
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A shipped profile by name, or a user's TOML file by path."""
+    shipped = shipped_profiles()
+    path = shipped.get(name_or_path, Path(name_or_path))
+    if not path.exists():
+        raise ProfileError(f"no device profile {name_or_path!r}; shipped: {', '.join(sorted(shipped))}, "
+                           "or pass a path to a .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML ({exc})") from None
+    return parse_profile(raw, path.stem, str(path))
+
+
+@dataclass
+class DeviceInfo:
+    cores: int
+    isa: list[str]
+    gpu_name: str
+
+    @property
+    def gpu(self) -> bool:
+        return bool(self.gpu_name)
+
+
+def detect_device() -> DeviceInfo:
+    """Cores, CPU feature flags and the CUDA device name (when the CUDA provider is usable)."""
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    return DeviceInfo(cores=os.cpu_count() or 1, isa=flags, gpu_name=_cuda_name())
+
+
+def _cuda_name() -> str:
+    import shutil
+    import subprocess
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or shutil.which("nvidia-smi") is None:
+        return ""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                         text=True, timeout=10)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+
+
+def pick_profile(device: DeviceInfo) -> DeviceProfile:
+    """The shipped profile whose ``match`` fits best: GPU name, then ISA, then core range."""
+    best, best_score = None, -1
+    for name in sorted(shipped_profiles()):
+        profile = load_profile(name)
+        m = profile.match
+        if m.gpu != device.gpu or not (m.min_cores <= device.cores <= m.max_cores):
+            continue
+        if m.gpu_name and m.gpu_name.lower() not in device.gpu_name.lower():
+            continue
+        if any(flag not in device.isa for flag in m.isa):
+            continue
+        score = 4 * bool(m.gpu_name) + 2 * len(m.isa) + (m.max_cores - m.min_cores < 1 << 15)
+        if score > best_score:
+            best, best_score = profile, score
+    if best is None:
+        best = load_profile("datacenter-h100" if device.gpu else "cpu-2core")
+    return best

@@ -1,0 +1,51 @@
+"""Device profiles: every shipped one validates; a broken one fails with a clear line; auto picks sensibly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bcaudio.runtime.profiles import DeviceInfo, ProfileError, load_profile, pick_profile, shipped_profiles
+
+SHIPPED = ["cpu-2core", "cpu-8core-avx512", "desktop-rtx4090", "jetson-orin", "datacenter-h100", "kiosk-lowpower"]
+
+
+def test_every_shipped_profile_validates() -> None:
+    assert set(SHIPPED) <= set(shipped_profiles())
+    for name in SHIPPED:
+        profile = load_profile(name)
+        assert profile.session.provider in ("cpu", "cuda")
+        if profile.session.provider == "cuda":  # the int8 trap: dynamic int8 is slower than fp32 on CUDA
+            assert "int8" not in profile.recipe.values()
+        else:  # fp16 on CPU is slower than fp32
+            assert "fp16" not in profile.recipe.values()
+
+
+@pytest.mark.parametrize("body,pattern", [
+    ("[session]\nprovider = 'tpu'\n", r"session.provider 'tpu'"),
+    ("[session]\nthreads = 2\n", r"unknown key\(s\) \['threads'\]"),
+    ("[session]\nintra_op_threads = 'two'\n", r"intra_op_threads: expected int, got str"),
+    ("[recipe]\nspeller = 'int4'\n", r"unknown graph 'speller'"),
+    ("[recipe]\nllm = 'int3'\n", r"recipe.llm = 'int3'"),
+    ("[extras]\nx = 1\n", r"unknown section"),
+    ("[session\n", r"not valid TOML"),
+])
+def test_broken_profile_fails_with_one_clear_line(tmp_path: Path, body: str, pattern: str) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(body)
+    with pytest.raises(ProfileError, match=pattern) as info:
+        load_profile(str(path))
+    assert "\n" not in str(info.value) and "mine.toml" in str(info.value)
+
+
+def test_unknown_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ProfileError, match="shipped: .*cpu-2core"):
+        load_profile("toaster")
+
+
+def test_auto_pick() -> None:
+    assert pick_profile(DeviceInfo(2, ["avx2"], "")).name == "cpu-2core"
+    assert pick_profile(DeviceInfo(16, ["avx2", "avx512_vnni"], "")).name == "cpu-8core-avx512"
+    assert pick_profile(DeviceInfo(16, [], "NVIDIA H100 80GB HBM3")).name == "datacenter-h100"
+    assert pick_profile(DeviceInfo(16, [], "NVIDIA GeForce RTX 4090")).name == "desktop-rtx4090"
