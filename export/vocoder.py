@@ -125,8 +125,9 @@ class SourceModule(nn.Module):
         cfg = self.cfg
         harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0.dtype, device=f0.device)[None, :, None]
         freq = f0 * harmonics / cfg.sampling_rate  # cycles per sample of each harmonic
-        # Same float32 order as SineGen: cumulative phase, wrapped, then scaled by 2 pi.
-        theta = 2 * math.pi * (torch.cumsum(freq, dim=-1) % 1)
+        # SineGen's float32 cumsum on CPU accumulates in float64 and rounds each sum; spelled out here so
+        # ONNX Runtime (whose float CumSum accumulates in float32, drifting ~1e-3 rad per second) does the same.
+        theta = 2 * math.pi * (torch.cumsum(freq.double(), dim=-1).to(freq.dtype) % 1)
         initial = torch.cat([torch.zeros_like(phase[:, :1]), phase], dim=1)
         sines = cfg.sine_amp * torch.sin(theta + initial)
         uv = (f0 > cfg.voiced_threshold).to(f0.dtype)
