@@ -51,17 +51,17 @@ def flow_estimator_example_inputs(cfg: ModelConfig, frames: int, seed: int, batc
     }
 
 
-def export_flow_estimator(module: FlowEstimator, cfg: ModelConfig, path: Path, opset: int = 17) -> None:
+def export_flow_estimator(module: FlowEstimator, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
     """Trace at batch 2 and more than one attention chunk, so neither is baked in as a constant."""
     frames = max(2 * cfg.flow.static_chunk_size + 3, 16)
     args = [torch.from_numpy(v) for v in flow_estimator_example_inputs(cfg, frames, seed=0).values()]
     axes = {"x": {0: "batch", 2: "frames"}, "mu": {0: "batch", 2: "frames"}, "t": {0: "batch"},
             "mask": {0: "batch", 2: "frames"}, "velocity": {0: "batch", 2: "frames"}}
-    export_module(module, args, Path(path), ESTIMATOR_INPUTS, ESTIMATOR_OUTPUTS, axes, opset)
+    return export_module(module, args, Path(path), ESTIMATOR_INPUTS, ESTIMATOR_OUTPUTS, axes, opset)
 
 
-def export_flow_prenet(module: FlowPrenet, cfg: ModelConfig, path: Path, opset: int = 17) -> None:
+def export_flow_prenet(module: FlowPrenet, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
     """Standalone graph of the pre-net; no mask input, since causality keeps padding out of real frames."""
     states = torch.randn(2, 16, cfg.flow.prenet_in_dim, generator=torch.Generator().manual_seed(0))
     axes = {"states": {0: "batch", 1: "frames"}, "mu": {0: "batch", 2: "frames"}}
-    export_module(module, [states], Path(path), PRENET_INPUTS, PRENET_OUTPUTS, axes, opset)
+    return export_module(module, [states], Path(path), PRENET_INPUTS, PRENET_OUTPUTS, axes, opset)

@@ -37,9 +37,9 @@ def vocoder_example_inputs(cfg: ModelConfig, frames: int, seed: int, batch: int 
     return {"mel": mel, "phase": phase, "noise": noise}
 
 
-def export_vocoder(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> None:
+def export_vocoder(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
     """Trace at batch 2 and more than one frame, so neither is baked in as a constant."""
     args = [torch.from_numpy(v) for v in vocoder_example_inputs(cfg, frames=8, seed=0).values()]
     axes = {"mel": {0: "batch", 2: "frames"}, "phase": {0: "batch"}, "noise": {0: "batch", 2: "samples"},
             "waveform": {0: "batch", 1: "samples"}}
-    export_module(module, args, Path(path), VOCODER_INPUTS, VOCODER_OUTPUTS, axes, opset)
+    return export_module(module, args, Path(path), VOCODER_INPUTS, VOCODER_OUTPUTS, axes, opset)

@@ -41,6 +41,13 @@ IGNORED_PREFIXES = (
     "visual.",
     "video.",
 )
+# Training state of the RVQ's EMA codebooks (vq_list.{i}.codebook.*).
+IGNORED_SUFFIXES = (".codebook.cluster_size", ".codebook.embed_avg")
+
+
+def is_ignored(key: str) -> bool:
+    """Keys a real checkpoint has that inference never reads: skipped by name, never silently."""
+    return key.startswith(IGNORED_PREFIXES) or key.endswith(IGNORED_SUFFIXES)
 
 
 def part_of(key: str) -> str:

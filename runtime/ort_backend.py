@@ -61,12 +61,12 @@ class OrtBackend:
         z, phase, source = self.noise.next_segment(mu.shape[-1])
         mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
 
-        def estimator_cfg(x: np.ndarray, mu_: np.ndarray, t: np.ndarray, mask_: np.ndarray
+        def estimator_cfg(x: np.ndarray, mu_: np.ndarray, t: float, mask_: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray]:
             # the conditional and unconditional passes as one batch-2 call
             (v,) = self.s.run("flow_estimator", {
                 "x": np.concatenate([x, x]), "mu": np.concatenate([mu_, np.zeros_like(mu_)]),
-                "t": np.concatenate([t, t]).astype(np.float32), "mask": np.concatenate([mask_, mask_])})
+                "t": np.full(2, t, dtype=np.float32), "mask": np.concatenate([mask_, mask_])})
             return v[:1], v[1:]
 
         mel = euler_cfg_solve(estimator_cfg, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)

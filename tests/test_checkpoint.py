@@ -133,7 +133,7 @@ def test_7b_shapes_match_the_spec_for_kept_parts() -> None:
     head = expected_shapes(cfg, "audio_head")
     assert head["audio_head.transformer_layers.0.linear1.weight"] == (7168, 28672)
     assert head["audio_head.transformer_layers.0.linear2.weight"] == (3584, 57344)
-    assert head["audio_head.heads.0.weight"] == (8193, 3584) and head["audio_head.heads.1.weight"] == (4096, 3584)
+    assert head["audio_head.heads.0.weight"] == (8193, 3584) and head["audio_head.heads.1.weight"] == (4097, 3584)
     enc = expected_shapes(cfg, "encoder")
     assert enc["audio_tokenizer.audio_model.positional_embedding"] == (1500, 1280)
     assert enc["audio_tokenizer.audio_model.conv1.weight"] == (1280, 128, 3)
