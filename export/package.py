@@ -21,7 +21,8 @@ from bcaudio.export.export_llm import export_llm
 from bcaudio.export.export_vocoder import export_vocoder
 from bcaudio.export.reference import Reference
 from bcaudio.export.text_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
-from bcaudio.runtime.manifest import GRAPHS, GraphEntry, Manifest, ManifestError, TensorSpec, sha256_file
+from bcaudio.graph_entry import graph_entry
+from bcaudio.runtime.manifest import GRAPHS, Manifest, ManifestError, sha256_file
 
 DEFAULT_OPSET = 17
 
@@ -38,30 +39,6 @@ EXPORTERS: dict[str, tuple[tuple[str, ...], Exporter]] = {
     "flow_estimator": (("estimator",), lambda r, p, o: export_flow_estimator(r.estimator, r.cfg, p, o)),
     "vocoder": (("vocoder",), lambda r, p, o: export_vocoder(r.vocoder, r.cfg, p, o)),
 }
-
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
-                onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
-                onnx.TensorProto.BOOL: "bool"}
-
-
-def _specs(values: Iterable[onnx.ValueInfoProto]) -> list[TensorSpec]:
-    out = []
-    for v in values:
-        t = v.type.tensor_type
-        shape: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
-        out.append(TensorSpec(v.name, _ONNX_DTYPES[t.elem_type], shape))
-    return out
-
-
-def graph_entry(package: Path, files: list[Path], precision: str = "fp32", recipe: str = "fp32") -> GraphEntry:
-    """Describe an exported graph from the file itself, so the manifest cannot disagree with it."""
-    model = onnx.load(str(files[0]), load_external_data=False)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return GraphEntry(file=files[0].name, sha256={f.relative_to(package).as_posix(): sha256_file(f) for f in files},
-                      opset=opset, inputs=_specs(model.graph.input), outputs=_specs(model.graph.output),
-                      precision=precision, recipe=recipe)
-
 
 def _parse_graphs(graphs: Iterable[str] | None) -> list[str]:
     names = list(GRAPHS) if graphs is None else list(graphs)

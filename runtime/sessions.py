@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ class PackageSessions:
             raise ManifestError(f"{self.package}: graph(s) {missing} not in this package; export them with "
                                 f"`bcaudio export --graphs {','.join(missing)}`")
         self.sessions = {name: self._open(name) for name in (names or self.manifest.graphs)}
+        # (graph, start, end) in perf_counter seconds for every run: the profiler's raw material
+        self.run_observers: list[Callable[[str, float, float], None]] = []
 
     def _open(self, name: str) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -84,4 +87,10 @@ class PackageSessions:
         return self.sessions[name]
 
     def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
-        return self.sessions[name].run(outputs, feeds)
+        start = time.perf_counter()
+        result = self.sessions[name].run(outputs, feeds)
+        if self.run_observers:
+            end = time.perf_counter()
+            for observe in self.run_observers:
+                observe(name, start, end)
+        return result

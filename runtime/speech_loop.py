@@ -180,8 +180,25 @@ class SpeechLoop:
 
     def respond(self, user_codes: np.ndarray) -> Iterator[Event]:
         """Speech in, text + speech out (spec §8)."""
-        ids, codes = self._prompt(user_codes, [self.tok.audiotext_start, self.tok.assistant])
-        logits, hidden = self._feed(ids.tolist(), codes)
+        self.start_user_audio()
+        self.add_user_audio(user_codes)
+        return self.answer()
+
+    # Incremental form of ``respond``: a live front end prefills the user's audio while they speak,
+    # so at end of speech only the last chunk and the assistant prompt remain.
+
+    def start_user_audio(self) -> None:
+        """Feed the turn prefix and ``<audio_start>``."""
+        self._feed(self._turn_prefix() + [self.tok.audio_start])
+
+    def add_user_audio(self, codes: np.ndarray) -> None:
+        """Feed (frames, K) codes of the user's speech as ``<audio_pad>`` positions."""
+        if len(codes):
+            self._feed([self.tok.audio_pad] * len(codes), np.asarray(codes, dtype=np.int64))
+
+    def answer(self) -> Iterator[Event]:
+        """Close the user's audio and run the §8 rounds."""
+        logits, hidden = self._feed([self.tok.audio_end, self.tok.audiotext_start, self.tok.assistant])
         params = self.gen.first_text
         for round_ in range(self.gen.max_rounds):
             tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)

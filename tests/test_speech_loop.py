@@ -64,6 +64,9 @@ def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
     return tiny_cfg
 
 
+# A turn's prompt is fed in three parts (prefix + <audio_start>, the audio, the assistant prompt):
+# the first two feeds' logits are never sampled.
+PROMPT = [0, 0]
 EOS_FRAME = [64, 0, 0, 0, 0, 0, 0, 0]  # tiny codebook 0 has 64 entries: index 64 is EOS
 FRAME = [1, 2, 3, 4, 5, 6, 7, 8]
 
@@ -72,7 +75,7 @@ def test_interleaved_turn_follows_the_token_scheme(greedy_cfg: ModelConfig) -> N
     tok = greedy_cfg.tokens
     # One entry per feed: prompt -> "Hi" <audiogen_start>; (its feed, 2 frames); <audiogen_end> -> "ok,"
     # (clause stop); (feed, 1 frame); <audiogen_end> -> "x" <eos>; (feed, 1 frame); <audiogen_end>.
-    script = [ord("H"), ord("i"), tok.audiogen_start, 0, 0, 0, ord("o"), ord("k"), ord(","), 0, 0,
+    script = PROMPT + [ord("H"), ord("i"), tok.audiogen_start, 0, 0, 0, ord("o"), ord("k"), ord(","), 0, 0,
               ord("x"), tok.eos, 0, 0, 0]
     frames = [FRAME, FRAME, EOS_FRAME, FRAME, EOS_FRAME, FRAME, EOS_FRAME]
     backend = Scripted(greedy_cfg, script, frames)
@@ -95,7 +98,7 @@ def test_interleaved_turn_follows_the_token_scheme(greedy_cfg: ModelConfig) -> N
 
 def test_segment_stops_at_frame_limit_and_eos_without_text_ends_turn(greedy_cfg: ModelConfig) -> None:
     tok = greedy_cfg.tokens
-    backend = Scripted(greedy_cfg, [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos], [FRAME] * 5)
+    backend = Scripted(greedy_cfg, PROMPT + [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos], [FRAME] * 5)
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((2, 8), dtype=np.int64)))
     segments = [e for e in events if isinstance(e, AudioSegment)]
     assert [len(s.codes) for s in segments] == [5]  # audio.max_new_tokens
@@ -104,7 +107,7 @@ def test_segment_stops_at_frame_limit_and_eos_without_text_ends_turn(greedy_cfg:
 
 def test_text_step_token_limit_and_max_rounds(greedy_cfg: ModelConfig) -> None:
     greedy_cfg.generation.max_rounds = 2
-    backend = Scripted(greedy_cfg, [ord("a")] * 40, [EOS_FRAME] * 4)
+    backend = Scripted(greedy_cfg, PROMPT + [ord("a")] * 40, [EOS_FRAME] * 4)
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
     texts = [e.text for e in events if isinstance(e, TextDelta)]
     assert texts == ["a" * 6, "a" * 6]
@@ -114,7 +117,7 @@ def test_text_step_token_limit_and_max_rounds(greedy_cfg: ModelConfig) -> None:
 def test_codebooks_after_the_first_never_pick_eos(greedy_cfg: ModelConfig) -> None:
     tok = greedy_cfg.tokens
     bad = [1, 32, 32, 16, 16, 16, 16, 16]  # every later codebook "wants" its EOS index
-    backend = Scripted(greedy_cfg, [tok.audiogen_start, 0, 0, tok.eos], [bad, EOS_FRAME])
+    backend = Scripted(greedy_cfg, PROMPT + [tok.audiogen_start, 0, 0, tok.eos], [bad, EOS_FRAME])
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
     codes = next(e for e in events if isinstance(e, AudioSegment)).codes
     sizes = greedy_cfg.bridge.codebook_sizes
@@ -123,7 +126,7 @@ def test_codebooks_after_the_first_never_pick_eos(greedy_cfg: ModelConfig) -> No
 
 def test_multi_turn_prompt_has_system_once(greedy_cfg: ModelConfig) -> None:
     tok = greedy_cfg.tokens
-    backend = Scripted(greedy_cfg, [tok.eos, tok.eos], [])
+    backend = Scripted(greedy_cfg, PROMPT + [tok.eos] + PROMPT + [tok.eos], [])
     loop = SpeechLoop(greedy_cfg, backend, ByteCodec())
     list(loop.respond(np.ones((1, 8), dtype=np.int64)))
     list(loop.respond(np.ones((1, 8), dtype=np.int64)))
