@@ -25,19 +25,29 @@ def speak_question(path: Path) -> Path:
 
 def run_demo(workdir: Path) -> None:
     from bcaudio.export.checkpoint import init_checkpoint
-    from bcaudio.export.reference_turn import run_reference_turn
+    from bcaudio.export.package import export_package
     from bcaudio.export.summary import print_summary
     from bcaudio.presets import get_preset
+    from bcaudio.runtime.assistant import VoiceAssistant
+    from bcaudio.runtime.audio_io import load_audio
+    from bcaudio.runtime.console import stream_to_console
 
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = workdir / "tiny-checkpoint"
+    ckpt, package = workdir / "tiny-checkpoint", workdir / "tiny-package"
     if not (ckpt / "config.json").exists():
-        print("== 1. init: a deterministic random `tiny` checkpoint in the official layout")
+        print("== 1/3 init: a deterministic random `tiny` checkpoint in the official layout")
         init_checkpoint(get_preset("tiny"), ckpt, seed=0, progress=print)
     print_summary(ckpt)
+    if not (package / "manifest.json").exists():
+        print("\n== 2/3 export: one ONNX graph per part + manifest")
+        export_package(ckpt, package)
     question = speak_question(workdir / "question.wav")
-    print(f"\n== 2. a voice turn with the torch reference model\nquestion: {QUESTION!r} ({question})")
+    print(f"\n== 3/3 a voice turn on ONNX Runtime (no torch)\nquestion: {QUESTION!r} ({question})")
     start = time.perf_counter()
-    run_reference_turn(ckpt, mode="respond", input_wav=str(question), text=None,
-                       output_wav=str(workdir / "reply.wav"), seed=0, greedy=False)
-    print(f"(random weights: the answer is babble by design; {time.perf_counter() - start:.1f} s)")
+    assistant = VoiceAssistant(package)
+    audio = load_audio(question, assistant.cfg.frontend.sampling_rate)
+    print("answer: ", end="")
+    stream_to_console(assistant.respond(audio, assistant.cfg.frontend.sampling_rate),
+                      assistant.cfg.generation.crossfade_samples, assistant.sample_rate, workdir / "reply.wav")
+    print(f"(random weights: the answer is babble by design; turn with session start-up "
+          f"{time.perf_counter() - start:.1f} s)")

@@ -16,4 +16,5 @@ class TextCodec:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        """Text of ``ids`` without special or reserved tokens: what a user should read."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
