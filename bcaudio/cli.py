@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bcaudio.errors import UserError
+
+if TYPE_CHECKING:
+    from bcaudio.runtime.profiles import DeviceProfile
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -66,8 +70,11 @@ def _runtime_turn(args: argparse.Namespace) -> None:
     from bcaudio.runtime.sessions import SessionSettings
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    assistant = VoiceAssistant(args.model, SessionSettings(provider=args.provider, intra_op_threads=args.threads),
-                               seed=args.seed, log=log)
+    settings, flow_steps = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None
+    if args.device_profile:
+        profile = resolve_profile(args.device_profile, log)
+        settings, flow_steps = profile.session, profile.generation.flow_steps
+    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, log=log)
     if args.command == "speak":
         events = assistant.speak(args.text)
     else:
@@ -85,6 +92,17 @@ def _runtime_turn(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"text": result.text, "text_ids": result.text_ids, "stop": result.reason,
                           "segments": [s.codes.tolist() for s in result.segments]}))
+
+
+def resolve_profile(name: str, log: Callable[[str], None]) -> DeviceProfile:
+    """A device profile by name or path; ``auto`` picks from the detected hardware and says which."""
+    from bcaudio.runtime.profiles import detect_device, load_profile, pick_profile
+
+    if name != "auto":
+        return load_profile(name)
+    profile = pick_profile(detect_device())
+    log(f"device profile: {profile.name} (auto: {profile.description})")
+    return profile
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -149,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--output", help="write the answer audio (24 kHz wav)")
         if name == "respond":
             p.add_argument("--text-only", action="store_true", help="answer in text only")
+        p.add_argument("--device-profile", help="shipped profile name, a .toml path, or `auto` "
+                                                "(sets provider, threads and flow steps)")
         p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
         p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
         p.add_argument("--seed", type=int, default=0)
@@ -173,8 +193,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         pass
     from bcaudio.runtime.audio_io import AudioInputError
     from bcaudio.runtime.manifest import ManifestError
+    from bcaudio.runtime.profiles import ProfileError
 
-    errors += [AudioInputError, ManifestError]
+    errors += [AudioInputError, ManifestError, ProfileError]
     return tuple(errors)
 
 
