@@ -46,7 +46,9 @@ FP32_TOLERANCES = {
     "audio_head": Tolerance(task_min=1.0),
     "flow_prenet": Tolerance(),
     "flow_estimator": Tolerance(task_max=1e-3),
-    "vocoder": Tolerance(task_min=60.0),
+    # The neural source integrates the *predicted* f0 into a phase: float rounding in f0 grows linearly
+    # with the number of samples, so sample-wise error is looser here and SNR is the meaningful check.
+    "vocoder": Tolerance(max_abs=1e-3, rel_l2=1e-4, task_min=60.0),
 }
 
 
