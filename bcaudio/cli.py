@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
     p.add_argument("--workdir", default="demo")
     p.set_defaults(func=_demo)
+
+    from bcaudio.runtime.profile_cli import add_parser as add_profile_parsers
+
+    add_profile_parsers(sub)
     return parser
 
 

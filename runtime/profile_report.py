@@ -1,0 +1,304 @@
+"""Profile reports: the JSON a machine reads (with its schema), the markdown a person reads, the verdict, compare.
+
+The JSON is the product: charts and markdown are made from it alone, so two reports from two boxes can be
+compared later without either box. The schema is a plain dict in a small JSON-Schema subset with its own
+validator, so checking a report needs no extra dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcaudio.errors import UserError
+from bcaudio.runtime.profiler import STAGES, TurnMeasure, merge_spans
+from bcaudio.runtime.profiles import DeviceProfile
+
+SCHEMA_ID = "bcaudio.profile/1"
+# (key, label, unit, higher_is_better): the per-turn metrics summarized as median and p90
+METRICS = (
+    ("total_ms", "turn time", "ms", False),
+    ("ttft_ms", "first text token", "ms", False),
+    ("first_text_event_ms", "first text shown", "ms", False),
+    ("first_audio_ms", "first audio", "ms", False),
+    ("rtf", "real-time factor", "", False),
+    ("answer_audio_s", "answer audio", "s", True),
+    ("prefill_tok_s", "LLM prefill", "tok/s", True),
+    ("decode_tok_s", "LLM decode", "tok/s", True),
+    ("audio_head_ms_per_frame", "audio head", "ms/frame", False),
+    ("flow_ms_per_segment", "flow", "ms/segment", False),
+    ("vocoder_ms_per_segment", "vocoder", "ms/segment", False),
+    ("encoder_ms_per_audio_s", "encoder", "ms per s of input", False),
+    ("peak_rss_mb", "peak RSS", "MB", False),
+    ("gpu_mem_mb", "GPU memory", "MB", False),
+)
+
+_NUM = {"type": "number"}
+_OPT_NUM = {"type": ["number", "null"]}
+_INT = {"type": "integer", "minimum": 0}
+_STR = {"type": "string"}
+_STAGE_MS = {"type": "object", "required": list(STAGES), "additionalProperties": False,
+             "properties": {s: {"type": "number", "minimum": 0} for s in STAGES}}
+
+
+def _obj(props: dict[str, Any], optional: Sequence[str] = ()) -> dict[str, Any]:
+    return {"type": "object", "required": [k for k in props if k not in optional], "properties": props,
+            "additionalProperties": False}
+
+
+TURN_SCHEMA = _obj({
+    "index": _INT, "context_tokens": _INT, "input_seconds": _NUM, "total_ms": _NUM, "ttft_ms": _OPT_NUM,
+    "first_text_event_ms": _OPT_NUM, "first_audio_ms": _OPT_NUM, "answer_audio_s": _NUM, "rtf": _OPT_NUM,
+    "text_tokens": _INT, "prefill_tokens": _INT, "decode_tokens": _INT, "audio_frames": _INT, "segments": _INT,
+    "stop": _STR, "peak_rss_mb": _NUM, "gpu_mem_mb": _OPT_NUM,
+    **{k: _OPT_NUM for k in ("prefill_tok_s", "decode_tok_s", "audio_head_ms_per_frame", "flow_ms_per_segment",
+                             "vocoder_ms_per_segment", "encoder_ms_per_audio_s")},
+    "stages_ms": _STAGE_MS, "stage_share": {"type": "object", "additionalProperties": _NUM},
+    "stages_to_first_audio_ms": {"type": "object", "additionalProperties": _NUM},
+    "graph_runs": {"type": "object", "additionalProperties": _INT},
+})
+REPORT_SCHEMA: dict[str, Any] = _obj({
+    "schema": {"enum": [SCHEMA_ID]},
+    "created": _STR,
+    "command": _STR,
+    "model": _obj({"package": _STR, "precisions": {"type": "object", "additionalProperties": _STR},
+                   "recipe_mismatches": {"type": "array", "items": _STR}}),
+    "device": _obj({"cpu_model": _STR, "machine": _STR, "cores": _INT, "isa": {"type": "array", "items": _STR},
+                    "gpu": {"type": ["string", "null"]}, "gpu_memory_mb": _OPT_NUM, "os": _STR, "python": _STR,
+                    "onnxruntime": _STR, "available_providers": {"type": "array", "items": _STR},
+                    "providers": {"type": "array", "items": _STR}}),
+    "profile": _obj({"name": _STR, "description": _STR, "source": _STR, "session": {"type": "object"},
+                     "recipe": {"type": "object", "additionalProperties": _STR}, "generation": {"type": "object"},
+                     "budget": _obj({"first_audio_ms": _NUM, "rtf": _NUM})}),
+    "input": _obj({"source": _STR, "seconds": _NUM}),
+    "settings": _obj({"turns": {"type": "integer", "minimum": 1}, "warmup": _INT, "seed": _INT}),
+    "turns": {"type": "array", "items": TURN_SCHEMA},
+    "summary": {"type": "object", "required": [m[0] for m in METRICS], "additionalProperties": False,
+                "properties": {m[0]: _obj({"median": _OPT_NUM, "p90": _OPT_NUM}) for m in METRICS}},
+    "stages": {"type": "object", "required": list(STAGES), "additionalProperties": False,
+               "properties": {s: _obj({"median_ms": _NUM, "p90_ms": _NUM, "share": _NUM}) for s in STAGES}},
+    "timeline": _obj({"turn": _INT, "total_ms": _NUM, "ttft_ms": _OPT_NUM, "first_audio_ms": _OPT_NUM,
+                      "spans": {"type": "array", "items": _obj({"stage": {"enum": list(STAGES)}, "start_ms": _NUM,
+                                                                 "end_ms": _NUM})}}),
+    "verdict": _obj({"meets_budget": {"type": "boolean"}, "rtf_ok": {"type": "boolean"},
+                     "first_audio_ok": {"type": "boolean"}, "biggest_stage": _STR, "biggest_share": _NUM,
+                     "line": _STR}),
+    "charts": {"type": "object", "additionalProperties": _STR},
+}, optional=("charts",))
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def validate(value: Any, schema: dict[str, Any] = REPORT_SCHEMA, where: str = "$") -> list[str]:
+    """Errors of ``value`` against a JSON-Schema subset (type, enum, required, properties, additionalProperties,
+    items, minimum); empty when it conforms."""
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        if not any(_is_type(value, t) for t in names):
+            return [f"{where}: expected {' or '.join(names)}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{where}: {value!r} is not one of {schema['enum']}"]
+    errors: list[str] = []
+    if "minimum" in schema and isinstance(value, int | float) and not isinstance(value, bool):
+        if value < schema["minimum"]:
+            errors.append(f"{where}: {value} is below {schema['minimum']}")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        errors += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                errors += validate(item, props[key], f"{where}.{key}")
+            elif extra is False:
+                errors.append(f"{where}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                errors += validate(item, extra, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += validate(item, schema["items"], f"{where}[{i}]")
+    return errors
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+    return isinstance(value, _TYPES[name])
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
+    have = [v for v in values if v is not None]
+    if not have:
+        return {"median": None, "p90": None}
+    return {"median": float(np.median(have)), "p90": float(np.percentile(have, 90))}
+
+
+def turn_json(m: TurnMeasure) -> dict[str, Any]:
+    """One turn as plain JSON values."""
+    total = sum(m.stages_ms.values())
+    return {"index": m.index, "context_tokens": m.context_tokens, "input_seconds": m.input_seconds,
+            "total_ms": m.total_ms, "ttft_ms": m.ttft_ms, "first_text_event_ms": m.first_text_event_ms,
+            "first_audio_ms": m.first_audio_ms, "answer_audio_s": m.answer_audio_s, "rtf": m.rtf,
+            "text_tokens": m.text_tokens, "prefill_tokens": m.prefill_tokens, "decode_tokens": m.decode_tokens,
+            "audio_frames": m.audio_frames, "segments": m.segments, "stop": m.stop, "peak_rss_mb": m.peak_rss_mb,
+            "gpu_mem_mb": m.gpu_mem_mb, **m.rates(), "stages_ms": dict(m.stages_ms),
+            "stage_share": {s: (v / total if total else 0.0) for s, v in m.stages_ms.items()},
+            "stages_to_first_audio_ms": dict(m.stages_to_first_audio_ms), "graph_runs": dict(m.counts)}
+
+
+def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dict[str, Any]],
+            profile: dict[str, Any]) -> dict[str, Any]:
+    """Budget met or not on the medians, and the stage to work on: the biggest one before first audio when
+    first audio is late, else the biggest one in the turn."""
+    budget = profile["budget"]
+    rtf, first = summary["rtf"]["median"], summary["first_audio_ms"]["median"]
+    rtf_ok = rtf is not None and rtf < budget["rtf"]
+    first_ok = first is not None and first <= budget["first_audio_ms"]
+    if not first_ok and first is not None:
+        before = {s: float(np.median([t["stages_to_first_audio_ms"].get(s, 0.0) for t in turns])) for s in STAGES}
+        biggest, scope = max(before.items(), key=lambda kv: kv[1])[0], "of the time to first audio"
+        share = before[biggest] / sum(before.values()) if sum(before.values()) else 0.0
+    else:
+        biggest = max(STAGES, key=lambda s: stages[s]["share"])
+        share, scope = stages[biggest]["share"], "of the turn"
+    fmt_rtf = f"{rtf:.2f}" if rtf is not None else "n/a (no answer audio)"
+    fmt_first = f"{first:.0f} ms" if first is not None else "none"
+    head = "meets" if rtf_ok and first_ok else "does NOT meet"
+    action = "biggest stage to fix" if not (rtf_ok and first_ok) else "biggest stage"
+    line = (f"{head} the {profile['name']} budget: RTF {fmt_rtf} ({'<' if rtf_ok else 'not <'} {budget['rtf']:g}), "
+            f"first audio {fmt_first} ({'<=' if first_ok else 'not <='} {budget['first_audio_ms']:g} ms); "
+            f"{action}: {biggest} ({share:.0%} {scope})")
+    return {"meets_budget": rtf_ok and first_ok, "rtf_ok": rtf_ok, "first_audio_ok": first_ok,
+            "biggest_stage": biggest, "biggest_share": share, "line": line}
+
+
+def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device: dict[str, Any], package: str,
+                 precisions: dict[str, str], mismatches: list[str], input_source: str, input_seconds: float,
+                 warmup: int, seed: int, command: str) -> dict[str, Any]:
+    """The whole report as JSON values; validated against ``REPORT_SCHEMA`` before it is returned."""
+    if not measures:
+        raise UserError("no turns were measured; pass --turns 1 or more")
+    turns = [turn_json(m) for m in measures]
+    summary = {key: _stats([t[key] for t in turns]) for key, *_ in METRICS}
+    grand = sum(t["total_ms"] for t in turns)
+    stages = {s: {"median_ms": float(np.median([t["stages_ms"][s] for t in turns])),
+                  "p90_ms": float(np.percentile([t["stages_ms"][s] for t in turns], 90)),
+                  "share": sum(t["stages_ms"][s] for t in turns) / grand if grand else 0.0} for s in STAGES}
+    shown = sorted(measures, key=lambda m: m.total_ms)[(len(measures) - 1) // 2]  # the median turn
+    timeline = {"turn": shown.index, "total_ms": shown.total_ms, "ttft_ms": shown.ttft_ms,
+                "first_audio_ms": shown.first_audio_ms,
+                "spans": [{"stage": s.stage, "start_ms": (s.start - shown.start) * 1000,
+                           "end_ms": (s.end - shown.start) * 1000} for s in merge_spans(shown.spans)]}
+    prof = {"name": profile.name, "description": profile.description, "source": profile.source,
+            "session": asdict(profile.session), "recipe": dict(profile.recipe),
+            "generation": asdict(profile.generation), "budget": asdict(profile.budget)}
+    report = {"schema": SCHEMA_ID, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+              "model": {"package": package, "precisions": precisions, "recipe_mismatches": mismatches},
+              "device": device, "profile": prof, "input": {"source": input_source, "seconds": input_seconds},
+              "settings": {"turns": len(measures), "warmup": warmup, "seed": seed}, "turns": turns,
+              "summary": summary, "stages": stages, "timeline": timeline,
+              "verdict": verdict(summary, stages, turns, prof)}
+    errors = validate(report)
+    if errors:  # a bug here, not the user's: say exactly which field
+        raise AssertionError(f"profile report does not match its schema: {errors[:5]}")
+    return report
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A saved report, refused with one clear line when it is not one."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such report") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not JSON ({exc})") from None
+    errors = validate(report)
+    if errors:
+        raise UserError(f"{path}: not a bcaudio profile report ({'; '.join(errors[:3])}); "
+                        "make one with `bcaudio profile --model PKG --output report.json`")
+    return report
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}"
+    return f"{text} {unit}".strip()
+
+
+def metric_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, median, p90) for every metric the report has a value for."""
+    rows = []
+    for key, label, unit, _ in METRICS:
+        s = report["summary"][key]
+        if s["median"] is not None:
+            rows.append((f"{label} ({unit})" if unit else label, _fmt(s["median"]), _fmt(s["p90"])))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """A summary a person reads: verdict first, then metrics, stages, device and turns."""
+    d, p, v = report["device"], report["profile"], report["verdict"]
+    lines = [f"# Latency profile: {Path(report['model']['package']).name} on {p['name']}", "",
+             f"**Verdict:** {v['line']}", "", f"Command: `{report['command']}`", "",
+             f"Device: {d['cpu_model']}, {d['cores']} cores, ISA {', '.join(d['isa']) or '-'}"
+             + (f", GPU {d['gpu']}" if d["gpu"] else "") + f"; onnxruntime {d['onnxruntime']} "
+             f"({', '.join(d['providers'])})", "",
+             f"Input: {report['input']['source']} ({report['input']['seconds']:.2f} s); "
+             f"{report['settings']['turns']} measured turn(s) after {report['settings']['warmup']} warm-up", ""]
+    if report["model"]["recipe_mismatches"]:
+        lines += ["Package precisions differ from the profile's recipe (timings are for the package as built): "
+                  + "; ".join(report["model"]["recipe_mismatches"]), ""]
+    lines += ["## Metrics", "", *_table(["metric", "median", "p90"], metric_rows(report)), "", "## Stages", "",
+              *_table(["stage", "median ms", "p90 ms", "share"],
+                      [(s, _fmt(x["median_ms"]), _fmt(x["p90_ms"]), f"{x['share']:.1%}")
+                       for s, x in report["stages"].items()]), "",
+              "`other` is turn time outside every graph run: resampling, sampling, the Python loop.", "",
+              "## Turns", "",
+              *_table(["turn", "context", "total ms", "first token ms", "first audio ms", "RTF", "answer s", "stop"],
+                      [(str(t["index"] + 1), str(t["context_tokens"]), _fmt(t["total_ms"]), _fmt(t["ttft_ms"]),
+                        _fmt(t["first_audio_ms"]), _fmt(t["rtf"]), _fmt(t["answer_audio_s"]), t["stop"])
+                       for t in report["turns"]])]
+    for name, path in report.get("charts", {}).items():
+        lines += ["", f"![{name}]({Path(path).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def compare_table(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """Side by side: device, profile, every metric's median, every stage's median ms, the verdict."""
+    rows: list[list[str]] = [
+        ["profile", *[r["profile"]["name"] for r in reports]],
+        ["device", *[r["device"]["gpu"] or f"{r['device']['cpu_model']} x{r['device']['cores']}" for r in reports]],
+        ["provider", *[(r["device"]["providers"] or ["-"])[0].replace("ExecutionProvider", "") for r in reports]],
+        ["package", *[Path(r["model"]["package"]).name for r in reports]],
+    ]
+    for key, label, unit, _ in METRICS:
+        values = [r["summary"][key]["median"] for r in reports]
+        if any(v is not None for v in values):
+            rows.append([f"{label} ({unit})" if unit else label, *[_fmt(v) for v in values]])
+    for stage in STAGES:
+        rows.append([f"{stage} ms", *[f"{_fmt(r['stages'][stage]['median_ms'])} ({r['stages'][stage]['share']:.0%})"
+                                      for r in reports]])
+    rows.append(["meets budget", *["yes" if r["verdict"]["meets_budget"] else "NO" for r in reports]])
+    rows.append(["biggest stage", *[r["verdict"]["biggest_stage"] for r in reports]])
+    table = [["", *labels], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    out = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
+                                                                                                   strict=True)))
+           for row in table]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

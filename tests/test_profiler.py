@@ -1,0 +1,185 @@
+"""`bcaudio profile` on the tiny package: honest stage sums, a schema-valid report, compare, charts, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcaudio.errors import UserError
+from bcaudio.export.checkpoint import init_checkpoint
+from bcaudio.export.package import export_package
+from bcaudio.presets import get_preset
+from bcaudio.runtime.profile_cli import add_parser
+from bcaudio.runtime.profile_report import REPORT_SCHEMA, load_report, validate
+from bcaudio.runtime.profiler import STAGES, Profiler, TurnRecorder, speech_input
+from bcaudio.runtime.profiles import load_profile, shipped_profiles
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIGHT_PROFILE = """description = "a budget no box meets: exercises the failing verdict"
+[session]
+provider = "cpu"
+intra_op_threads = 2
+[generation]
+flow_steps = 2
+[budget]
+first_audio_ms = 1.0
+rtf = 0.01
+"""
+
+
+def run_cli(argv: list[str]) -> None:
+    """The profile commands through their own parser, the way ``bcaudio`` dispatches them."""
+    parser = argparse.ArgumentParser(prog="bcaudio")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("profile")
+    export_package(init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1), root / "pkg", progress=lambda _: None)
+    return root / "pkg"
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_pkg: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two reports: cpu-2core with espeak-ng input made on the fly, and a tight user profile without charts."""
+    out = tmp_path_factory.mktemp("reports")
+    run_cli(["profile", "--model", str(tiny_pkg), "--device-profile", "cpu-2core", "--turns", "2",
+             "--output", str(out / "fast.json")])
+    tight = out / "tight.toml"
+    tight.write_text(TIGHT_PROFILE)
+    run_cli(["profile", "--model", str(tiny_pkg), "--device-profile", str(tight), "--turns", "1", "--warmup", "0",
+             "--output", str(out / "tight.json"), "--no-charts"])
+    return {"fast": out / "fast.json", "tight": out / "tight.json"}
+
+
+def test_stage_times_add_up_to_the_turn_and_the_report_matches_its_schema(reports: dict[str, Path]) -> None:
+    report = json.loads(reports["fast"].read_text())
+    assert validate(report) == []
+    assert report["profile"]["name"] == "cpu-2core" and len(report["turns"]) == 2
+    assert report["device"]["cores"] >= 1 and "CPUExecutionProvider" in report["device"]["providers"]
+    for turn in report["turns"]:
+        stages = turn["stages_ms"]
+        assert abs(sum(stages.values()) - turn["total_ms"]) <= 0.05 * turn["total_ms"]
+        assert all(stages[s] > 0 for s in STAGES if s != "other")  # every graph ran and was timed
+        assert stages["other"] < turn["total_ms"]
+        assert 0 < turn["ttft_ms"] <= turn["first_audio_ms"] <= turn["total_ms"]
+        assert turn["prefill_tokens"] > turn["decode_tokens"] / 100 and turn["decode_tokens"] > 0
+        assert turn["rtf"] == pytest.approx(turn["total_ms"] / 1000 / turn["answer_audio_s"])
+        assert turn["peak_rss_mb"] > 10 and turn["gpu_mem_mb"] is None
+    assert report["turns"][1]["context_tokens"] > 0  # the second turn continued the conversation
+    assert sum(s["share"] for s in report["stages"].values()) == pytest.approx(1.0)
+    spans = report["timeline"]["spans"]
+    assert spans and all(0 <= s["start_ms"] <= s["end_ms"] <= report["timeline"]["total_ms"] for s in spans)
+    md = reports["fast"].with_suffix(".md").read_text()
+    assert "**Verdict:** meets the cpu-2core budget" in md and "| other |" in md
+
+
+def test_turn_time_agrees_with_an_outside_clock(tiny_pkg: Path, speech_16k: np.ndarray) -> None:
+    profiler = Profiler(tiny_pkg, load_profile("cpu-2core"), log=lambda _: None)
+    start = time.perf_counter()
+    turn = profiler.turn(speech_16k, 0)
+    outside_ms = (time.perf_counter() - start) * 1000
+    assert turn.total_ms <= outside_ms and turn.total_ms >= 0.95 * outside_ms
+
+
+def test_failing_budget_names_the_stage_to_fix(reports: dict[str, Path]) -> None:
+    verdict = json.loads(reports["tight"].read_text())["verdict"]
+    assert not verdict["meets_budget"] and not verdict["first_audio_ok"]
+    assert verdict["biggest_stage"] in STAGES
+    assert verdict["line"].startswith("does NOT meet the tight budget") and "time to first audio" in verdict["line"]
+    assert "charts" not in json.loads(reports["tight"].read_text())
+
+
+def test_schema_rejects_a_broken_report(reports: dict[str, Path], tmp_path: Path) -> None:
+    report = json.loads(reports["fast"].read_text())
+    broken = copy.deepcopy(report)
+    del broken["verdict"]
+    broken["turns"][0]["total_ms"] = "fast"
+    broken["stages"]["encoder"]["share"] = float("nan")
+    errors = validate(broken, REPORT_SCHEMA)
+    assert any("missing 'verdict'" in e for e in errors)
+    assert any("turns[0].total_ms: expected number" in e for e in errors)
+    assert any("stages.encoder.share" in e for e in errors)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(broken))
+    with pytest.raises(UserError, match="not a bcaudio profile report"):
+        load_report(bad)
+
+
+def test_compare_prints_side_by_side_and_writes_a_chart(reports: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    chart = tmp_path / "cmp.png"
+    run_cli(["profile", "compare", str(reports["fast"]), str(reports["tight"]), "--chart", str(chart)])
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "fast" in header and "tight" in header
+    assert any(line.startswith("meets budget") and "yes" in line and "NO" in line for line in out.splitlines())
+    assert chart.read_bytes().startswith(PNG_SIGNATURE) and chart.stat().st_size > 1000
+    with pytest.raises(UserError, match="two or more reports"):
+        run_cli(["profile", "compare", str(reports["fast"])])
+
+
+def test_report_charts_are_valid_pngs(reports: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    charts = json.loads(reports["fast"].read_text())["charts"]
+    assert set(charts) == {"timeline", "stages"}
+    for path in charts.values():
+        data = Path(path).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_missing_matplotlib_is_one_clear_line(reports: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    from bcaudio.runtime.profile_charts import ChartsUnavailable, stage_chart
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(ChartsUnavailable, match=r"pip install 'bcaudio\[charts\]'"):
+        stage_chart(json.loads(reports["fast"].read_text()), tmp_path / "x.png")
+
+
+def test_missing_espeak_without_input_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import bcaudio.runtime.profiler as profiler
+
+    monkeypatch.setattr(profiler.shutil, "which", lambda _: None)
+    with pytest.raises(UserError, match="espeak-ng is not installed.*--input"):
+        speech_input(None, 16000, tmp_path)
+
+
+def test_llm_runs_are_split_into_prefill_and_decode_by_feed_length() -> None:
+    rec = TurnRecorder(assistant_token=7)
+    rec.feed_started([1, 2, 7])  # the prompt closes with the assistant token
+    rec.observe("llm", 1.0, 1.5)
+    assert rec.first_token_at is None
+    rec.feed_started([42])  # fed right after the first answer token was sampled
+    rec.observe("llm", 2.0, 2.1)
+    rec.observe("flow_estimator", 2.1, 2.2)
+    assert [s.stage for s in rec.spans] == ["llm_prefill", "llm_decode", "flow"]
+    assert rec.prefill_tokens == 3 and rec.decode_tokens == 1 and rec.first_token_at is not None
+
+
+def test_profiles_lists_shipped_and_says_what_auto_picked(capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(["profiles", "--device-profile", "auto"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in shipped_profiles())
+    assert "device profile: " in out and "(auto: " in out and "budget: {" in out
+
+
+def test_profiler_modules_never_import_torch() -> None:
+    script = ("import sys\n"
+              "import bcaudio.runtime.profile_cli, bcaudio.runtime.profiler, bcaudio.runtime.profile_report\n"
+              "import bcaudio.runtime.profile_charts\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
