@@ -19,7 +19,6 @@ from bcaudio.config import (
     GenerationConfig,
     LLMConfig,
     ModelConfig,
-    SamplingParams,
     SpecialTokens,
     VocoderConfig,
 )
@@ -34,15 +33,19 @@ def _shift_tokens(base: int) -> SpecialTokens:
     return SpecialTokens(**shifted)
 
 
-def tiny() -> ModelConfig:
+def bounded_generation(audio_frames: int, text_tokens: int, rounds: int) -> GenerationConfig:
+    """Spec §8 sampling with smaller limits: random weights rarely emit code-0 EOS or eos, so an
+    unbounded turn would always run to 500 frames x 100 rounds. Real checkpoints keep the spec's limits."""
     gen = GenerationConfig()
-    # Random weights rarely emit code-0 EOS: bound segments so a test turn stays small.
-    gen.audio = SamplingParams(0.5, 5, 0.85, 1.3, 12)
-    gen.first_text = SamplingParams(0.8, 20, 0.85, 1.1, 8)
-    gen.text = SamplingParams(0.3, 20, 0.85, 1.05, 8)
-    gen.text_only = SamplingParams(0.8, 20, 0.85, 1.1, 16)
-    gen.asr = SamplingParams(0.0, 0, 1.0, 1.3, 16)
-    gen.max_rounds = 3
+    gen.audio.max_new_tokens = audio_frames
+    gen.first_text.max_new_tokens = gen.text.max_new_tokens = text_tokens
+    gen.text_only.max_new_tokens = gen.asr.max_new_tokens = 2 * text_tokens
+    gen.max_rounds = rounds
+    return gen
+
+
+def tiny() -> ModelConfig:
+    gen = bounded_generation(audio_frames=12, text_tokens=8, rounds=3)
     return ModelConfig(
         preset="tiny",
         encoder=EncoderConfig(d_model=64, layers=2, heads=4, ffn_dim=128),
@@ -74,6 +77,7 @@ def small() -> ModelConfig:
                         prenet_ffn_dim=1024, prenet_layers=6, channels=[128], attention_head_dim=64, num_heads=2,
                         n_blocks=2, num_mid_blocks=6),
         vocoder=VocoderConfig(),
+        generation=bounded_generation(audio_frames=40, text_tokens=16, rounds=3),
     ).validate()
 
 
