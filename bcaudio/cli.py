@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bcaudio.runtime.profile_cli import add_parser as add_profile_parsers
 
     add_profile_parsers(sub)
+    try:
+        from bcaudio.quant.cli import add_parser as add_quant_parser
+    except ImportError:  # runtime-only install: no onnx, no `quantize`
+        pass
+    else:
+        add_quant_parser(sub)
     return parser
 
 
@@ -200,6 +206,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from bcaudio.runtime.profiles import ProfileError
 
     errors += [AudioInputError, ManifestError, ProfileError]
+    try:
+        from bcaudio.quant.recipes import QuantError
+
+        errors.append(QuantError)
+    except ImportError:
+        pass
     return tuple(errors)
 
 

@@ -1,4 +1,4 @@
-"""Writing exported graphs: one ``.onnx`` file, plus one external-data file past the protobuf limit."""
+"""Torch export of one graph, through a temporary folder so large graphs get a single external-data file."""
 
 from __future__ import annotations
 
@@ -11,26 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-# Protobuf cannot serialize a message over 2 GiB; stay well under it.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-
-
-def initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Save ``model``; -> the files written (the graph, and its ``.data`` file when external)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    if initializer_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path))
-        return [path]
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    return [path, data]
+from bcaudio.onnx_files import save_model
 
 
 def export_module(module: nn.Module, args: Sequence[torch.Tensor], path: Path, input_names: list[str],
@@ -45,4 +26,4 @@ def export_module(module: nn.Module, args: Sequence[torch.Tensor], path: Path, i
                           output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
                           dynamo=False, do_constant_folding=True)
         model = onnx.load(str(raw))
-        return save_onnx(model, path)
+        return save_model(model, path)

@@ -1,0 +1,98 @@
+"""Quantization recipes: which precision each graph gets, built in or from a TOML file.
+
+A recipe names a precision per graph (unnamed graphs stay fp32) and the int4 block size.
+The built-in ones, chosen by the accuracy reports on ``tiny`` (see ``quant/accuracy.py``):
+
+- ``fp16``  every graph fp16 with fp32 islands (for CUDA; fp16 is slower than fp32 on CPU);
+- ``int8``  every graph but the vocoder dynamic int8 (uint8 weights per channel, MatMul/Gemm); the
+  vocoder's only MatMuls are in its fp32-kept F0 predictor and source, so int8 there just grew the file;
+- ``int4``  4-bit blocks on the llm and the audio head (the decode loop's weights), the rest fp32;
+- ``mixed`` the CPU default: int4 llm and audio head, int8 audio tokenizer, fp32 flow and vocoder
+  (flow and vocoder are small, conv-heavy and their errors are audible; the solver calls the
+  estimator 2 x steps times, so an error there is integrated).
+
+A TOML recipe (so device profiles can point at one)::
+
+    description = "my phone"      # optional
+    block_size = 32               # optional, int4 block size (power of two >= 16)
+    [graphs]
+    llm = "int4"
+    audio_tokenizer = "int8"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcaudio.runtime.manifest import GRAPHS
+from bcaudio.runtime.profiles import PRECISIONS
+
+DEFAULT_BLOCK_SIZE = 32
+FP32 = "fp32"
+
+
+class QuantError(ValueError):
+    """A recipe or package that cannot be quantized; the message is one line naming the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    precisions: dict[str, str] = field(default_factory=dict)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    description: str = ""
+
+    def precision(self, graph: str) -> str:
+        return self.precisions.get(graph, FP32)
+
+
+BUILTIN: dict[str, Recipe] = {
+    "fp16": Recipe("fp16", {g: "fp16" for g in GRAPHS}, description="CUDA: fp16 with fp32 islands"),
+    "int8": Recipe("int8", {g: "int8" for g in GRAPHS if g != "vocoder"},
+                   description="dynamic int8, uint8 weights per channel (vocoder fp32)"),
+    "int4": Recipe("int4", {"llm": "int4", "audio_head": "int4"}, description="4-bit llm and audio head"),
+    "mixed": Recipe("mixed", {"llm": "int4", "audio_head": "int4", "audio_tokenizer": "int8"},
+                    description="CPU default: int4 llm + head, int8 tokenizer, fp32 flow + vocoder"),
+}
+
+
+def check_precisions(precisions: dict[str, object], where: str) -> dict[str, str]:
+    """Graph names and precision values, each checked; -> the mapping as strings."""
+    for graph, precision in precisions.items():
+        if graph not in GRAPHS:
+            raise QuantError(f"{where}: unknown graph {graph!r}; graphs: {', '.join(GRAPHS)}")
+        if precision not in PRECISIONS:
+            raise QuantError(f"{where}: {graph} = {precision!r} is not a precision; choose one of "
+                             f"{', '.join(PRECISIONS)}")
+    return {str(g): str(p) for g, p in precisions.items()}
+
+
+def parse_recipe(raw: dict[str, object], name: str, where: str) -> Recipe:
+    """A recipe from a TOML table; strict, so a typo is an error rather than a silently fp32 graph."""
+    allowed = {"description", "block_size", "graphs"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise QuantError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(allowed))}")
+    graphs = raw.get("graphs", {})
+    if not isinstance(graphs, dict) or not graphs:
+        raise QuantError(f"{where}: needs a [graphs] table naming a precision per graph, e.g. llm = \"int4\"")
+    block = raw.get("block_size", DEFAULT_BLOCK_SIZE)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+        raise QuantError(f"{where}: block_size must be a power of two >= 16, got {block!r}")
+    return Recipe(name, check_precisions(graphs, where), block, str(raw.get("description", "")))
+
+
+def load_recipe(recipe: str | Path) -> Recipe:
+    """A built-in recipe by name, or a TOML file by path."""
+    if isinstance(recipe, str) and recipe in BUILTIN:
+        return BUILTIN[recipe]
+    path = Path(recipe)
+    if path.suffix != ".toml" or not path.is_file():
+        raise QuantError(f"unknown recipe {str(recipe)!r}; built in: {', '.join(BUILTIN)}, or a path to a .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise QuantError(f"{path}: not valid TOML ({exc})") from None
+    return parse_recipe(raw, path.stem, str(path))
