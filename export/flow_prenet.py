@@ -18,21 +18,8 @@ import torch
 from torch import nn
 
 from bcaudio.config import ModelConfig
-from bcaudio.export.layers import RMSNorm, attention, causal_bias, merge_heads, split_heads
-
-
-class PrenetAttention(nn.Module):
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj = nn.Linear(d, d, bias=True)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=True)
-        self.out_proj = nn.Linear(d, d, bias=True)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(merge_heads(attention(q, k, v, bias)))
+from bcaudio.export.layers import RMSNorm, causal_bias
+from bcaudio.export.whisper_layer import WhisperAttention
 
 
 class PrenetLayer(nn.Module):
@@ -40,7 +27,7 @@ class PrenetLayer(nn.Module):
 
     def __init__(self, d: int, heads: int, ffn_dim: int, eps: float) -> None:
         super().__init__()
-        self.self_attn = PrenetAttention(d, heads)
+        self.self_attn = WhisperAttention(d, heads)  # same projections and biases as the encoder's
         self.self_attn_layer_norm = RMSNorm(d, eps)
         self.fc1 = nn.Linear(d, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d)
