@@ -70,11 +70,13 @@ def _runtime_turn(args: argparse.Namespace) -> None:
     from bcaudio.runtime.sessions import SessionSettings
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    settings, flow_steps = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None
+    settings, flow_steps, context = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None, None
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
-        settings, flow_steps = profile.session, profile.generation.flow_steps
-    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, log=log)
+        settings = profile.session
+        flow_steps, context = profile.generation.flow_steps, profile.generation.context_tokens
+    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
+                               log=log)
     if args.command == "speak":
         events = assistant.speak(args.text)
     else:

@@ -17,10 +17,13 @@ from bcaudio.runtime.speech_loop import ChooseCode
 class TorchBackend:
     def __init__(self, ref: Reference, seed: int = 0, flow_steps: int | None = None) -> None:
         self.ref, self.cfg = ref, ref.cfg
-        self.cache = ref.llm.empty_cache(1)
-        self.position = 0
+        self.reset()
         self.noise = NoiseSource(ref.cfg, seed)
         self.flow_steps = flow_steps or ref.cfg.flow.diffusion_steps
+
+    def reset(self) -> None:
+        self.cache = self.ref.llm.empty_cache(1)
+        self.position = 0
 
     @torch.no_grad()
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

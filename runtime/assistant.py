@@ -24,14 +24,15 @@ class VoiceAssistant:
 
     def __init__(self, package: str | Path, settings: SessionSettings | None = None, seed: int = 0,
                  generation: GenerationConfig | None = None, flow_steps: int | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 context_tokens: int | None = None, log: Callable[[str], None] = print) -> None:
         self.package = Path(package)
         self.sessions = PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
         self.log = log
         self.codec = TextCodec(self.package / "tokenizer.json")
         self.backend = OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps)
-        self.loop = SpeechLoop(self.cfg, self.backend, self.codec, seed=seed, generation=generation)
+        self.loop = SpeechLoop(self.cfg, self.backend, self.codec, seed=seed, generation=generation,
+                               max_context=context_tokens)
 
     @property
     def sample_rate(self) -> int:

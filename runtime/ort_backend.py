@@ -23,10 +23,13 @@ class OrtBackend:
         self.s, self.cfg = sessions, sessions.cfg
         self.llm_past_names = [i.name for i in sessions["llm"].get_inputs() if i.name.startswith("past_")]
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
-        self.past = _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim)
-        self.position = 0
+        self.reset()
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+
+    def reset(self) -> None:
+        self.past = _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim)
+        self.position = 0
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n = len(ids)

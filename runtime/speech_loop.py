@@ -33,6 +33,9 @@ class Backend(Protocol):
     def decode_segment(self, codes: np.ndarray) -> np.ndarray:
         """(frames, num_codebooks) codes -> 24 kHz waveform."""
 
+    def reset(self) -> None:
+        """Forget the conversation (empty KV cache, position 0): the loop re-prefills what it keeps."""
+
 
 class TextCodec(Protocol):
     def encode(self, text: str) -> list[int]: ...
@@ -85,23 +88,63 @@ def crossfade_join(chunks: Sequence[np.ndarray], overlap: int) -> np.ndarray:
     return out
 
 
+class ContextFull(RuntimeError):
+    """The current turn alone no longer fits the context window."""
+
+
 class SpeechLoop:
-    """One conversation: prompts, the §8 loop, and its events."""
+    """One conversation: prompts, the §8 loop, and its events.
+
+    When the context window would overflow, the oldest whole turns are dropped (the system
+    prompt stays) and the kept history is prefilled again into a fresh cache; a turn that
+    cannot fit even alone ends with ``TurnEnd("context_full")``. Nothing raises.
+    """
 
     def __init__(self, cfg: ModelConfig, backend: Backend, codec: TextCodec, seed: int = 0,
-                 generation: GenerationConfig | None = None) -> None:
+                 generation: GenerationConfig | None = None, max_context: int | None = None) -> None:
         self.cfg, self.backend, self.codec = cfg, backend, codec
         self.gen = generation or cfg.generation
         self.tok = cfg.tokens
         self.rng = np.random.default_rng(seed)
+        self.max_context = max_context or cfg.llm.max_position_embeddings
         self.context: list[int] = []  # every id fed so far: the repetition-penalty history of text steps
+        self._codes: list[np.ndarray] = []  # the codes of those positions, per feed (zeros at text positions)
+        self.turn_starts: list[int] = []  # context index where each turn begins (after the system prompt)
         self.started = False
 
     # ----- prompts -----
 
     def _feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.context) + len(ids) > self.max_context:
+            self._make_room(len(ids))
+        k = self.cfg.bridge.num_codebooks
         self.context.extend(ids)
+        self._codes.append(np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes, np.int64))
         return self.backend.feed(ids, codes)
+
+    def _make_room(self, needed: int) -> None:
+        """Drop the oldest whole turns (never the system prompt or the current turn) and re-prefill."""
+        if len(self.turn_starts) < 2:
+            raise ContextFull
+        system_end = self.turn_starts[0]
+        keep_from = next((s for s in self.turn_starts[1:]
+                          if system_end + len(self.context) - s + needed <= self.max_context), None)
+        if keep_from is None:
+            raise ContextFull
+        codes = np.concatenate(self._codes)
+        ids = self.context[:system_end] + self.context[keep_from:]
+        kept = np.concatenate([codes[:system_end], codes[keep_from:]])
+        shift = keep_from - system_end
+        self.turn_starts = [system_end] + [s - shift for s in self.turn_starts if s > keep_from]
+        self.context, self._codes = list(ids), [kept]
+        self.backend.reset()
+        self.backend.feed(ids, kept)
+
+    def _guarded(self, events: Iterator[Event]) -> Iterator[Event]:
+        try:
+            yield from events
+        except ContextFull:
+            yield TurnEnd("context_full")
 
     def _audio_block(self, codes: np.ndarray) -> tuple[list[int], np.ndarray]:
         """``<audio_start>{pads}<audio_end>`` with the frames' codes at the pad positions."""
@@ -112,10 +155,11 @@ class SpeechLoop:
         return ids, full
 
     def _turn_prefix(self) -> list[int]:
-        if self.started:
-            return [self.tok.user]
+        """What starts a user turn (the system prompt before the first); records where the turn begins."""
+        prefix = [] if self.started else [self.tok.system, *self.codec.encode(self.gen.system_prompt)]
         self.started = True
-        return [self.tok.system, *self.codec.encode(self.gen.system_prompt), self.tok.user]
+        self.turn_starts.append(len(self.context) + len(prefix))
+        return prefix + [self.tok.user]
 
     def _prompt(self, user_codes: np.ndarray, tail: list[int]) -> tuple[np.ndarray, np.ndarray]:
         ids, codes = self._audio_block(user_codes)
@@ -180,9 +224,12 @@ class SpeechLoop:
 
     def respond(self, user_codes: np.ndarray) -> Iterator[Event]:
         """Speech in, text + speech out (spec §8)."""
-        self.start_user_audio()
-        self.add_user_audio(user_codes)
-        return self.answer()
+        try:
+            self.start_user_audio()
+            self.add_user_audio(user_codes)
+        except ContextFull:
+            return iter([TurnEnd("context_full")])
+        return self._guarded(self.answer())
 
     # Incremental form of ``respond``: a live front end prefills the user's audio while they speak,
     # so at end of speech only the last chunk and the assistant prompt remain.
@@ -220,18 +267,26 @@ class SpeechLoop:
 
     def respond_text(self, user_codes: np.ndarray) -> Iterator[Event]:
         """Speech in, text only: the prompt ends with ``<C_A>``."""
-        ids, codes = self._prompt(user_codes, [self.tok.assistant])
-        logits, _ = self._feed(ids.tolist(), codes)
-        yield from self._plain_text(logits, self.gen.text_only)
+
+        def run() -> Iterator[Event]:
+            ids, codes = self._prompt(user_codes, [self.tok.assistant])
+            logits, _ = self._feed(ids.tolist(), codes)
+            yield from self._plain_text(logits, self.gen.text_only)
+
+        return self._guarded(run())
 
     def transcribe(self, user_codes: np.ndarray) -> Iterator[Event]:
         """ASR prompt of spec §8, greedy with repetition penalty."""
-        block, codes = self._audio_block(user_codes)
-        prefix = self.codec.encode(self.gen.asr_prompt)
-        ids = prefix + block
-        all_codes = np.concatenate([np.zeros((len(prefix), codes.shape[1]), np.int64), codes])
-        logits, _ = self._feed(ids, all_codes)
-        yield from self._plain_text(logits, self.gen.asr)
+
+        def run() -> Iterator[Event]:
+            block, codes = self._audio_block(user_codes)
+            prefix = self.codec.encode(self.gen.asr_prompt)
+            all_codes = np.concatenate([np.zeros((len(prefix), codes.shape[1]), np.int64), codes])
+            self.turn_starts.append(len(self.context))
+            logits, _ = self._feed(prefix + block, all_codes)
+            yield from self._plain_text(logits, self.gen.asr)
+
+        return self._guarded(run())
 
     def _plain_text(self, logits: np.ndarray, params: SamplingParams) -> Iterator[Event]:
         out: list[int] = []
@@ -247,15 +302,19 @@ class SpeechLoop:
 
     def speak(self, text: str) -> Iterator[Event]:
         """TTS: each clause piece (> tts_min_piece_chars) followed by ``<audiogen_start>`` and its audio."""
-        prefix = self._turn_prefix() + self.codec.encode(text) + [self.tok.audiotext_start, self.tok.assistant]
-        self._feed(prefix)
-        for piece in split_clauses(text, self.gen.clause_marks, self.gen.tts_min_piece_chars):
-            ids = self.codec.encode(piece)
-            yield TextDelta(piece, ids)
-            _, hidden = self._feed(ids + [self.tok.audiogen_start])
-            yield self._segment(hidden)
-            self._feed([self.tok.audiogen_end])
-        yield TurnEnd("done")
+
+        def run() -> Iterator[Event]:
+            prefix = self._turn_prefix() + self.codec.encode(text)
+            self._feed(prefix + [self.tok.audiotext_start, self.tok.assistant])
+            for piece in split_clauses(text, self.gen.clause_marks, self.gen.tts_min_piece_chars):
+                ids = self.codec.encode(piece)
+                yield TextDelta(piece, ids)
+                _, hidden = self._feed(ids + [self.tok.audiogen_start])
+                yield self._segment(hidden)
+                self._feed([self.tok.audiogen_end])
+            yield TurnEnd("done")
+
+        return self._guarded(run())
 
 
 def split_clauses(text: str, marks: Sequence[str], min_chars: int) -> list[str]:

@@ -166,3 +166,14 @@ def test_corrupt_package_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> 
     (bad / MANIFEST).write_text("{")
     with pytest.raises(ManifestError, match="corrupt JSON"):
         load_manifest(bad)
+
+
+def test_a_long_conversation_overflows_the_context_without_crashing(tiny: tuple[Path, Path],
+                                                                    speech_16k: np.ndarray) -> None:
+    _, pkg = tiny
+    a = VoiceAssistant(pkg, context_tokens=400, log=lambda _: None)
+    for _ in range(4):
+        assert collect(a.respond(speech_16k, 16000), 240).reason in ("eos", "max_rounds")
+        assert a.backend.position == len(a.loop.context) <= 400
+    assert a.loop.context[0] == a.cfg.tokens.system
+    assert a.loop.context.count(a.cfg.tokens.user) < 4  # older turns were dropped

@@ -29,13 +29,16 @@ class Scripted:
         self.fed: list[int] = []
         self.fed_codes: list[list[int]] = []
         self.decoded: list[int] = []
+        self.replaying = False
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         self.fed.extend(int(i) for i in ids)
         if codes is not None:
             self.fed_codes.extend(codes.tolist())
         logits = np.zeros(self.cfg.llm.vocab_size)
-        if self.tokens:
+        if self.replaying:
+            self.replaying = False
+        elif self.tokens:
             logits[self.tokens.pop(0)] = 100.0
         return logits, np.zeros(self.cfg.llm.hidden_size)
 
@@ -51,6 +54,10 @@ class Scripted:
     def decode_segment(self, codes: np.ndarray) -> np.ndarray:
         self.decoded.append(len(codes))
         return np.ones(len(codes) * 480, dtype=np.float32)
+
+    def reset(self) -> None:
+        self.fed.append(-1)  # marks a re-prefill
+        self.replaying = True  # the re-prefill's logits are never sampled: consume no script entry
 
 
 @pytest.fixture
@@ -137,3 +144,26 @@ def test_split_clauses_merges_short_pieces() -> None:
     marks = [",", "!", "?", "，", "。", ". "]
     text = "Hi, there. This is a longer clause, and another one! ok"
     assert split_clauses(text, marks, 10) == ["Hi, there. This is a longer clause,", "and another one! ok"]
+
+
+def test_context_overflow_drops_oldest_turns_and_keeps_the_system_prompt(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    backend = Scripted(greedy_cfg, (PROMPT + [tok.eos]) * 3, [])
+    loop = SpeechLoop(greedy_cfg, backend, ByteCodec(), max_context=70)
+    system_len = 1 + len(greedy_cfg.generation.system_prompt.encode())
+    for _ in range(3):
+        events = list(loop.respond(np.ones((20, 8), dtype=np.int64)))
+        assert events[-1].reason == "eos"
+        assert len(loop.context) <= 70
+    assert -1 in backend.fed  # a re-prefill happened
+    assert loop.context[0] == tok.system and loop.context[system_len] == tok.user
+    assert loop.context.count(tok.user) == 1  # only the newest turn is left
+    after = backend.fed[len(backend.fed) - backend.fed[::-1].index(-1):]
+    assert after[:system_len] == loop.context[:system_len]  # the system prompt was prefilled again
+
+
+def test_a_turn_longer_than_the_context_ends_cleanly(greedy_cfg: ModelConfig) -> None:
+    backend = Scripted(greedy_cfg, PROMPT, [])
+    loop = SpeechLoop(greedy_cfg, backend, ByteCodec(), max_context=40)
+    events = list(loop.respond(np.ones((60, 8), dtype=np.int64)))
+    assert [type(e) for e in events] == [TurnEnd] and events[0].reason == "context_full"
