@@ -111,6 +111,9 @@ class SpeechLoop:
         self._codes: list[np.ndarray] = []  # the codes of those positions, per feed (zeros at text positions)
         self.turn_starts: list[int] = []  # context index where each turn begins (after the system prompt)
         self.started = False
+        self._special = set(self.tok.by_id())
+        self._text_ids: list[int] = []  # this answer's visible ids, decoded as a whole: no split characters
+        self._shown = ""
 
     # ----- prompts -----
 
@@ -216,9 +219,18 @@ class SpeechLoop:
         wave = self.backend.decode_segment(codes) if len(codes) else np.zeros(0, np.float32)
         return AudioSegment(codes, wave)
 
+    def _begin_text(self) -> None:
+        self._text_ids, self._shown = [], ""
+
     def _delta(self, ids: list[int]) -> TextDelta:
-        visible = [i for i in ids if i not in self.tok.by_id()]
-        return TextDelta(self.codec.decode(visible), visible)
+        """The new text of this answer; held back while a multi-byte character is split across tokens."""
+        visible = [i for i in ids if i not in self._special]
+        self._text_ids.extend(visible)
+        text = self.codec.decode(self._text_ids)
+        if text.endswith("\ufffd"):
+            return TextDelta("", visible)
+        new, self._shown = text[len(self._shown):], text
+        return TextDelta(new, visible)
 
     # ----- modes -----
 
@@ -246,6 +258,7 @@ class SpeechLoop:
     def answer(self) -> Iterator[Event]:
         """Close the user's audio and run the §8 rounds."""
         logits, hidden = self._feed([self.tok.audio_end, self.tok.audiotext_start, self.tok.assistant])
+        self._begin_text()
         params = self.gen.first_text
         for round_ in range(self.gen.max_rounds):
             tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
@@ -289,6 +302,7 @@ class SpeechLoop:
         return self._guarded(run())
 
     def _plain_text(self, logits: np.ndarray, params: SamplingParams) -> Iterator[Event]:
+        self._begin_text()
         out: list[int] = []
         for _ in range(params.max_new_tokens):
             token = sample_token(logits, params, self.context + out, self.rng)
@@ -296,7 +310,9 @@ class SpeechLoop:
                 yield TurnEnd("eos")
                 return
             out.append(token)
-            yield self._delta([token])
+            delta = self._delta([token])
+            if delta.text:
+                yield delta
             logits, _ = self._feed([token])
         yield TurnEnd("max_tokens")
 

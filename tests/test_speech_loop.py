@@ -167,3 +167,13 @@ def test_a_turn_longer_than_the_context_ends_cleanly(greedy_cfg: ModelConfig) ->
     loop = SpeechLoop(greedy_cfg, backend, ByteCodec(), max_context=40)
     events = list(loop.respond(np.ones((60, 8), dtype=np.int64)))
     assert [type(e) for e in events] == [TurnEnd] and events[0].reason == "context_full"
+
+
+def test_streamed_text_never_shows_half_a_character(greedy_cfg: ModelConfig) -> None:
+    """é is two bytes: the first token's delta waits, the second shows the whole character."""
+    tok = greedy_cfg.tokens
+    backend = Scripted(greedy_cfg, [0xC3, 0xA9, ord("!"), tok.eos], [])
+    events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond_text(np.ones((1, 8), dtype=np.int64)))
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert texts == ["é", "!"]
+    assert "\ufffd" not in "".join(texts)
