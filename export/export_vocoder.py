@@ -3,8 +3,7 @@
 I/O contract (B batch, T mel frames at 50 Hz, S = T * samples_per_frame; all float32, B, T, S dynamic):
 
   mel       (B, num_mels, T)               log-mel from the flow decoder
-  phase     (B, nb_harmonics, 1)           uniform on [-pi, pi)  } drawn by
-  noise     (B, nb_harmonics + 1, S)       standard normal       } runtime.vocoder_noise.source_noise
+  noise     (B, nb_harmonics + 1, S)       standard normal, drawn by runtime.vocoder_noise.source_noise
   waveform  (B, S)                         24 kHz, clamped to +-audio_limit
 
 TorchScript export (``export_module``, ``dynamo=False``): it is many times faster
@@ -25,7 +24,7 @@ from bcaudio.export.onnx_io import export_module
 from bcaudio.export.vocoder import HiFTVocoder
 from bcaudio.runtime.vocoder_noise import source_noise
 
-VOCODER_INPUTS = ["mel", "phase", "noise"]
+VOCODER_INPUTS = ["mel", "noise"]
 VOCODER_OUTPUTS = ["waveform"]
 
 
@@ -33,13 +32,12 @@ def vocoder_example_inputs(cfg: ModelConfig, frames: int, seed: int, batch: int 
     """Random inputs; the mel sits in a log-mel-like range so a real F0 predictor sees voiced and unvoiced frames."""
     rng = np.random.default_rng(seed)
     mel = rng.normal(-5.0, 2.0, (batch, cfg.vocoder.num_mels, frames)).astype(np.float32)
-    phase, noise = source_noise(cfg.vocoder, batch, frames, seed=int(rng.integers(2**31)))
-    return {"mel": mel, "phase": phase, "noise": noise}
+    return {"mel": mel, "noise": source_noise(cfg.vocoder, batch, frames, seed=int(rng.integers(2**31)))}
 
 
 def export_vocoder(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
     """Trace at batch 2 and more than one frame, so neither is baked in as a constant."""
     args = [torch.from_numpy(v) for v in vocoder_example_inputs(cfg, frames=8, seed=0).values()]
-    axes = {"mel": {0: "batch", 2: "frames"}, "phase": {0: "batch"}, "noise": {0: "batch", 2: "samples"},
+    axes = {"mel": {0: "batch", 2: "frames"}, "noise": {0: "batch", 2: "samples"},
             "waveform": {0: "batch", 1: "samples"}}
     return export_module(module, args, Path(path), VOCODER_INPUTS, VOCODER_OUTPUTS, axes, opset)

@@ -54,8 +54,8 @@ class TorchBackend:
     @torch.no_grad()
     def decode_segment(self, codes: np.ndarray) -> np.ndarray:
         states = self.ref.detokenizer(torch.as_tensor(codes)[None], self.ref.bridge)
-        z, phase, source = self.noise.next_segment(states.shape[1])
+        z, source = self.noise.next_segment(states.shape[1])
         mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z), self.flow_steps,
                        self.cfg.flow.cfg_rate)
-        wave = self.ref.vocoder(mel, torch.as_tensor(phase), torch.as_tensor(source))
+        wave = self.ref.vocoder(mel, torch.as_tensor(source))
         return wave[0].numpy()

@@ -113,24 +113,38 @@ class F0Predictor(nn.Module):
 
 
 class SourceModule(nn.Module):
-    """HiFT's SourceModuleHnNSF with SineGen inlined; the random parts come in as arguments."""
+    """HiFT's SourceModuleHnNSF with SineGen2, CosyVoice2's choice at 24 kHz; the noise is an argument.
+
+    SineGen2 integrates each harmonic's phase once per mel frame and upsamples it linearly
+    (``F.interpolate``, ``align_corners=False``) to the sample rate. Its random initial phase is
+    added at sample 0 only, which that frame-rate resampling never reads, so it has no effect and
+    is not an input. The interpolation runs in float64 and the phase is wrapped before ``sin``: the
+    float32 original loses about 0.03 rad after a few seconds, which would make two correct
+    implementations (torch, onnxruntime) disagree by more than their own rounding.
+    """
 
     def __init__(self, cfg: VocoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.l_linear = nn.Linear(cfg.nb_harmonics + 1, 1)
 
-    def forward(self, f0: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """f0 (B, 1, L) Hz per sample, phase (B, H, 1), noise (B, H + 1, L) -> excitation (B, 1, L)."""
+    def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """f0 (B, T) Hz per mel frame, noise (B, H + 1, T * S) -> excitation (B, 1, T * S)."""
         cfg = self.cfg
-        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0.dtype, device=f0.device)[None, :, None]
-        freq = f0 * harmonics / cfg.sampling_rate  # cycles per sample of each harmonic
-        # SineGen's float32 cumsum on CPU accumulates in float64 and rounds each sum; spelled out here so
-        # ONNX Runtime (whose float CumSum accumulates in float32, drifting ~1e-3 rad per second) does the same.
-        theta = 2 * math.pi * (torch.cumsum(freq.double(), dim=-1).to(freq.dtype) % 1)
-        initial = torch.cat([torch.zeros_like(phase[:, :1]), phase], dim=1)
-        sines = cfg.sine_amp * torch.sin(theta + initial)
-        uv = (f0 > cfg.voiced_threshold).to(f0.dtype)
+        up = cfg.samples_per_frame
+        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=torch.float64)[None, :, None]
+        rad = torch.remainder(f0.double()[:, None, :] * harmonics / cfg.sampling_rate, 1.0)  # cycles per sample
+        cycles = torch.cumsum(rad, dim=-1) * up  # (B, H + 1, T): phase at each frame, in cycles
+        frames = rad.shape[-1]
+        src = ((torch.arange(frames * up, dtype=torch.float64) + 0.5) / up - 0.5).clamp(min=0.0)
+        lo = torch.floor(src)
+        weight = src - lo
+        lo = lo.long()
+        hi = torch.clamp(lo + 1, max=frames - 1)
+        phase = cycles.index_select(-1, lo) * (1.0 - weight) + cycles.index_select(-1, hi) * weight
+        sines = cfg.sine_amp * torch.sin(2 * math.pi * (phase - torch.floor(phase)).float())
+        f0_up = f0[:, None, :, None].expand(-1, -1, -1, up).flatten(2)  # nearest upsampling, (B, 1, T * S)
+        uv = (f0_up > cfg.voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.noise_std + (1 - uv) * cfg.sine_amp / 3
         sines = sines * uv + noise_amp * noise
         return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2)
@@ -169,20 +183,16 @@ class HiFTVocoder(nn.Module):
         self.stft = STFT(n_fft, cfg.istft_hop)
         self.istft = ISTFT(n_fft, cfg.istft_hop)
 
-    def forward(self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Waveform (B, T * samples_per_frame) in [-audio_limit, audio_limit].
 
         mel:   (B, num_mels, T) float32 log-mel at 50 Hz.
-        phase: (B, nb_harmonics, 1) float32, uniform on [-pi, pi): the initial phases of the
-               overtones 2..nb_harmonics+1; the fundamental starts at phase 0, as in HiFT.
         noise: (B, nb_harmonics + 1, T * samples_per_frame) float32, standard normal; scaled here
-               by noise_std where voiced and sine_amp / 3 where unvoiced.
-        ``bcaudio.runtime.vocoder_noise.source_noise`` draws both.
+               by noise_std where voiced and sine_amp / 3 where unvoiced
+               (``bcaudio.runtime.vocoder_noise.source_noise`` draws it).
         """
         cfg = self.cfg
-        f0 = self.f0_predictor(mel)
-        f0 = f0[:, :, None].expand(-1, -1, cfg.samples_per_frame).flatten(1)[:, None]  # nearest upsampling
-        source = self.stft(self.m_source(f0, phase, noise)[:, 0])
+        source = self.stft(self.m_source(self.f0_predictor(mel), noise)[:, 0])
         x = self.conv_pre(mel)
         kernels = len(cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):

@@ -17,10 +17,10 @@ class NoiseSource:
     def __init__(self, cfg: ModelConfig, seed: int) -> None:
         self.cfg, self.seed, self.segment = cfg, seed, 0
 
-    def next_segment(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> (flow z (1, mel, frames), vocoder phase, vocoder noise) for the next segment."""
+    def next_segment(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (flow z (1, mel, frames), vocoder source noise) for the next segment."""
         rng = np.random.default_rng((self.seed, self.segment))
         z = rng.standard_normal((1, self.cfg.flow.mel_bins, frames)).astype(np.float32)
-        phase, noise = source_noise(self.cfg.vocoder, 1, frames, seed=int(rng.integers(2**31)))
+        noise = source_noise(self.cfg.vocoder, 1, frames, seed=int(rng.integers(2**31)))
         self.segment += 1
-        return z, phase, noise
+        return z, noise

@@ -61,7 +61,7 @@ class OrtBackend:
 
     def decode_segment(self, codes: np.ndarray) -> np.ndarray:
         (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
-        z, phase, source = self.noise.next_segment(mu.shape[-1])
+        z, source = self.noise.next_segment(mu.shape[-1])
         mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
 
         def estimator_cfg(x: np.ndarray, mu_: np.ndarray, t: float, mask_: np.ndarray
@@ -73,5 +73,5 @@ class OrtBackend:
             return v[:1], v[1:]
 
         mel = euler_cfg_solve(estimator_cfg, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
-        (wave,) = self.s.run("vocoder", {"mel": mel.astype(np.float32), "phase": phase, "noise": source})
+        (wave,) = self.s.run("vocoder", {"mel": mel.astype(np.float32), "noise": source})
         return wave[0]
