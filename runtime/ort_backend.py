@@ -17,18 +17,27 @@ def _empty_cache(names: Sequence[str], heads: int, head_dim: int) -> dict[str, n
 
 
 class OrtBackend:
-    """Batch-1 conversation state: the LLM KV cache and the position counter."""
+    """Batch-1 conversation state: the LLM KV cache and the position counter.
 
-    def __init__(self, sessions: PackageSessions, seed: int = 0, flow_steps: int | None = None) -> None:
+    With IO binding (the default on CUDA) the cache lives on the device as OrtValues and each
+    step's present is bound straight back as the next past: it never visits the host.
+    """
+
+    def __init__(self, sessions: PackageSessions, seed: int = 0, flow_steps: int | None = None,
+                 io_binding: bool | None = None) -> None:
         self.s, self.cfg = sessions, sessions.cfg
+        self.io_binding = sessions.device == "cuda" if io_binding is None else io_binding
         self.llm_past_names = [i.name for i in sessions["llm"].get_inputs() if i.name.startswith("past_")]
+        self.llm_present_names = [o.name for o in sessions["llm"].get_outputs() if o.name.startswith("present_")]
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
         self.reset()
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
 
     def reset(self) -> None:
-        self.past = _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim)
+        shape = (1, self.cfg.llm.kv_heads, 0, self.cfg.llm.head_dim)
+        self.past = ({n: self.s.empty_on_device(shape) for n in self.llm_past_names} if self.io_binding
+                     else _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim))
         self.position = 0
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -37,10 +46,14 @@ class OrtBackend:
         feeds = {"input_ids": np.asarray(ids, dtype=np.int64)[None],
                  "audio_codes": (np.zeros((1, n, k), np.int64) if codes is None
                                  else np.asarray(codes, dtype=np.int64)[None]),
-                 "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None],
-                 **self.past}
-        logits, hidden, *presents = self.s.run("llm", feeds)
-        self.past = dict(zip(self.llm_past_names, presents, strict=True))
+                 "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None]}
+        if self.io_binding:
+            (logits, hidden), presents = self.s.run_bound("llm", feeds, self.past, ["logits", "hidden_states"],
+                                                          self.llm_present_names)
+            self.past = {p: presents[q] for p, q in zip(self.llm_past_names, self.llm_present_names, strict=True)}
+        else:
+            logits, hidden, *values = self.s.run("llm", {**feeds, **self.past})
+            self.past = dict(zip(self.llm_past_names, values, strict=True))
         self.position += n
         return logits[0], hidden[0, -1]
 

@@ -177,3 +177,18 @@ def test_a_long_conversation_overflows_the_context_without_crashing(tiny: tuple[
         assert a.backend.position == len(a.loop.context) <= 400
     assert a.loop.context[0] == a.cfg.tokens.system
     assert a.loop.context.count(a.cfg.tokens.user) < 4  # older turns were dropped
+
+
+def test_io_binding_path_equals_the_plain_path(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
+    """The KV cache kept as bound OrtValues (what CUDA uses) gives the same turn as numpy round trips."""
+    ckpt, pkg = tiny
+    greedy = load_config(ckpt).generation.greedy()
+    results = []
+    for binding in (False, True):
+        a = VoiceAssistant(pkg, generation=greedy, log=lambda _: None)
+        a.backend = a.loop.backend = OrtBackend(a.sessions, io_binding=binding)
+        results.append(collect(a.respond(speech_16k, 16000), 240))
+        assert a.backend.io_binding is binding
+    plain, bound = results
+    assert bound.text_ids == plain.text_ids
+    assert [s.codes.tolist() for s in bound.segments] == [s.codes.tolist() for s in plain.segments]
