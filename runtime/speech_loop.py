@@ -8,6 +8,7 @@ token for token.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -57,7 +58,11 @@ class AudioSegment:
 
 @dataclass
 class TurnEnd:
+    """Why the turn stopped, and its timings in seconds from the end of the user's input:
+    ``first_text``, ``first_audio`` (absent when none came) and ``total``."""
+
     reason: str
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 Event = TextDelta | AudioSegment | TurnEnd
@@ -69,6 +74,7 @@ class TurnResult:
     text_ids: list[int] = field(default_factory=list)
     segments: list[AudioSegment] = field(default_factory=list)
     reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
 
     def waveform(self, crossfade: int) -> np.ndarray:
         return crossfade_join([s.waveform for s in self.segments], crossfade)
@@ -144,10 +150,20 @@ class SpeechLoop:
         self.backend.feed(ids, kept)
 
     def _guarded(self, events: Iterator[Event]) -> Iterator[Event]:
+        """Turn ContextFull into a clean turn end, and time the turn from its first step."""
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
         try:
-            yield from events
+            for event in events:
+                if isinstance(event, TextDelta) and event.text:
+                    timings.setdefault("first_text", time.perf_counter() - start)
+                elif isinstance(event, AudioSegment):
+                    timings.setdefault("first_audio", time.perf_counter() - start)
+                elif isinstance(event, TurnEnd):
+                    event.timings = {**timings, "total": time.perf_counter() - start}
+                yield event
         except ContextFull:
-            yield TurnEnd("context_full")
+            yield TurnEnd("context_full", {**timings, "total": time.perf_counter() - start})
 
     def _audio_block(self, codes: np.ndarray) -> tuple[list[int], np.ndarray]:
         """``<audio_start>{pads}<audio_end>`` with the frames' codes at the pad positions."""
@@ -359,5 +375,5 @@ def collect(events: Iterator[Event], crossfade: int) -> TurnResult:
         elif isinstance(event, AudioSegment):
             result.segments.append(event)
         else:
-            result.reason = event.reason
+            result.reason, result.timings = event.reason, event.timings
     return result

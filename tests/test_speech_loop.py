@@ -177,3 +177,11 @@ def test_streamed_text_never_shows_half_a_character(greedy_cfg: ModelConfig) -> 
     texts = [e.text for e in events if isinstance(e, TextDelta)]
     assert texts == ["é", "!"]
     assert "\ufffd" not in "".join(texts)
+
+
+def test_turn_end_carries_timings(greedy_cfg: ModelConfig) -> None:
+    tok = greedy_cfg.tokens
+    backend = Scripted(greedy_cfg, PROMPT + [ord("a"), tok.audiogen_start, 0, 0, tok.eos], [FRAME, EOS_FRAME])
+    end = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))[-1]
+    assert set(end.timings) == {"first_text", "first_audio", "total"}
+    assert 0 <= end.timings["first_text"] <= end.timings["first_audio"] <= end.timings["total"]
