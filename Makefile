@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'silero-vad==6.2.3'  # only its ONNX file is used; --no-deps keeps torch out
 	touch $(STAMP)
 
 sysdeps:

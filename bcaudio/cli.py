@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bcaudio.runtime.profile_cli import add_parser as add_profile_parsers
 
     add_profile_parsers(sub)
+    from bcaudio.runtime.chat_cli import add_parser as add_chat_parsers
+
+    add_chat_parsers(sub)
     try:
         from bcaudio.quant.cli import add_parser as add_quant_parser
     except ImportError:  # runtime-only install: no onnx, no `quantize`
@@ -203,11 +206,13 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         errors.append(CheckpointError)
     except ImportError:  # runtime-only install: no torch, no export errors to catch
         pass
+    from bcaudio.runtime.audio_devices import AudioDeviceError
     from bcaudio.runtime.audio_io import AudioInputError
     from bcaudio.runtime.manifest import ManifestError
     from bcaudio.runtime.profiles import ProfileError
+    from bcaudio.runtime.vad import VadModelError
 
-    errors += [AudioInputError, ManifestError, ProfileError]
+    errors += [AudioInputError, ManifestError, ProfileError, AudioDeviceError, VadModelError]
     try:
         from bcaudio.quant.recipes import QuantError
 

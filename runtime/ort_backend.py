@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from bcaudio.runtime.flow_solver import euler_cfg_solve
 from bcaudio.runtime.noise import NoiseSource
@@ -39,6 +40,20 @@ class OrtBackend:
         self.past = ({n: self.s.empty_on_device(shape) for n in self.llm_past_names} if self.io_binding
                      else _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim))
         self.position = 0
+
+    def truncate(self, position: int) -> None:
+        """Keep the first ``position`` positions of the KV cache: barge-in forgets what was never played.
+
+        A cache bound on the device makes one host round trip; an interruption is rare enough for that.
+        """
+        if not 0 <= position <= self.position:
+            raise ValueError(f"cannot truncate a cache of {self.position} positions to {position}")
+        if self.io_binding:
+            self.past = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :position]),
+                                                             self.s.device, 0) for n, v in self.past.items()}
+        else:
+            self.past = {n: np.ascontiguousarray(v[:, :, :position]) for n, v in self.past.items()}
+        self.position = position
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n = len(ids)

@@ -294,6 +294,39 @@ class SpeechLoop:
             params = self.gen.text
         yield TurnEnd("max_rounds")
 
+    def guarded_answer(self) -> Iterator[Event]:
+        """``answer`` with the turn timings and a context overflow ending as ``TurnEnd``, as ``respond`` gives."""
+        return self._guarded(self.answer())
+
+    # Barge-in: the history keeps what the user actually heard, so the next turn sees the same conversation.
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on, in the context and in the backend's cache.
+
+        A backend without its own ``truncate`` is reset and the kept context prefilled again.
+        """
+        if not 0 <= length <= len(self.context):
+            raise ValueError(f"cannot truncate a context of {len(self.context)} positions to {length}")
+        if length == len(self.context):
+            return
+        codes = np.concatenate(self._codes)[:length]
+        self.context, self._codes = self.context[:length], [codes]
+        self.turn_starts = [s for s in self.turn_starts if s < length]
+        self.started = self.started and length > 0
+        cut = getattr(self.backend, "truncate", None)
+        if cut is not None:
+            cut(length)
+        else:
+            self.backend.reset()
+            if length:
+                self.backend.feed(self.context, codes)
+
+    def interrupt_at(self, boundary: int) -> None:
+        """Keep the answer up to ``boundary`` (just after a played segment's last frame) and close it with
+        ``<audiogen_end>``: the same state as an answer that ended after that segment."""
+        self.truncate(boundary)
+        self._feed([self.tok.audiogen_end])
+
     def respond_text(self, user_codes: np.ndarray) -> Iterator[Event]:
         """Speech in, text only: the prompt ends with ``<C_A>``."""
 

@@ -1,0 +1,203 @@
+"""``bcaudio chat`` (a live spoken conversation) and ``bcaudio devices`` (what audio and providers exist)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from bcaudio.errors import UserError
+
+RETRY_SECONDS = 2.0
+
+
+class ChatView:
+    """Line-based terminal view: state changes, the assistant's text as it comes, one summary per turn."""
+
+    def __init__(self, out: TextIO = sys.stdout, transcript: Path | None = None) -> None:
+        self.out, self.transcript = out, transcript
+        self._lock = threading.Lock()
+        self._in_text = False
+
+    def __call__(self, event: Any) -> None:
+        from bcaudio.runtime.live import AssistantText, Notice, PhaseChange, TurnDone
+
+        with self._lock:
+            if isinstance(event, AssistantText):
+                if not self._in_text:
+                    self.out.write("assistant: ")
+                    self._in_text = True
+                self.out.write(event.text)
+            else:
+                self._end_text()
+                if isinstance(event, PhaseChange):
+                    self.out.write(f"[{event.phase.value}]\n")
+                elif isinstance(event, Notice):
+                    self.out.write(f"! {event.message}\n")
+                elif isinstance(event, TurnDone):
+                    self._turn(event.report)
+            self.out.flush()
+
+    def _end_text(self) -> None:
+        if self._in_text:
+            self.out.write("\n")
+            self._in_text = False
+
+    def _turn(self, report: Any) -> None:
+        latency = "n/a" if report.latency is None else f"{report.latency * 1000:.0f} ms"
+        cut = (f", interrupted after {report.played_segments}/{report.segments} segment(s)" if report.interrupted
+               else "")
+        self.out.write(f"turn {report.index}: you spoke {report.user_seconds:.1f} s; end of speech -> first audio "
+                       f"{latency}{cut}\n")
+        if self.transcript is not None:
+            with self.transcript.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"turn": report.index, "user_seconds": round(report.user_seconds, 3),
+                                    "assistant": report.text, "latency_s": report.latency,
+                                    "interrupted": report.interrupted, "played_segments": report.played_segments,
+                                    "segments": report.segments}, ensure_ascii=False) + "\n")
+
+
+def _devices(args: argparse.Namespace) -> None:
+    from bcaudio.runtime.audio_devices import devices_report
+
+    print(devices_report())
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from bcaudio.cli import resolve_profile
+    from bcaudio.runtime.assistant import VoiceAssistant
+    from bcaudio.runtime.audio_devices import AudioDeviceError, DeviceStreams, SpeakerOutput
+    from bcaudio.runtime.live import LiveSession, LiveSettings
+    from bcaudio.runtime.sessions import SessionSettings
+    from bcaudio.runtime.vad import EndpointSettings, VadModelError
+
+    if args.output_wav and not args.input_wav:
+        raise UserError("--output-wav records a file-driven session: give --input-wav too")
+    if args.input_wav and args.push_to_talk:
+        raise UserError("--push-to-talk needs a keyboard; a file-driven session uses the VAD")
+    view = ChatView(transcript=Path(args.transcript) if args.transcript else None)
+    def log(message: str) -> None:
+        print(message, file=view.out)
+
+    settings, flow_steps, context, chunk_ms = SessionSettings(), None, None, LiveSettings().prefill_chunk_ms
+    if args.device_profile:
+        profile = resolve_profile(args.device_profile, log)
+        settings, flow_steps = profile.session, profile.generation.flow_steps
+        context, chunk_ms = profile.generation.context_tokens, profile.generation.prefill_chunk_ms
+    live = LiveSettings(EndpointSettings(threshold=args.vad_threshold, start_ms=args.start_ms, end_ms=args.end_ms),
+                        prefill_chunk_ms=args.prefill_chunk_ms or chunk_ms, push_to_talk=args.push_to_talk,
+                        barge_in=not args.no_barge_in)
+    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
+                               log=log)
+    try:
+        if args.input_wav:
+            _chat_files(args, assistant, live, view)
+            return
+        rate = DeviceStreams.output_rate(args.output_device, assistant.sample_rate)
+    except (AudioDeviceError, VadModelError) as exc:
+        raise UserError(str(exc)) from None
+    speaker = SpeakerOutput(assistant.sample_rate, rate)
+    try:
+        session = LiveSession(assistant, speaker, live, ui=view)
+    except VadModelError as exc:
+        raise UserError(str(exc)) from None
+    streams = DeviceStreams(session.mic, speaker, args.input_device, args.output_device)
+    _chat_live(session, streams, view, AudioDeviceError)
+
+
+def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatView) -> None:
+    """Headless: the wav goes through the microphone callback; the speaker's output is written aligned to it."""
+    import soundfile as sf
+
+    from bcaudio.runtime.audio_devices import SpeakerOutput
+    from bcaudio.runtime.audio_io import save_audio
+    from bcaudio.runtime.live import LiveSession, drive_from_audio
+
+    path = Path(args.input_wav)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    speaker = SpeakerOutput(assistant.sample_rate)
+    session = LiveSession(assistant, speaker, live, ui=view)
+    try:
+        out = drive_from_audio(session, audio.mean(axis=1), rate, realtime=args.realtime)
+    finally:
+        session.close()
+    if args.output_wav:
+        save_audio(args.output_wav, out, speaker.rate)
+        print(f"wrote {args.output_wav} ({out.size / speaker.rate:.1f} s, aligned with the input)", file=view.out)
+
+
+def _chat_live(session: Any, streams: Any, view: ChatView, device_error: type[Exception]) -> None:
+    """Run until Ctrl-C; a missing, busy or lost device is reported once and retried, the conversation kept."""
+    if session.settings.push_to_talk:
+        print("push-to-talk: press Enter to start speaking, Enter again to finish", file=view.out)
+        threading.Thread(target=_push_to_talk, args=(session,), daemon=True).start()
+    print("Ctrl-C to quit", file=view.out)
+    last_error = ""
+    try:
+        while True:
+            if not streams.is_open:
+                try:
+                    streams.open()
+                    if last_error:
+                        print("audio device back; listening", file=view.out)
+                    last_error = ""
+                except device_error as exc:
+                    if str(exc) != last_error:
+                        print(f"! {exc}; retrying every {RETRY_SECONDS:.0f} s", file=view.out)
+                    last_error = str(exc)
+                    time.sleep(RETRY_SECONDS)
+                    continue
+            if streams.lost.wait(0.1):
+                last_error = "audio device lost"
+                print("! audio device lost mid-turn; the turn is dropped, reopening", file=view.out)
+                session.interrupt()
+                streams.close()
+    except KeyboardInterrupt:
+        print("\nbye", file=view.out)
+    finally:
+        streams.close()
+        session.close()
+
+
+def _push_to_talk(session: Any) -> None:
+    talking = False
+    for _ in sys.stdin:
+        if talking:
+            session.release()
+        else:
+            session.press()
+        talking = not talking
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``chat`` and ``devices`` on the ``bcaudio`` subcommand parser."""
+    p = sub.add_parser("devices", help="list audio input/output devices and onnxruntime providers")
+    p.set_defaults(func=_devices)
+
+    p = sub.add_parser("chat", help="live spoken conversation: microphone in, speaker out, barge-in")
+    p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
+    p.add_argument("--device-profile", help="shipped profile name, a .toml path, or `auto` (also sets the "
+                                            "incremental prefill chunk)")
+    p.add_argument("--input-device", help="PortAudio input device: index or name part (see `bcaudio devices`)")
+    p.add_argument("--output-device", help="PortAudio output device: index or name part")
+    p.add_argument("--push-to-talk", action="store_true", help="Enter starts and ends each utterance (no VAD)")
+    p.add_argument("--no-barge-in", action="store_true",
+                   help="do not stop the answer when speech is heard (open speakers without echo cancellation)")
+    p.add_argument("--transcript", help="append one JSON line per turn to this file")
+    p.add_argument("--input-wav", help="drive the session from this recording instead of a microphone")
+    p.add_argument("--output-wav", help="with --input-wav: write what the speaker played, aligned with the input")
+    p.add_argument("--realtime", action="store_true", help="with --input-wav: pace the file in real time "
+                                                           "(default: as fast as the model allows)")
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="Silero speech probability threshold")
+    p.add_argument("--start-ms", type=int, default=96, help="speech needed to start an utterance")
+    p.add_argument("--end-ms", type=int, default=640, help="silence that ends an utterance (hangover)")
+    p.add_argument("--prefill-chunk-ms", type=int, default=0,
+                   help="incremental prefill chunk (default: the device profile's, else 640)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_chat)

@@ -1,0 +1,445 @@
+"""A live spoken conversation: endpointing, incremental prefill, streamed playback and barge-in.
+
+Two threads share the work. The *listener* is whoever calls ``on_audio`` (PortAudio's input
+callback, or the file driver calling that same callback): it runs the VAD on 32 ms frames, decides
+speech start / end, cuts the utterance into prefill chunks, and on barge-in stops the speaker at
+once. The *worker* owns the model: it tokenizes each chunk and prefills it while the user is still
+speaking, so at end of speech only the last chunk and the assistant prompt remain, then streams
+the answer's segments to the speaker.
+
+Barge-in keeps the history honest. Every answer segment is queued with a mark, and the speaker
+reports a mark once all its samples went to the device. On interruption the worker cuts the KV
+cache and ``loop.context`` back to the end of the last fully played segment and closes it with
+``<audiogen_end>`` — exactly the state of an answer that ended there, so the text and audio the
+user never heard are gone. When nothing was played yet, the assistant said nothing: the cut goes
+back to the end of the user's audio, before ``<audio_end>``, and the new speech continues the
+same user turn (a pause the endpointer took for an end).
+
+Incremental prefill tokenizes each chunk on its own. The audio tokenizer's encoder is
+bidirectional within a chunk and pads at its edges, so codes within about one code of a chunk
+edge can differ from whole-utterance tokenization; chunk lengths are rounded to whole codes
+(80 ms) so the code count and alignment stay the same. tests/test_live.py measures the difference.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from bcaudio.runtime.assistant import VoiceAssistant
+from bcaudio.runtime.audio_devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
+from bcaudio.runtime.audio_io import AudioInputError
+from bcaudio.runtime.speech_loop import AudioSegment, ContextFull, TextDelta, TurnEnd, crossfade_join
+from bcaudio.runtime.vad import FRAME, Endpointer, EndpointSettings, SileroVad
+
+CODE_SAMPLES = 1280  # 16 kHz samples per audio code (80 ms): prefill chunks are whole codes
+
+
+class Phase(StrEnum):
+    LISTENING = "listening"
+    HEARING = "hearing"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass
+class LiveSettings:
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    prefill_chunk_ms: int = 640  # a device profile's generation.prefill_chunk_ms
+    push_to_talk: bool = False  # press() / release() mark the utterance; no VAD
+    barge_in: bool = True  # off for open speakers without echo cancellation (the mic hears the answer)
+
+    @property
+    def chunk_samples(self) -> int:
+        return max(1, self.prefill_chunk_ms * MIC_RATE // 1000 // CODE_SAMPLES) * CODE_SAMPLES
+
+
+@dataclass
+class TurnReport:
+    """One exchange as the user experienced it: ``latency`` is end of speech -> first answer sample out."""
+
+    index: int
+    user_seconds: float
+    text: str
+    latency: float | None
+    interrupted: bool
+    played_segments: int
+    segments: int
+
+
+@dataclass
+class PhaseChange:
+    phase: Phase
+
+
+@dataclass
+class AssistantText:
+    text: str
+
+
+@dataclass
+class Notice:
+    message: str
+
+
+@dataclass
+class TurnDone:
+    report: TurnReport
+
+
+UiEvent = PhaseChange | AssistantText | Notice | TurnDone
+
+
+class StreamJoiner:
+    """``crossfade_join`` one segment at a time: the last ``overlap`` samples wait for the next segment."""
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self.tail = np.zeros(0, dtype=np.float32)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        joined = crossfade_join([self.tail, chunk], self.overlap)
+        keep = min(self.overlap, joined.size)
+        self.tail = joined[joined.size - keep:]
+        return joined[:joined.size - keep]
+
+    def flush(self) -> np.ndarray:
+        tail, self.tail = self.tail, np.zeros(0, dtype=np.float32)
+        return tail
+
+
+@dataclass
+class _Answer:
+    """Bookkeeping of the answer being generated or played; offsets are relative to the turn's start."""
+
+    index: int
+    turn: int  # the speaker's turn id
+    user_end: int  # after the user's last audio code, before <audio_end>
+    t_end: float  # when the endpointer decided the user had finished
+    user_seconds: float
+    boundaries: list[int] = field(default_factory=list)  # after each segment's last frame
+    texts: list[str] = field(default_factory=list)  # the text spoken by each segment
+    pending_text: str = ""
+    latency: float | None = None
+    done: bool = False
+
+
+class LiveSession:
+    """One live conversation on a ``VoiceAssistant``; audio in through ``on_audio``, out through ``speaker``."""
+
+    def __init__(self, assistant: VoiceAssistant, speaker: SpeakerOutput, settings: LiveSettings | None = None,
+                 vad: SileroVad | None = None, ui: Callable[[UiEvent], None] = lambda _: None) -> None:
+        self.assistant, self.loop, self.speaker = assistant, assistant.loop, speaker
+        self.settings = settings or LiveSettings()
+        self.vad = None if self.settings.push_to_talk else (vad or SileroVad())
+        self.endpointer = Endpointer(self.settings.endpoint)
+        self.ui = ui
+        self.phase = Phase.LISTENING
+        self.reports: list[TurnReport] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._pending = np.zeros(0, dtype=np.float32)
+        ep = self.settings.endpoint
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(ep.frames(ep.pre_roll_ms), ep.frames(ep.start_ms)))
+        self._utterance: list[np.ndarray] | None = None
+        self._unsent: list[np.ndarray] = []
+        self._pressed = False
+        self._answer: _Answer | None = None
+        self._turns = 0
+        self._continue_user = False
+        self._dropped = False  # skip the queued rest of a turn that failed
+        self._cancel = threading.Event()
+        self._commands: queue.Queue[tuple] = queue.Queue()
+        self.speaker.on_first_sample = self._first_sample
+        self._worker = threading.Thread(target=self._work, name="bcaudio-live-worker", daemon=True)
+        self._worker.start()
+
+    # ----- listener side -----
+
+    def mic(self, rate: int) -> MicInput:
+        """A microphone input at ``rate`` feeding this session."""
+        return MicInput(self.on_audio, rate)
+
+    def on_audio(self, samples16k: np.ndarray) -> None:
+        """16 kHz mono from the microphone, any block size; VAD and endpointing run per 512-sample frame."""
+        self._pending = np.concatenate([self._pending, np.asarray(samples16k, dtype=np.float32)])
+        while self._pending.size >= FRAME:
+            frame, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+            self._frame(frame)
+
+    def press(self) -> None:
+        """Push-to-talk pressed: the user starts speaking (a barge-in if the assistant is answering)."""
+        if not self._pressed:
+            self._pressed = True
+            self._start_utterance()
+
+    def release(self) -> None:
+        """Push-to-talk released: end of speech."""
+        if self._pressed:
+            self._pressed = False
+            self._end_utterance()
+
+    def interrupt(self) -> None:
+        """Abandon whatever is in flight (a lost device): an utterance is dropped, an answer cut as by barge-in."""
+        if self._utterance is not None:
+            self._utterance, self._unsent = None, []
+            self._commands.put(("drop",))
+            self._set_phase(Phase.LISTENING)
+        elif self.phase in (Phase.THINKING, Phase.SPEAKING):
+            self.speaker.stop()
+            self._cancel.set()
+            self._commands.put(("barge",))
+            self._set_phase(Phase.LISTENING)
+        self._pressed = False
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pre_roll.clear()
+        self.endpointer.reset()
+        if self.vad is not None:
+            self.vad.reset()
+
+    def _frame(self, frame: np.ndarray) -> None:
+        self._poll_playback()
+        change = None
+        if self.vad is not None:
+            change = self.endpointer.update(self.vad.frame(frame))
+        if self._utterance is None:
+            self._pre_roll.append(frame)
+        else:
+            self._utterance.append(frame)
+            self._unsent.append(frame)
+            if sum(f.size for f in self._unsent) >= self.settings.chunk_samples:
+                self._send_chunk()
+        if change == "start":
+            self._start_utterance()
+        elif change == "end":
+            self._end_utterance()
+
+    def _send_chunk(self) -> None:
+        audio = np.concatenate(self._unsent)
+        size = self.settings.chunk_samples
+        self._commands.put(("chunk", audio[:size]))
+        self._unsent = [audio[size:]] if audio.size > size else []
+
+    def _set_phase(self, phase: Phase) -> None:
+        with self._lock:
+            changed, self.phase = self.phase != phase, phase
+        if changed:
+            self.ui(PhaseChange(phase))
+
+    def _start_utterance(self) -> None:
+        if self.phase in (Phase.THINKING, Phase.SPEAKING):
+            if not self.settings.barge_in:
+                return
+            self.speaker.stop()  # silence from the next output block on
+            self._cancel.set()
+            self._commands.put(("barge",))
+        self._utterance = list(self._pre_roll)
+        self._unsent = list(self._pre_roll)
+        self._pre_roll.clear()
+        self._commands.put(("start",))
+        self._set_phase(Phase.HEARING)
+        while sum(f.size for f in self._unsent) >= self.settings.chunk_samples:
+            self._send_chunk()
+
+    def _end_utterance(self) -> None:
+        if self._utterance is None:
+            return
+        audio = np.concatenate(self._unsent) if self._unsent else np.zeros(0, np.float32)
+        seconds = sum(f.size for f in self._utterance) / MIC_RATE
+        self._utterance, self._unsent = None, []
+        self._set_phase(Phase.THINKING)
+        self._commands.put(("end", audio, time.perf_counter(), seconds))
+
+    def _poll_playback(self) -> None:
+        """The answer is over once generated and played out: report it and listen again."""
+        with self._lock:
+            answer = self._answer
+            over = (answer is not None and answer.done and self.phase in (Phase.THINKING, Phase.SPEAKING)
+                    and not self.speaker.busy and self._commands.unfinished_tasks == 0)
+            if over:
+                self._answer = None
+        if over:
+            self._report(answer, interrupted=False, played=len(answer.boundaries))
+            self._set_phase(Phase.LISTENING)
+
+    def _first_sample(self) -> None:
+        answer = self._answer
+        if answer is not None and answer.latency is None:
+            answer.latency = time.perf_counter() - answer.t_end
+        if self.phase == Phase.THINKING:
+            self._set_phase(Phase.SPEAKING)
+
+    def _report(self, answer: _Answer, interrupted: bool, played: int) -> None:
+        report = TurnReport(answer.index, answer.user_seconds, "".join(answer.texts[:played]).strip(),
+                            answer.latency, interrupted, played, len(answer.boundaries))
+        self.reports.append(report)
+        self.ui(TurnDone(report))
+
+    # ----- worker side -----
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every queued command (and any answer being generated) is done; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._commands.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """Nothing heard, computed or played is pending."""
+        return (self._commands.unfinished_tasks == 0 and self._utterance is None and not self.speaker.busy
+                and self._answer is None)
+
+    def close(self) -> None:
+        """Stop playback and the worker; the conversation's state stays readable."""
+        self.speaker.stop()
+        self._cancel.set()
+        self._commands.put(("quit",))
+        self._worker.join(timeout=10)
+
+    def _work(self) -> None:
+        while True:
+            command = self._commands.get()
+            try:
+                if command[0] == "quit":
+                    return
+                self._handle(command)
+            except (AudioInputError, ContextFull) as exc:
+                self._notice(f"turn dropped: {exc or 'the turn does not fit the context window'}")
+                self._drop_turn()
+            except Exception as exc:  # a live session outlives one bad turn; the message says what broke
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._notice(f"turn failed ({type(exc).__name__}: {exc}); listening again")
+                self._drop_turn()
+            finally:
+                self._commands.task_done()
+
+    def _notice(self, message: str) -> None:
+        self.ui(Notice(message))
+
+    def _drop_turn(self) -> None:
+        """Forget the current turn entirely, so the conversation stays consistent after a failure."""
+        if self.loop.turn_starts:
+            self.loop.truncate(self.loop.turn_starts[-1])
+        self._continue_user = False
+        self._dropped = True
+        with self._lock:
+            self._answer = None
+            answering = self.phase in (Phase.THINKING, Phase.SPEAKING)
+        if answering:
+            self._set_phase(Phase.LISTENING)
+
+    def _handle(self, command: tuple) -> None:
+        kind = command[0]
+        if self._dropped and kind != "start":
+            return  # the rest of a dropped turn
+        if kind == "start":
+            self._dropped = False
+            if not self._continue_user:
+                self.loop.start_user_audio()
+            self._continue_user = False
+        elif kind == "chunk":
+            self.loop.add_user_audio(self.assistant.tokenize(command[1]))
+        elif kind == "end":
+            _, tail, t_end, seconds = command
+            if tail.size >= CODE_SAMPLES:  # a shorter tail holds less than one code
+                self.loop.add_user_audio(self.assistant.tokenize(tail))
+            self._respond(t_end, seconds)
+        elif kind == "barge":
+            self._barge()
+        elif kind == "drop":
+            self._drop_turn()
+
+    def _offset(self) -> int:
+        return len(self.loop.context) - self.loop.turn_starts[-1]
+
+    def _respond(self, t_end: float, seconds: float) -> None:
+        self._turns += 1
+        answer = _Answer(self._turns, self.speaker.begin_turn(), self._offset(), t_end, seconds)
+        with self._lock:
+            self._answer = answer
+        if not self._cancel.is_set():
+            self._stream(answer, self.loop.guarded_answer())
+        answer.done = True
+
+    def _stream(self, answer: _Answer, events: Iterator) -> None:
+        joiner = StreamJoiner(self.assistant.cfg.generation.crossfade_samples)
+        try:
+            for event in events:
+                if self._cancel.is_set():
+                    return
+                if isinstance(event, TextDelta) and event.text:
+                    answer.pending_text += event.text
+                    self.ui(AssistantText(event.text))
+                elif isinstance(event, AudioSegment):
+                    answer.boundaries.append(self._offset())
+                    answer.texts.append(answer.pending_text)
+                    answer.pending_text = ""
+                    self.speaker.enqueue(answer.turn, joiner.push(event.waveform),
+                                         mark=(answer.turn, len(answer.boundaries)))
+                elif isinstance(event, TurnEnd):
+                    self.speaker.enqueue(answer.turn, joiner.flush(), last=True)
+                    if event.reason not in ("eos", "max_rounds"):
+                        self._notice(f"answer ended early: {event.reason}")
+        finally:
+            if hasattr(events, "close"):
+                events.close()
+
+    def _barge(self) -> None:
+        """Cut the history back to what the user heard (see the module docstring)."""
+        with self._lock:
+            answer, self._answer = self._answer, None
+        self._cancel.clear()
+        if answer is None:
+            return
+        played = sum(1 for turn, _ in self._played_marks() if turn == answer.turn)
+        start = self.loop.turn_starts[-1]
+        if played == 0:
+            self.loop.truncate(start + answer.user_end)
+            self._continue_user = True
+        elif not (answer.done and played == len(answer.boundaries)):
+            self.loop.interrupt_at(start + answer.boundaries[played - 1])
+        self._report(answer, interrupted=True, played=played)
+
+    def _played_marks(self) -> list[tuple[int, int]]:
+        return [m for m in self.speaker.played if isinstance(m, tuple)]
+
+
+def drive_from_audio(session: LiveSession, audio: np.ndarray, rate: int, realtime: bool = False,
+                     tail_seconds: float = 30.0) -> np.ndarray:
+    """Play a recording into the session as a microphone would and record what the speaker plays.
+
+    Blocks of ``BLOCK_MS`` go through the microphone callback; after each, one block of output is
+    pulled, so the returned audio (at ``session.speaker.rate``) lines up with the input in time.
+    Faster than real time, each block waits for the model to finish its work: the model then
+    costs no simulated time and the run is deterministic. After the input, silence is fed until
+    the last answer has played (at most ``tail_seconds``).
+    """
+    mic = session.mic(rate)
+    speaker = session.speaker
+    block, out_block = rate * BLOCK_MS // 1000, speaker.rate * BLOCK_MS // 1000
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    silence = np.zeros(block, dtype=np.float32)
+    out: list[np.ndarray] = []
+    start = time.perf_counter()
+    blocks, extra = -(-audio.size // block), int(tail_seconds * 1000 / BLOCK_MS)
+    for i in range(blocks + extra):
+        piece = audio[i * block:(i + 1) * block] if i < blocks else silence
+        if i >= blocks and session.idle:
+            break
+        mic.callback(np.pad(piece, (0, block - piece.size))[:, None], block, None, None)
+        if not realtime:
+            session.wait_idle()
+        out.append(speaker.pull(out_block))
+        if realtime:
+            time.sleep(max(0.0, start + (i + 1) * BLOCK_MS / 1000 - time.perf_counter()))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,151 @@
+"""Voice activity detection with Silero VAD's ONNX graph, and endpointing on its speech probabilities.
+
+The ``silero-vad`` wheel ships the graph but its Python package imports torch, which the runtime must
+never load. So the graph file is located through the installed distribution's file list
+(``importlib.metadata``: nothing of the package is imported) or an explicit path, and runs in its own
+small onnxruntime session next to the model package's sessions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+VAD_RATE = 16000
+FRAME = 512  # samples per Silero step at 16 kHz (32 ms)
+CONTEXT = 64  # samples of the previous frame the graph sees before each frame
+FRAME_MS = 1000 * FRAME // VAD_RATE
+MODEL_ENV = "BCAUDIO_VAD_MODEL"
+INSTALL_HINT = ("pip install --no-deps silero-vad==6.2.3 (only its ONNX file is used; --no-deps keeps torch out), "
+                f"or set {MODEL_ENV} to a silero_vad.onnx file")
+
+
+class VadModelError(RuntimeError):
+    """The Silero graph cannot be found or loaded; the message says how to install it."""
+
+
+def find_vad_model() -> Path:
+    """``$BCAUDIO_VAD_MODEL``, else ``silero_vad/data/silero_vad.onnx`` of the installed ``silero-vad`` wheel."""
+    explicit = os.environ.get(MODEL_ENV)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise VadModelError(f"{MODEL_ENV}={explicit}: no such file; {INSTALL_HINT}")
+        return Path(explicit)
+    try:
+        dist = importlib.metadata.distribution("silero-vad")
+    except importlib.metadata.PackageNotFoundError:
+        raise VadModelError(f"Silero VAD is not installed: {INSTALL_HINT}") from None
+    for file in dist.files or ():
+        if file.as_posix() == "silero_vad/data/silero_vad.onnx":
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise VadModelError(f"silero-vad {dist.version} has no silero_vad/data/silero_vad.onnx; {INSTALL_HINT}")
+
+
+class SileroVad:
+    """Streaming speech probability per 32 ms frame of 16 kHz audio (recurrent state kept between calls)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # a tiny LSTM: one thread, no contention with the LLM's sessions
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        model = Path(path) if path else find_vad_model()
+        try:
+            self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise VadModelError(f"{model}: onnxruntime cannot load it ({str(exc).splitlines()[0][:120]})") from None
+        self._sr = np.array(VAD_RATE, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the recurrent state and context: the next frame starts a new stream."""
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def frame(self, samples: np.ndarray) -> float:
+        """Speech probability of one frame of exactly ``FRAME`` samples."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size != FRAME:
+            raise ValueError(f"a VAD frame is {FRAME} samples at 16 kHz, got {samples.size}")
+        x = np.concatenate([self._context, samples])[None]
+        prob, self._state = self.session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        self._context = samples[-CONTEXT:]
+        return float(prob[0, 0])
+
+    def probabilities(self, audio16k: np.ndarray) -> np.ndarray:
+        """One probability per whole frame of ``audio16k`` (a trailing partial frame is ignored), from a fresh state."""
+        self.reset()
+        audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
+        return np.array([self.frame(audio[i:i + FRAME]) for i in range(0, audio.size - FRAME + 1, FRAME)])
+
+
+@dataclass
+class EndpointSettings:
+    """When speech starts and ends, in milliseconds of 32 ms VAD frames.
+
+    ``start_ms`` of consecutive speech frames start an utterance (a cough or click is shorter);
+    ``end_ms`` of consecutive non-speech frames end it (the hangover: a pause between words is
+    shorter). ``pre_roll_ms`` of audio before the start is kept, since the first syllable's onset
+    scores below the threshold. Below ``threshold`` but above ``release`` counts as still speaking.
+    """
+
+    threshold: float = 0.5
+    release: float = 0.35
+    start_ms: int = 96
+    end_ms: int = 640
+    pre_roll_ms: int = 256
+
+    def frames(self, ms: int) -> int:
+        return max(1, -(-ms // FRAME_MS))
+
+
+class Endpointer:
+    """Speech start / end decisions from per-frame probabilities, with start and end hangovers."""
+
+    def __init__(self, settings: EndpointSettings | None = None) -> None:
+        self.settings = settings or EndpointSettings()
+        self.speaking = False
+        self._run = 0  # consecutive frames arguing for a change of state
+
+    def reset(self) -> None:
+        self.speaking, self._run = False, 0
+
+    def update(self, prob: float) -> str | None:
+        """``"start"`` or ``"end"`` when this frame changes the state, else None."""
+        s = self.settings
+        if not self.speaking:
+            self._run = self._run + 1 if prob >= s.threshold else 0
+            if self._run >= s.frames(s.start_ms):
+                self.speaking, self._run = True, 0
+                return "start"
+            return None
+        self._run = self._run + 1 if prob < s.release else 0
+        if self._run >= s.frames(s.end_ms):
+            self.speaking, self._run = False, 0
+            return "end"
+        return None
+
+
+def speech_segments(audio16k: np.ndarray, vad: SileroVad, settings: EndpointSettings | None = None
+                    ) -> list[tuple[float, float]]:
+    """(start, end) seconds of each utterance the endpointer finds in a recording: the offline view of live use."""
+    endpointer = Endpointer(settings)
+    s = endpointer.settings
+    segments: list[tuple[float, float]] = []
+    start = 0.0
+    for i, prob in enumerate(vad.probabilities(audio16k)):
+        change = endpointer.update(prob)
+        if change == "start":
+            start = (i + 1 - s.frames(s.start_ms)) * FRAME / VAD_RATE
+        elif change == "end":
+            segments.append((start, (i + 1 - s.frames(s.end_ms)) * FRAME / VAD_RATE))
+    if endpointer.speaking:
+        segments.append((start, np.asarray(audio16k).size / VAD_RATE))
+    return segments
