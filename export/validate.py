@@ -25,7 +25,8 @@ from bcaudio.export.export_llm import llm_example_inputs, llm_io_names
 from bcaudio.export.export_vocoder import vocoder_example_inputs
 from bcaudio.export.flow_reference import torch_cfg_estimator
 from bcaudio.export.reference import Reference
-from bcaudio.runtime.flow_solver import euler_cfg_solve
+from bcaudio.metrics import max_abs, rel_l2, snr_db
+from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.sessions import PackageSessions
 
 GREEDY_STEPS = 32
@@ -72,14 +73,7 @@ class GraphReport:
 
 
 def errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    diff = got - want
-    return float(np.abs(diff).max(initial=0.0)), float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-30))
-
-
-def snr_db(got: np.ndarray, want: np.ndarray) -> float:
-    noise = float(np.sum((np.asarray(got, np.float64) - want) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(np.asarray(want, np.float64) ** 2)) / noise)
+    return max_abs(got, want), rel_l2(got, want)
 
 
 Check = Callable[[Reference, PackageSessions, np.ndarray | None], GraphReport]
@@ -183,11 +177,7 @@ def _flow_estimator(ref: Reference, s: PackageSessions, _: np.ndarray | None) ->
     z = rng.standard_normal(mu.shape).astype(np.float32)
     mask = np.ones((1, 1, mu.shape[-1]), np.float32)
 
-    def ort_pair(x: np.ndarray, m: np.ndarray, t: float, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        (v,) = s.run("flow_estimator", {"x": np.concatenate([x, x]), "mu": np.concatenate([m, np.zeros_like(m)]),
-                                        "t": np.full(2, t, np.float32), "mask": np.concatenate([k, k])})
-        return v[:1], v[1:]
-
+    ort_pair = onnx_cfg_pair(lambda feeds: s.run("flow_estimator", feeds)[0])
     mel_o = euler_cfg_solve(ort_pair, z, mu, mask, cfg.flow.diffusion_steps, cfg.flow.cfg_rate)
     mel_t = euler_cfg_solve(torch_cfg_estimator(ref.estimator), torch.from_numpy(z), torch.from_numpy(mu),
                             torch.from_numpy(mask), cfg.flow.diffusion_steps, cfg.flow.cfg_rate).numpy()

@@ -20,8 +20,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bcaudio.config import ModelConfig
+from bcaudio.metrics import rel_l2, snr_db
 from bcaudio.quant.recipes import FP32, QuantError
-from bcaudio.runtime.flow_solver import euler_cfg_solve
+from bcaudio.runtime.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from bcaudio.runtime.vocoder_noise import source_noise
 
@@ -135,16 +136,6 @@ def _session(path: Path) -> tuple[ort.InferenceSession, float]:
     return session, (time.perf_counter() - start) * 1e3
 
 
-def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
-    want64 = np.asarray(want, np.float64)
-    return float(np.linalg.norm(np.asarray(got, np.float64) - want64) / max(np.linalg.norm(want64), 1e-30))
-
-
-def _snr_db(got: np.ndarray, want: np.ndarray) -> float:
-    noise = float(np.sum((np.asarray(got, np.float64) - want) ** 2))
-    return math.inf if noise == 0 else 10 * math.log10(float(np.sum(np.asarray(want, np.float64) ** 2)) / noise)
-
-
 Pair = tuple[ort.InferenceSession, ort.InferenceSession]  # (quantized, fp32)
 
 
@@ -219,7 +210,7 @@ def _llm(s: Pair, probe: _Probe) -> dict[str, float]:
         pos += len(ids_t)
         ids_t, codes_t = [int(lf.argmax())], one
     return {"greedy_agreement": same / GREEDY_STEPS, "top1_agreement": top1 / GREEDY_STEPS,
-            "logits_rel_l2": _rel_l2(np.stack(got), np.stack(want))}
+            "logits_rel_l2": rel_l2(np.stack(got), np.stack(want))}
 
 
 def _audio_head(s: Pair, probe: _Probe) -> dict[str, float]:
@@ -246,7 +237,7 @@ def _audio_head(s: Pair, probe: _Probe) -> dict[str, float]:
         want.append(logits["f"])
         prev = logits["f"].argmax(-1).astype(np.int64)  # both follow the fp32 choice
     return {"codes_agreement": float(np.mean(same)),
-            "logits_rel_l2": _rel_l2(np.concatenate(got, 1), np.concatenate(want, 1))}
+            "logits_rel_l2": rel_l2(np.concatenate(got, 1), np.concatenate(want, 1))}
 
 
 def _audio_tokenizer(s: Pair, probe: _Probe) -> dict[str, float]:
@@ -259,7 +250,7 @@ def _flow_prenet(s: Pair, probe: _Probe) -> dict[str, float]:
     codes = probe.codes(24)
     (got,), (want,) = (sess.run(None, {"codes": codes}) for sess in s)
     probe.mu = want
-    return {"mu_rel_l2": _rel_l2(got, want)}
+    return {"mu_rel_l2": rel_l2(got, want)}
 
 
 def _flow_estimator(s: Pair, probe: _Probe) -> dict[str, float]:
@@ -268,15 +259,11 @@ def _flow_estimator(s: Pair, probe: _Probe) -> dict[str, float]:
     z = probe.rng.standard_normal(mu.shape).astype(np.float32)
     mask = np.ones((1, 1, mu.shape[-1]), np.float32)
 
-    def pair(sess: ort.InferenceSession) -> Callable:
-        def estimate(x: np.ndarray, m: np.ndarray, t: float, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            (v,) = sess.run(None, {"x": np.concatenate([x, x]), "mu": np.concatenate([m, np.zeros_like(m)]),
-                                   "t": np.full(2, t, np.float32), "mask": np.concatenate([k, k])})
-            return v[:1], v[1:]
-        return estimate
+    def pair(sess: ort.InferenceSession) -> CfgEstimator:
+        return onnx_cfg_pair(lambda feeds: sess.run(None, feeds)[0])
 
     got, want = (euler_cfg_solve(pair(sess), z, mu, mask, cfg.flow.diffusion_steps, cfg.flow.cfg_rate) for sess in s)
-    return {"mel_l1": float(np.abs(got - want).mean()), "mel_rel_l2": _rel_l2(got, want)}
+    return {"mel_l1": float(np.abs(got - want).mean()), "mel_rel_l2": rel_l2(got, want)}
 
 
 def _vocoder(s: Pair, probe: _Probe) -> dict[str, float]:
@@ -285,7 +272,7 @@ def _vocoder(s: Pair, probe: _Probe) -> dict[str, float]:
     mel = probe.rng.normal(-5.0, 2.0, (1, cfg.vocoder.num_mels, frames)).astype(np.float32)
     noise = source_noise(cfg.vocoder, 1, frames, seed=9)
     (got,), (want,) = (sess.run(None, {"mel": mel, "noise": noise}) for sess in s)
-    return {"snr_db": _snr_db(got, want)}
+    return {"snr_db": snr_db(got, want)}
 
 
 # Order matters: the llm's hidden states feed the audio head, the prenet's mu feeds the estimator.

@@ -21,6 +21,18 @@ import numpy as np
 CfgEstimator = Callable[[Any, Any, float, Any], tuple[Any, Any]]
 
 
+def onnx_cfg_pair(run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> CfgEstimator:
+    """A CfgEstimator over an exported estimator graph: the conditional and unconditional
+    passes as one batch-2 call. ``run(feeds) -> velocity`` runs the graph."""
+
+    def estimate(x: np.ndarray, mu: np.ndarray, t: float, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v = run({"x": np.concatenate([x, x]), "mu": np.concatenate([mu, np.zeros_like(mu)]),
+                 "t": np.full(2, t, dtype=np.float32), "mask": np.concatenate([mask, mask])})
+        return v[:1], v[1:]
+
+    return estimate
+
+
 def cosine_t_span(steps: int) -> np.ndarray:
     """(steps + 1,) float32 times from 0 to 1, dense near t = 0 where the path from noise bends most."""
     s = np.linspace(0.0, 1.0, steps + 1, dtype=np.float64)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from bcaudio.runtime.flow_solver import euler_cfg_solve
+from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.noise import NoiseSource
 from bcaudio.runtime.sessions import PackageSessions
 from bcaudio.runtime.speech_loop import ChooseCode
@@ -91,15 +91,7 @@ class OrtBackend:
         (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
         z, source = self.noise.next_segment(mu.shape[-1])
         mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
-
-        def estimator_cfg(x: np.ndarray, mu_: np.ndarray, t: float, mask_: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
-            # the conditional and unconditional passes as one batch-2 call
-            (v,) = self.s.run("flow_estimator", {
-                "x": np.concatenate([x, x]), "mu": np.concatenate([mu_, np.zeros_like(mu_)]),
-                "t": np.full(2, t, dtype=np.float32), "mask": np.concatenate([mask_, mask_])})
-            return v[:1], v[1:]
-
-        mel = euler_cfg_solve(estimator_cfg, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
+        estimator = onnx_cfg_pair(lambda feeds: self.s.run("flow_estimator", feeds)[0])
+        mel = euler_cfg_solve(estimator, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
         (wave,) = self.s.run("vocoder", {"mel": mel.astype(np.float32), "noise": source})
         return wave[0]
