@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.llm_state import LlmState
 from bcaudio.runtime.noise import NoiseSource
 from bcaudio.runtime.sessions import PackageSessions
 from bcaudio.runtime.speech_loop import ChooseCode
@@ -18,59 +18,36 @@ def _empty_cache(names: Sequence[str], heads: int, head_dim: int) -> dict[str, n
 
 
 class OrtBackend:
-    """Batch-1 conversation state: the LLM KV cache and the position counter.
-
-    With IO binding (the default on CUDA) the cache lives on the device as OrtValues and each
-    step's present is bound straight back as the next past: it never visits the host.
-    """
+    """Batch-1 conversation state: the LLM (its KV cache, see LlmState) and the other graphs' noise."""
 
     def __init__(self, sessions: PackageSessions, seed: int = 0, flow_steps: int | None = None,
                  io_binding: bool | None = None) -> None:
         self.s, self.cfg = sessions, sessions.cfg
         self.io_binding = sessions.device == "cuda" if io_binding is None else io_binding
-        self.llm_past_names = [i.name for i in sessions["llm"].get_inputs() if i.name.startswith("past_")]
-        self.llm_present_names = [o.name for o in sessions["llm"].get_outputs() if o.name.startswith("present_")]
+        self.llm = LlmState(sessions["llm"], self.cfg.llm.kv_heads, self.cfg.llm.head_dim,
+                            self.cfg.bridge.num_codebooks, sessions.device, self.io_binding,
+                            observe=lambda start, end: sessions.notify("llm", start, end))
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
-        self.reset()
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
 
+    @property
+    def position(self) -> int:
+        return self.llm.position
+
+    @property
+    def past(self) -> dict[str, np.ndarray]:
+        """The valid part of the KV cache on the host (for tests and debugging)."""
+        return self.llm.cache()
+
     def reset(self) -> None:
-        shape = (1, self.cfg.llm.kv_heads, 0, self.cfg.llm.head_dim)
-        self.past = ({n: self.s.empty_on_device(shape) for n in self.llm_past_names} if self.io_binding
-                     else _empty_cache(self.llm_past_names, self.cfg.llm.kv_heads, self.cfg.llm.head_dim))
-        self.position = 0
+        self.llm.reset()
 
     def truncate(self, position: int) -> None:
-        """Keep the first ``position`` positions of the KV cache: barge-in forgets what was never played.
-
-        A cache bound on the device makes one host round trip; an interruption is rare enough for that.
-        """
-        if not 0 <= position <= self.position:
-            raise ValueError(f"cannot truncate a cache of {self.position} positions to {position}")
-        if self.io_binding:
-            self.past = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :position]),
-                                                             self.s.device, 0) for n, v in self.past.items()}
-        else:
-            self.past = {n: np.ascontiguousarray(v[:, :, :position]) for n, v in self.past.items()}
-        self.position = position
+        self.llm.truncate(position)
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        n = len(ids)
-        k = self.cfg.bridge.num_codebooks
-        feeds = {"input_ids": np.asarray(ids, dtype=np.int64)[None],
-                 "audio_codes": (np.zeros((1, n, k), np.int64) if codes is None
-                                 else np.asarray(codes, dtype=np.int64)[None]),
-                 "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None]}
-        if self.io_binding:
-            (logits, hidden), presents = self.s.run_bound("llm", feeds, self.past, ["logits", "hidden_states"],
-                                                          self.llm_present_names)
-            self.past = {p: presents[q] for p, q in zip(self.llm_past_names, self.llm_present_names, strict=True)}
-        else:
-            logits, hidden, *values = self.s.run("llm", {**feeds, **self.past})
-            self.past = dict(zip(self.llm_past_names, values, strict=True))
-        self.position += n
-        return logits[0], hidden[0, -1]
+        return self.llm.feed(ids, codes)
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         h = np.asarray(hidden, dtype=np.float32)[None]

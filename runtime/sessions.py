@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from bcaudio.config import ModelConfig
@@ -92,37 +91,13 @@ class PackageSessions:
         """Where graph outputs live when bound to the device: ``cuda`` or ``cpu``."""
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
-    def _observe(self, name: str, start: float) -> None:
-        end = time.perf_counter()
+    def notify(self, name: str, start: float, end: float) -> None:
+        """Report a run of ``name`` to the observers (for runs made outside ``run``, e.g. with IO binding)."""
         for observe in self.run_observers:
             observe(name, start, end)
 
     def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
         start = time.perf_counter()
         result = self.sessions[name].run(outputs, feeds)
-        self._observe(name, start)
+        self.notify(name, start, time.perf_counter())
         return result
-
-    def run_bound(self, name: str, host_inputs: dict[str, np.ndarray], device_inputs: dict[str, ort.OrtValue],
-                  host_outputs: Sequence[str], device_outputs: Sequence[str]
-                  ) -> tuple[list[np.ndarray], dict[str, ort.OrtValue]]:
-        """Run with IO binding: ``device_outputs`` stay on the device (the KV cache never visits the host)."""
-        session = self.sessions[name]
-        binding = session.io_binding()
-        for key, value in host_inputs.items():
-            binding.bind_cpu_input(key, value)
-        for key, value in device_inputs.items():
-            binding.bind_ortvalue_input(key, value)
-        for key in host_outputs:
-            binding.bind_output(key, "cpu")
-        for key in device_outputs:
-            binding.bind_output(key, self.device)
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        self._observe(name, start)
-        values = binding.get_outputs()
-        return [v.numpy() for v in values[:len(host_outputs)]], dict(zip(device_outputs, values[len(host_outputs):],
-                                                                          strict=True))
-
-    def empty_on_device(self, shape: Sequence[int]) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32), self.device, 0)
