@@ -45,7 +45,7 @@ def _export(args: argparse.Namespace) -> None:
     from bcaudio.export.package import export_package
 
     graphs = args.graphs.split(",") if args.graphs else None
-    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset)
+    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset, llm_graph=args.llm_graph)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs", help="comma-separated subset of: audio_tokenizer,llm,audio_head,flow_prenet,"
                                     "flow_estimator,vocoder (default: all)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--llm-graph", choices=("fast", "plain"), default="fast",
+                   help="fast: ONNX Runtime fused operators with a shared KV buffer (default); plain: the torch "
+                        "export (concatenating KV cache)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("validate", help="run every graph of a package against the torch reference")

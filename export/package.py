@@ -19,6 +19,7 @@ from bcaudio.export.export_flow import export_flow_estimator
 from bcaudio.export.export_flow_prenet import export_codes_to_mu
 from bcaudio.export.export_llm import export_llm
 from bcaudio.export.export_vocoder import export_vocoder
+from bcaudio.export.fast_llm import export_fast_llm
 from bcaudio.export.reference import Reference
 from bcaudio.export.text_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from bcaudio.graph_entry import graph_entry
@@ -31,7 +32,7 @@ Exporter = Callable[[Reference, Path, int], list[Path]]
 EXPORTERS: dict[str, tuple[tuple[str, ...], Exporter]] = {
     "audio_tokenizer": (("encoder", "bridge"), lambda r, p, o: export_audio_tokenizer(
         AudioTokenizer(r.cfg, r.encoder, r.bridge), r.cfg, p, o)),
-    "llm": (("llm",), lambda r, p, o: export_llm(r.llm, r.cfg, p, o)),
+    "llm": (("llm",), lambda r, p, o: export_fast_llm(r.llm, r.cfg, p, o)),  # LLM_GRAPHS picks the layout
     "audio_head": (("llm", "audio_head"), lambda r, p, o: export_audio_head(
         r.audio_head, r.llm.model.audio_embed_layers, r.cfg, p, o)),
     "flow_prenet": (("bridge", "detokenizer", "prenet"), lambda r, p, o: export_codes_to_mu(
@@ -39,6 +40,11 @@ EXPORTERS: dict[str, tuple[tuple[str, ...], Exporter]] = {
     "flow_estimator": (("estimator",), lambda r, p, o: export_flow_estimator(r.estimator, r.cfg, p, o)),
     "vocoder": (("vocoder",), lambda r, p, o: export_vocoder(r.vocoder, r.cfg, p, o)),
 }
+
+# The llm graph's two layouts: fused operators with a shared KV buffer (the runtime's default), or the
+# torch export (readable, runs on any provider; the oracle the fast graph is tested against).
+LLM_GRAPHS: dict[str, Callable[..., list[Path]]] = {"fast": export_fast_llm, "plain": export_llm}
+
 
 def _parse_graphs(graphs: Iterable[str] | None) -> list[str]:
     names = list(GRAPHS) if graphs is None else list(graphs)
@@ -49,8 +55,10 @@ def _parse_graphs(graphs: Iterable[str] | None) -> list[str]:
 
 
 def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = None, opset: int = DEFAULT_OPSET,
-                   progress: Callable[[str], None] = print) -> Manifest:
+                   progress: Callable[[str], None] = print, llm_graph: str = "fast") -> Manifest:
     names = _parse_graphs(graphs)
+    if llm_graph not in LLM_GRAPHS:
+        raise ManifestError(f"unknown llm graph {llm_graph!r}; choose one of {', '.join(LLM_GRAPHS)}")
     parts = sorted({p for g in names for p in EXPORTERS[g][0]})
     start = time.perf_counter()
     ref = load_checkpoint(checkpoint, parts=parts, progress=lambda m: progress(f"  {m}"))
@@ -59,7 +67,9 @@ def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = N
     entries = {}
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        files = EXPORTERS[name][1](ref, out / f"{name}.onnx", opset)
+        path = out / f"{name}.onnx"
+        files = (LLM_GRAPHS[llm_graph](ref.llm, ref.cfg, path, opset) if name == "llm"
+                 else EXPORTERS[name][1](ref, path, opset))
         entries[name] = graph_entry(out, files)
         size = sum(f.stat().st_size for f in files) / 1e6
         progress(f"[{i}/{len(names)}] {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s"

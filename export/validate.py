@@ -21,12 +21,13 @@ from bcaudio.export.checkpoint import load_checkpoint
 from bcaudio.export.export_audio_head import audio_head_io_names
 from bcaudio.export.export_flow import flow_estimator_example_inputs
 from bcaudio.export.export_flow_prenet import CodesToMu, codes_to_mu_example_inputs
-from bcaudio.export.export_llm import llm_example_inputs, llm_io_names
+from bcaudio.export.export_llm import llm_example_inputs
 from bcaudio.export.export_vocoder import vocoder_example_inputs
 from bcaudio.export.flow_reference import torch_cfg_estimator
 from bcaudio.export.reference import Reference
 from bcaudio.metrics import max_abs, rel_l2, snr_db
 from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.llm_state import LlmState
 from bcaudio.runtime.sessions import PackageSessions
 
 GREEDY_STEPS = 32
@@ -88,16 +89,25 @@ def _audio_tokenizer(ref: Reference, s: PackageSessions, speech: np.ndarray | No
     return GraphReport("audio_tokenizer", *errors(got, want), "codes equal", agree)
 
 
+def _llm_state(ref: Reference, s: PackageSessions) -> LlmState:
+    """The runtime's own driver of the llm graph, so validation covers whichever KV layout the package holds."""
+    cfg = ref.cfg
+    return LlmState(s["llm"], cfg.llm.kv_heads, cfg.llm.head_dim, cfg.bridge.num_codebooks, kv_capacity=4)
+
+
 @torch.no_grad()
 def _llm(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
+    """Last-position logits after a prefill of 5 and a continuation of 9 (a chunked prefill) vs one torch forward."""
     cfg = ref.cfg
-    feeds = llm_example_inputs(cfg, batch=2, new=9, past=5, seed=3)
-    names, _ = llm_io_names(cfg)
-    past = [(torch.from_numpy(feeds[names[3 + 2 * i]]), torch.from_numpy(feeds[names[4 + 2 * i]]))
-            for i in range(cfg.llm.layers)]
-    want, _, _ = ref.llm(*(torch.from_numpy(feeds[n]) for n in names[:3]), past)
-    got = s.run("llm", feeds)[0]
-    max_abs, rel = errors(got, want.numpy())
+    feeds = llm_example_inputs(cfg, batch=1, new=14, past=0, seed=3)
+    ids, codes = feeds["input_ids"][0], feeds["audio_codes"][0]
+    state, got, want = _llm_state(ref, s), [], []
+    for lo, hi in ((0, 5), (5, 14)):
+        got.append(state.feed(ids[lo:hi].tolist(), codes[lo:hi])[0])
+        logits, _, _ = ref.llm(torch.from_numpy(ids[None, :hi]), torch.from_numpy(codes[None, :hi]),
+                               torch.arange(hi)[None], ref.llm.empty_cache(1))
+        want.append(logits[0].numpy())
+    max_abs, rel = errors(np.stack(got), np.stack(want))
     return GraphReport("llm", max_abs, rel, f"greedy tokens equal ({GREEDY_STEPS} steps)", _greedy_agreement(ref, s))
 
 
@@ -107,22 +117,17 @@ def _greedy_agreement(ref: Reference, s: PackageSessions) -> float:
     k = cfg.bridge.num_codebooks
     prompt = [cfg.tokens.system, 11, 23, cfg.tokens.user, cfg.tokens.audio_start, cfg.tokens.audio_pad,
               cfg.tokens.audio_end, cfg.tokens.assistant]
-    names, _ = llm_io_names(cfg)
-    shape = (1, cfg.llm.kv_heads, 0, cfg.llm.head_dim)
     torch_cache = ref.llm.empty_cache(1)
-    ort_cache = {n: np.zeros(shape, np.float32) for n in names[3:]}
+    state = _llm_state(ref, s)
     ids_t = ids_o = prompt
     pos, same = 0, 0
     for _ in range(GREEDY_STEPS):
         n = len(ids_t)
-        position = np.arange(pos, pos + n)[None]
         codes = np.ones((1, n, k), np.int64)
         logits_t, _, torch_cache = ref.llm(torch.tensor([ids_t]), torch.from_numpy(codes),
-                                           torch.from_numpy(position), torch_cache)
-        out = s.run("llm", {"input_ids": np.asarray([ids_o], np.int64), "audio_codes": codes,
-                            "position_ids": position.astype(np.int64), **ort_cache})
-        ort_cache = dict(zip(names[3:], out[2:], strict=True))
-        tok_t, tok_o = int(logits_t[0].argmax()), int(out[0][0].argmax())
+                                           torch.arange(pos, pos + n)[None], torch_cache)
+        logits_o, _ = state.feed(ids_o, codes[0])
+        tok_t, tok_o = int(logits_t[0].argmax()), int(logits_o.argmax())
         same += tok_t == tok_o
         ids_t, ids_o, pos = [tok_t], [tok_o], pos + n
     return same / GREEDY_STEPS

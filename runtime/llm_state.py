@@ -1,6 +1,11 @@
 """The LLM graph and its KV cache as one object: what the speech loop, the accuracy report and the benchmarks drive.
 
-Keeping the cache layout here means the callers never learn which llm graph a package holds.
+Keeping the cache layout here means the callers never learn which llm graph a package holds:
+- the *plain* graph (export_llm.py) takes the past and returns past + new as a fresh present;
+- the *fast* graph (fast_llm.py, GroupQueryAttention) reads and writes one preallocated buffer per
+  layer bound as both past and present. The buffer starts at ``kv_capacity`` positions and doubles
+  when a feed would overflow it (one copy, log2 times per conversation), so memory follows the
+  conversation instead of the model's maximum context.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import onnxruntime as ort
 
 Observer = Callable[[float, float], None]
 
+DEFAULT_KV_CAPACITY = 256
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
 
 class LlmState:
     """Batch-1 conversation state of one llm session: the KV cache and the position counter.
@@ -22,20 +30,44 @@ class LlmState:
     """
 
     def __init__(self, session: ort.InferenceSession, kv_heads: int, head_dim: int, num_codebooks: int,
-                 device: str = "cpu", io_binding: bool = False, observe: Observer | None = None) -> None:
-        self.session, self.device, self.io_binding = session, device, io_binding
+                 device: str = "cpu", io_binding: bool = False, observe: Observer | None = None,
+                 kv_capacity: int = DEFAULT_KV_CAPACITY, max_positions: int | None = None) -> None:
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.session, self.device = session, device
+        self.shared = "seqlens_k" in inputs
+        self.io_binding = io_binding or self.shared  # the shared buffer only exists as a bound OrtValue
         self.kv_heads, self.head_dim, self.num_codebooks = kv_heads, head_dim, num_codebooks
-        self.past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
+        self.past_names = [n for n in inputs if n.startswith("past_")]
         self.present_names = [o.name for o in session.get_outputs() if o.name.startswith("present_")]
+        self.dtype = _DTYPES[inputs[self.past_names[0]].type]
         self.observe = observe
+        if kv_capacity < 1:
+            raise ValueError(f"kv_capacity must be >= 1, got {kv_capacity}")
+        self.initial_capacity, self.max_positions = kv_capacity, max_positions
         self.reset()
 
     def _empty(self, length: int = 0) -> np.ndarray:
-        return np.zeros((1, self.kv_heads, length, self.head_dim), dtype=np.float32)
+        return np.zeros((1, self.kv_heads, length, self.head_dim), dtype=self.dtype)
 
     def reset(self) -> None:
-        self.past = {n: self._to_device(self._empty()) if self.io_binding else self._empty() for n in self.past_names}
+        self.capacity = min(self.initial_capacity, self.max_positions or self.initial_capacity) if self.shared else 0
+        self.past = {n: self._to_device(self._empty(self.capacity)) if self.io_binding else self._empty()
+                     for n in self.past_names}
         self.position = 0
+
+    def _grow(self, needed: int) -> None:
+        """Reallocate the shared buffers to hold ``needed`` positions, keeping the valid ones."""
+        if self.max_positions is not None and needed > self.max_positions:
+            raise ValueError(f"{needed} positions exceed the model's {self.max_positions}")
+        capacity = max(needed, 2 * self.capacity)
+        if self.max_positions is not None:
+            capacity = min(capacity, self.max_positions)
+        grown = {}
+        for name, value in self.past.items():
+            array = self._empty(capacity)
+            array[:, :, :self.position] = value.numpy()[:, :, :self.position]
+            grown[name] = self._to_device(array)
+        self.past, self.capacity = grown, capacity
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -43,10 +75,14 @@ class LlmState:
     def truncate(self, position: int) -> None:
         """Keep the first ``position`` positions: barge-in forgets what was never played.
 
-        A cache bound on the device makes one host round trip; an interruption is rare enough for that.
+        A shared buffer needs nothing (the next feed overwrites what lies past ``position``); a plain
+        cache bound on the device makes one host round trip, and an interruption is rare enough for that.
         """
         if not 0 <= position <= self.position:
             raise ValueError(f"cannot truncate a cache of {self.position} positions to {position}")
+        if self.shared:
+            self.position = position
+            return
         if self.io_binding:
             self.past = {n: self._to_device(v.numpy()[:, :, :position]) for n, v in self.past.items()}
         else:
@@ -58,8 +94,14 @@ class LlmState:
         n = len(ids)
         feeds = {"input_ids": np.asarray(ids, dtype=np.int64)[None],
                  "audio_codes": (np.zeros((1, n, self.num_codebooks), np.int64) if codes is None
-                                 else np.asarray(codes, dtype=np.int64).reshape(1, n, self.num_codebooks)),
-                 "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None]}
+                                 else np.asarray(codes, dtype=np.int64).reshape(1, n, self.num_codebooks))}
+        if self.shared:
+            if self.position + n > self.capacity:
+                self._grow(self.position + n)
+            feeds["seqlens_k"] = np.array([self.position + n - 1], dtype=np.int32)
+            feeds["total_sequence_length"] = np.array(self.position + n, dtype=np.int32)
+        else:
+            feeds["position_ids"] = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         start = time.perf_counter()
         if self.io_binding:
             logits, hidden = self._run_bound(feeds)
@@ -79,11 +121,15 @@ class LlmState:
             binding.bind_ortvalue_input(key, value)
         for key in ("logits", "hidden_states"):
             binding.bind_output(key, "cpu")
-        for key in self.present_names:
-            binding.bind_output(key, self.device)
+        for past, present in zip(self.past_names, self.present_names, strict=True):
+            if self.shared:
+                binding.bind_ortvalue_output(present, self.past[past])
+            else:
+                binding.bind_output(present, self.device)
         self.session.run_with_iobinding(binding)
         logits, hidden, *presents = binding.get_outputs()
-        self.past = dict(zip(self.past_names, presents, strict=True))
+        if not self.shared:
+            self.past = dict(zip(self.past_names, presents, strict=True))
         return logits.numpy(), hidden.numpy()
 
     def cache(self) -> dict[str, np.ndarray]:

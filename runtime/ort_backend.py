@@ -26,7 +26,8 @@ class OrtBackend:
         self.io_binding = sessions.device == "cuda" if io_binding is None else io_binding
         self.llm = LlmState(sessions["llm"], self.cfg.llm.kv_heads, self.cfg.llm.head_dim,
                             self.cfg.bridge.num_codebooks, sessions.device, self.io_binding,
-                            observe=lambda start, end: sessions.notify("llm", start, end))
+                            observe=lambda start, end: sessions.notify("llm", start, end),
+                            max_positions=self.cfg.llm.max_position_embeddings)
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps

@@ -1,0 +1,207 @@
+"""The LLM as a graph of ONNX Runtime's fused operators, built directly from the weights.
+
+The torch export (export_llm.py) is the readable reference; this graph is what the runtime runs by
+default. Per layer it is SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization for the
+RMS norms and residual adds, one MatMul for q|k|v (``W_pack``) feeding GroupQueryAttention with
+rotary inside, one MatMul for gate|up, and plain MatMuls everywhere else, all with constant
+weights, so ORT prepacks them and the int4 recipe turns every one into MatMulNBits.
+
+I/O contract (B batch, T new positions, C cache capacity, L layers; the cache is *shared*: the
+runtime binds the same buffer as past and present, GroupQueryAttention writes the T new positions
+in place, and nothing is copied per step):
+
+inputs
+  input_ids              int64 (B, T)      text ids; ``<audio_pad_baichuan>`` marks an audio frame
+  audio_codes            int64 (B, T, K)   codes of audio frames (ignored at text positions)
+  seqlens_k              int32 (B,)        P + T - 1: the last valid cache index after this call
+  total_sequence_length  int32 ()          P + T
+  past_key.{l}           float (B, kv, C, D)   positions 0 .. P-1 valid; C >= P + T
+  past_value.{l}         float (B, kv, C, D)
+outputs
+  logits                 float (B, V)      of the last position only
+  hidden_states          float (B, T, H)   final-normed; the audio head reads the last one
+  present_key.{l}        float (B, kv, C, D)   the same buffer as past_key.{l}, P + T valid
+  present_value.{l}
+
+Positions are implicit (P .. P+T-1, from ``seqlens_k``): the cache length is the position, which
+is how the speech loop uses it (truncation moves both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bcaudio.config import ModelConfig
+from bcaudio.export.llm import BaichuanLLM
+from bcaudio.onnx_files import save_model
+
+MS_DOMAIN = "com.microsoft"
+# 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
+# onnx cannot convert a graph holding contrib operators to a newer opset later.
+FAST_LLM_OPSET = 21
+
+
+def fast_llm_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
+    layers = range(cfg.llm.layers)
+    past = [n for i in layers for n in (f"past_key.{i}", f"past_value.{i}")]
+    present = [n for i in layers for n in (f"present_key.{i}", f"present_value.{i}")]
+    return (["input_ids", "audio_codes", "seqlens_k", "total_sequence_length", *past],
+            ["logits", "hidden_states", *present])
+
+
+class _Graph:
+    """Nodes and initializers under construction; names are unique by construction."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
+
+    def declare(self, name: str, width: int) -> None:
+        """Type a contrib operator's output: onnx's shape inference cannot, and the quantizers need every type."""
+        self.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "new", width]))
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, domain: str = "", **attrs: object
+           ) -> list[str]:
+        outs = [outputs] if isinstance(outputs, str) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}/{outs[0]}", domain=domain,
+                                           **attrs))
+        return outs
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+def _rotary_caches(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of (max positions, D/2), fp32 as Qwen2 computes them (rotate-half layout)."""
+    c = cfg.llm
+    inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float32) / c.head_dim))
+    freqs = np.outer(np.arange(c.max_position_embeddings, dtype=np.float32), inv_freq.astype(np.float32))
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+def _embedding(g: _Graph, llm: BaichuanLLM) -> str:
+    """Text or audio embedding per position: audio frames sum one row of each codebook's table."""
+    tables = [_np(t.weight) for t in llm.model.audio_embed_layers]
+    offsets = np.cumsum([0] + [t.shape[0] for t in tables[:-1]]).astype(np.int64)
+    g.weight("embed_tokens", _np(llm.model.embed_tokens.weight))
+    g.weight("audio_embed", np.concatenate(tables))
+    g.weight("audio_offsets", offsets)
+    g.weight("audio_pad_id", np.array(llm.audio_pad_id, dtype=np.int64))
+    g.weight("reduce_codebooks", np.array([2], dtype=np.int64))
+    g.op("Gather", ["embed_tokens", "input_ids"], "text_embeds")
+    g.op("Add", ["audio_codes", "audio_offsets"], "audio_rows")
+    g.op("Gather", ["audio_embed", "audio_rows"], "audio_row_embeds")
+    g.op("ReduceSum", ["audio_row_embeds", "reduce_codebooks"], "audio_embeds", keepdims=0)
+    g.op("Equal", ["input_ids", "audio_pad_id"], "is_audio")
+    g.op("Unsqueeze", ["is_audio", "reduce_codebooks"], "is_audio_3d")
+    return g.op("Where", ["is_audio_3d", "audio_embeds", "text_embeds"], "embeds")[0]
+
+
+def _layer(g: _Graph, cfg: ModelConfig, i: int, layer: torch.nn.Module, residual: str, normed: str) -> str:
+    """One decoder layer from its input norm's output; -> the MLP output (the next norm adds the residual)."""
+    c, eps = cfg.llm, cfg.llm.rms_norm_eps
+    attn = layer.self_attn
+    p = f"layers.{i}"
+    g.weight(f"{p}.qkv.weight", _np(attn.W_pack.weight).T)
+    g.weight(f"{p}.qkv.bias", _np(attn.W_pack.bias))
+    g.op("MatMul", [normed, f"{p}.qkv.weight"], f"{p}.qkv_mm")
+    g.op("Add", [f"{p}.qkv_mm", f"{p}.qkv.bias"], f"{p}.qkv")
+    q_size, kv_size = c.heads * c.head_dim, c.kv_heads * c.head_dim
+    g.weight(f"{p}.qkv_split", np.array([q_size, kv_size, kv_size], dtype=np.int64))
+    g.op("Split", [f"{p}.qkv", f"{p}.qkv_split"], [f"{p}.q", f"{p}.k", f"{p}.v"], axis=-1)
+    g.op("GroupQueryAttention", [f"{p}.q", f"{p}.k", f"{p}.v", f"past_key.{i}", f"past_value.{i}", "seqlens_k",
+                                 "total_sequence_length", "rotary_cos", "rotary_sin"],
+         [f"{p}.attn", f"present_key.{i}", f"present_value.{i}"], domain=MS_DOMAIN,
+         num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1, rotary_interleaved=0)
+    g.declare(f"{p}.attn", q_size)
+    g.weight(f"{p}.o_proj.weight", _np(attn.o_proj.weight).T)
+    g.op("MatMul", [f"{p}.attn", f"{p}.o_proj.weight"], f"{p}.attn_out")
+    g.weight(f"{p}.post_attention_layernorm.weight", _np(layer.post_attention_layernorm.weight))
+    g.op("SkipSimplifiedLayerNormalization", [f"{p}.attn_out", residual, f"{p}.post_attention_layernorm.weight"],
+         [f"{p}.mlp_in", "", "", f"{p}.residual"], domain=MS_DOMAIN, epsilon=eps)
+    g.declare(f"{p}.mlp_in", c.hidden_size)
+    g.declare(f"{p}.residual", c.hidden_size)
+    mlp = layer.mlp
+    g.weight(f"{p}.gate_up.weight", np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T)
+    g.op("MatMul", [f"{p}.mlp_in", f"{p}.gate_up.weight"], f"{p}.gate_up")
+    g.weight(f"{p}.gate_up_split", np.array([c.intermediate_size] * 2, dtype=np.int64))
+    g.op("Split", [f"{p}.gate_up", f"{p}.gate_up_split"], [f"{p}.gate", f"{p}.up"], axis=-1)
+    g.op("Sigmoid", [f"{p}.gate"], f"{p}.gate_sigmoid")
+    g.op("Mul", [f"{p}.gate", f"{p}.gate_sigmoid"], f"{p}.gate_silu")
+    g.op("Mul", [f"{p}.gate_silu", f"{p}.up"], f"{p}.act")
+    g.weight(f"{p}.down_proj.weight", _np(mlp.down_proj.weight).T)
+    return g.op("MatMul", [f"{p}.act", f"{p}.down_proj.weight"], f"{p}.mlp_out")[0]
+
+
+def _build(llm: BaichuanLLM, cfg: ModelConfig) -> _Graph:
+    c, eps = cfg.llm, cfg.llm.rms_norm_eps
+    g = _Graph()
+    cos, sin = _rotary_caches(cfg)
+    g.weight("rotary_cos", cos)
+    g.weight("rotary_sin", sin)
+    residual = _embedding(g, llm)
+    g.weight("layers.0.input_layernorm.weight", _np(llm.model.layers[0].input_layernorm.weight))
+    normed = g.op("SimplifiedLayerNormalization", [residual, "layers.0.input_layernorm.weight"], "layers.0.normed",
+                  axis=-1, epsilon=eps, stash_type=1)[0]
+    g.declare(normed, c.hidden_size)
+    for i, layer in enumerate(llm.model.layers):
+        out = _layer(g, cfg, i, layer, residual, normed)
+        last = i + 1 == c.layers
+        gamma = "norm.weight" if last else f"layers.{i + 1}.input_layernorm.weight"
+        g.weight(gamma, _np(llm.model.norm.weight if last else llm.model.layers[i + 1].input_layernorm.weight))
+        normed = "hidden_states" if last else f"layers.{i + 1}.normed"
+        g.op("SkipSimplifiedLayerNormalization", [out, f"layers.{i}.residual", gamma],
+             [normed, "", "", f"layers.{i + 1}.residual_in"], domain=MS_DOMAIN, epsilon=eps)
+        residual = f"layers.{i + 1}.residual_in"
+        g.declare(residual, c.hidden_size)
+        if not last:
+            g.declare(normed, c.hidden_size)
+    g.weight("last_index", np.array([-1], dtype=np.int64))
+    g.op("Gather", ["hidden_states", "last_index"], "last_hidden", axis=1)
+    g.weight("lm_head.weight", _np(llm.lm_head.weight).T)
+    g.op("MatMul", ["last_hidden", "lm_head.weight"], "last_logits")
+    g.weight("squeeze_axes", np.array([1], dtype=np.int64))
+    g.op("Squeeze", ["last_logits", "squeeze_axes"], "logits")
+    return g
+
+
+def _model(g: _Graph, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
+    c, k = cfg.llm, cfg.bridge.num_codebooks
+    f, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    cache = ["batch", c.kv_heads, "capacity", c.head_dim]
+    in_names, out_names = fast_llm_io_names(cfg)
+    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "new"]),
+              helper.make_tensor_value_info("audio_codes", i64, ["batch", "new", k]),
+              helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", i32, []),
+              *[helper.make_tensor_value_info(n, f, cache) for n in in_names[4:]]]
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", c.vocab_size]),
+               helper.make_tensor_value_info("hidden_states", f, ["batch", "new", c.hidden_size]),
+               *[helper.make_tensor_value_info(n, f, cache) for n in out_names[2:]]]
+    graph = helper.make_graph(g.nodes, "bcaudio_llm_fast", inputs, outputs, g.initializers, value_info=g.value_info)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="bcaudio")
+    model.ir_version = 8
+    return model
+
+
+def build_fast_llm(llm: BaichuanLLM, cfg: ModelConfig, opset: int = FAST_LLM_OPSET) -> onnx.ModelProto:
+    """The graph at ``opset`` or FAST_LLM_OPSET, whichever is newer (the package's default opset is older)."""
+    with torch.no_grad():
+        return _model(_build(llm, cfg), cfg, max(opset, FAST_LLM_OPSET))
+
+
+def export_fast_llm(llm: BaichuanLLM, cfg: ModelConfig, path: Path, opset: int = FAST_LLM_OPSET) -> list[Path]:
+    return save_model(build_fast_llm(llm, cfg, opset), path)
