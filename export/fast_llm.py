@@ -37,8 +37,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bcaudio.config import ModelConfig
+from bcaudio.export.external_data import ExternalData
 from bcaudio.export.llm import BaichuanLLM
-from bcaudio.onnx_files import save_model
+from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, save_model
 
 MS_DOMAIN = "com.microsoft"
 # 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
@@ -55,19 +56,28 @@ def fast_llm_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
 
 
 class _Graph:
-    """Nodes and initializers under construction; names are unique by construction."""
+    """Nodes and initializers under construction; names are unique by construction.
 
-    def __init__(self) -> None:
+    With ``external`` set, each weight goes to the data file the moment it is made and only its
+    reference stays in memory: peak memory is the torch module plus one tensor, not 3x the graph
+    (which is what building the protobuf and then saving it with external data costs: 10.5 GB for
+    the 2.6 GB small llm, far too much for the 7B).
+    """
+
+    def __init__(self, external: ExternalData | None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.value_info: list[onnx.ValueInfoProto] = []
+        self.external = external
 
     def declare(self, name: str, width: int) -> None:
         """Type a contrib operator's output: onnx's shape inference cannot, and the quantizers need every type."""
         self.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "new", width]))
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        self.initializers.append(self.external.write(name, array) if self.external is not None
+                                 else numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, domain: str = "", **attrs: object
@@ -144,9 +154,9 @@ def _layer(g: _Graph, cfg: ModelConfig, i: int, layer: torch.nn.Module, residual
     return g.op("MatMul", [f"{p}.act", f"{p}.down_proj.weight"], f"{p}.mlp_out")[0]
 
 
-def _build(llm: BaichuanLLM, cfg: ModelConfig) -> _Graph:
+def _build(llm: BaichuanLLM, cfg: ModelConfig, external: ExternalData | None) -> _Graph:
     c, eps = cfg.llm, cfg.llm.rms_norm_eps
-    g = _Graph()
+    g = _Graph(external)
     cos, sin = _rotary_caches(cfg)
     g.weight("rotary_cos", cos)
     g.weight("rotary_sin", sin)
@@ -197,11 +207,15 @@ def _model(g: _Graph, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
     return model
 
 
-def build_fast_llm(llm: BaichuanLLM, cfg: ModelConfig, opset: int = FAST_LLM_OPSET) -> onnx.ModelProto:
-    """The graph at ``opset`` or FAST_LLM_OPSET, whichever is newer (the package's default opset is older)."""
-    with torch.no_grad():
-        return _model(_build(llm, cfg), cfg, max(opset, FAST_LLM_OPSET))
-
-
 def export_fast_llm(llm: BaichuanLLM, cfg: ModelConfig, path: Path, opset: int = FAST_LLM_OPSET) -> list[Path]:
-    return save_model(build_fast_llm(llm, cfg, opset), path)
+    """Write the graph at ``opset`` or FAST_LLM_OPSET, whichever is newer (the package default is older)."""
+    opset = max(opset, FAST_LLM_OPSET)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = 4 * sum(p.numel() for p in llm.parameters())
+    with torch.no_grad():
+        if weight_bytes < EXTERNAL_DATA_THRESHOLD:
+            return save_model(_model(_build(llm, cfg, None), cfg, opset), path)
+        with ExternalData(path.with_name(path.name + ".data")) as external:
+            model = _model(_build(llm, cfg, external), cfg, opset)
+        onnx.save_model(model, str(path))
+        return [path, external.path]
