@@ -42,6 +42,7 @@ from bcaudio.export.llm import BaichuanLLM
 from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, save_model
 
 MS_DOMAIN = "com.microsoft"
+INLINE_BYTES = 1024
 # 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
 # onnx cannot convert a graph holding contrib operators to a newer opset later.
 FAST_LLM_OPSET = 21
@@ -76,8 +77,9 @@ class _Graph:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         array = np.ascontiguousarray(array)
+        # small constants (axes, split sizes) stay inline: shape inference reads them
         self.initializers.append(self.external.write(name, array) if self.external is not None
-                                 else numpy_helper.from_array(array, name))
+                                 and array.nbytes >= INLINE_BYTES else numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, domain: str = "", **attrs: object
