@@ -28,6 +28,10 @@ class OrtBackend:
                             self.cfg.bridge.num_codebooks, sessions.device, self.io_binding,
                             observe=lambda start, end: sessions.notify("llm", start, end),
                             max_positions=self.cfg.llm.max_position_embeddings)
+        if sessions.device == "cuda" and self.llm.shared and self.llm.dtype == np.float32:
+            sessions.log("warning: ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only, so this fp32 llm "
+                         "graph's attention falls back to the CPU; for CUDA quantize with `--recipe fp16` or export "
+                         "with `--llm-graph plain`")
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps

@@ -59,6 +59,7 @@ class PackageSessions:
         names = tuple(graphs) if graphs is not None else None
         self.manifest: Manifest = load_manifest(self.package, verify=verify, graphs=names)
         self.cfg: ModelConfig = self.manifest.model_config()
+        self.log = log
         self.providers = resolve_providers(self.settings.provider, log)
         missing = [g for g in (names or ()) if g not in self.manifest.graphs]
         if missing:
