@@ -1,0 +1,169 @@
+"""The audio-head step graph built node by node from the torch weights, for ONNX Runtime's fast CPU path.
+
+Why not torch.onnx.export: a depth position's FFN and head weights must be chosen by the
+``position`` input, and a traced graph can only do that with a Gather on a stacked weight,
+which copies ~40 MB per call on ``small``, keeps ONNX Runtime from prepacking the MatMul
+weights and hides them from the int4/int8 quantizers. Here each position owns a branch of an
+``If`` tree on ``position`` (depth 3 for 8 positions) whose MatMuls read constant initializers
+of that branch; the attention, shared by all positions, stays in the main graph. Attention and
+norms use ONNX Runtime's fused contrib operators (MultiHeadAttention with a past/present
+cache, SkipSimplifiedLayerNormalization, Gelu), so one head layer is a handful of kernels.
+
+Per layer: ``r = rms2(h + attn(rms1(h)))``, ``h = r + ffn_p(r)``; the head reads ``rms(h)``
+(see :class:`bcaudio.export.audio_head.DepthLayer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from bcaudio.config import ModelConfig
+from bcaudio.export.audio_head import AudioHead
+from bcaudio.export.external_data import ExternalData
+
+MS = "com.microsoft"
+INLINE_BYTES = 1024  # smaller constants stay in the graph, where shape inference can read them
+# A leaf of the position tree: (graph builder, position) -> its output names; it adds its nodes and weights.
+Leaf = Callable[["_Graph", int], list[str]]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+class _Graph:
+    """Nodes and initializers of one (sub)graph; node and tensor names are unique across the model, as
+    quantizers need. With ``external``, weights go to the data file as they are made (7B: 6 GB of weights)."""
+
+    def __init__(self, prefix: str, external: ExternalData | None) -> None:
+        self.prefix, self.external = prefix, external
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        full, value = f"{self.prefix}{name}", np.ascontiguousarray(value)
+        self.inits.append(self.external.write(full, value) if self.external is not None and value.nbytes >= INLINE_BYTES
+                          else numpy_helper.from_array(value, full))
+        return full
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, name: str = "",
+           domain: str = "", **attrs: object) -> list[str]:
+        node_name = f"{self.prefix}{name or op_type}_{len(self.nodes)}"
+        outs = [f"{node_name}_out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
+        if domain == MS:  # onnx shape inference skips contrib ops; the int8 quantizer needs their output types
+            self.value_info += [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs if o]
+        return outs
+
+    def graph(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
+              ) -> onnx.GraphProto:
+        return helper.make_graph(self.nodes, name, inputs, outputs, self.inits, value_info=self.value_info)
+
+
+def _position_tree(g: _Graph, lt: dict[int, str], lo: int, hi: int, outputs: list[onnx.ValueInfoProto],
+                   leaf: Leaf, tag: str) -> list[str]:
+    """Outputs of ``leaf(p)`` for p = position in [lo, hi): nested ``If(position < mid)`` nodes."""
+    if hi - lo == 1:
+        return leaf(g, lo)
+    mid = (lo + hi) // 2
+    branches = {}
+    for key, (a, b) in (("then_branch", (lo, mid)), ("else_branch", (mid, hi))):
+        sub = _Graph(f"{tag}.{a}_{b}/", g.external)
+        names = _position_tree(sub, lt, a, b, outputs, leaf, tag)
+        sub.nodes += [helper.make_node("Identity", [n], [f"{sub.prefix}{o.name}"], name=f"{sub.prefix}out{i}")
+                      for i, (n, o) in enumerate(zip(names, outputs, strict=True))]
+        branch_out = [helper.make_value_info(f"{sub.prefix}{o.name}", o.type) for o in outputs]
+        branches[key] = sub.graph(f"{tag}_{a}_{b}", [], branch_out)
+    return g.op("If", [lt[mid]], len(outputs), name=f"{tag}.if{lo}_{hi}", **branches)
+
+
+def _float(name: str, *shape: int | str | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def build_audio_head_graph(head: AudioHead, tables: nn.ModuleList, cfg: ModelConfig, opset: int,
+                           external: ExternalData | None = None) -> onnx.ModelProto:
+    """The step graph of :mod:`bcaudio.export.export_audio_head` (same inputs and outputs) as an ONNX model;
+    weights of 1 KiB and more go to ``external`` when given."""
+    d, heads, positions = cfg.llm.hidden_size, cfg.audio_head_heads, head.positions
+    eps = cfg.audio_head.rms_norm_eps
+    layers = head.transformer_layers
+    g = _Graph("", external)
+
+    # depth input: hidden at p = 0, else running + table_{p-1}[prev_code]; Skip*Norm adds the two parts
+    rows = [t.weight.shape[0] for t in tables]
+    table = g.const("code_table", np.concatenate([_np(t.weight) for t in tables]))
+    offsets = g.const("code_table_offsets", np.cumsum([0] + rows[:-1]).astype(np.int64))
+    zero_i, one_i = g.const("zero_i64", np.zeros(1, np.int64)), g.const("one_i64", np.ones(1, np.int64))
+    zero_f = g.const("zero_f32", np.zeros(1, np.float32))
+    (prev_pos,) = g.op("Max", [g.op("Sub", ["position", one_i])[0], zero_i])
+    (row,) = g.op("Add", [g.op("Gather", [offsets, prev_pos])[0], "prev_code"])
+    (emb,) = g.op("Gather", [table, row], name="code_embedding")
+    (first,) = g.op("Equal", ["position", zero_i])
+    (base,) = g.op("Where", [first, "hidden", "running"])
+    (skip,) = g.op("Where", [first, zero_f, emb])
+    axis1 = g.const("axis1", np.ones(1, np.int64))
+    base, skip = (g.op("Unsqueeze", [t, axis1])[0] for t in (base, skip))
+    lt = {m: g.op("Less", ["position", g.const(f"pos_{m}", np.array([m], np.int64))], name=f"position_lt{m}")[0]
+          for m in range(1, positions)}
+    split = g.const("qkv_split", np.array([d, d, d], np.int64))
+    headnorm = g.const("headnorm", _np(head.headnorm.weight))
+
+    residual, delta = base, skip
+    for i, layer in enumerate(layers):
+        att = layer.self_attention
+        norm1 = g.const(f"l{i}.norm1", _np(layer.layernorm1.weight))
+        normed, _, _, h = g.op("SkipSimplifiedLayerNormalization", [residual, delta, norm1],
+                               [f"l{i}.n1", "", "", "depth_input" if i == 0 else f"l{i}.h"], name=f"l{i}.norm1",
+                               domain=MS, epsilon=eps)
+        (qkv,) = g.op("MatMul", [normed, g.const(f"l{i}.qkv.w", _np(att.in_proj_weight).T)], name=f"l{i}.qkv")
+        q, k, v = g.op("Split", [qkv, split], 3, axis=-1)
+        (ctx,) = g.op("MultiHeadAttention", [q, k, v, g.const(f"l{i}.qkv.b", _np(att.in_proj_bias)), "", "",
+                                             f"past_key.{i}", f"past_value.{i}"],
+                      [f"l{i}.ctx", f"present_key.{i}", f"present_value.{i}"], name=f"l{i}.attention",
+                      domain=MS, num_heads=heads)[:1]
+        (out,) = g.op("MatMul", [ctx, g.const(f"l{i}.out.w", _np(att.out_proj.weight).T)], name=f"l{i}.out")
+        (residual,) = g.op("SkipSimplifiedLayerNormalization",
+                           [h, out, g.const(f"l{i}.norm2", _np(layer.layernorm2.weight)),
+                            g.const(f"l{i}.out.b", _np(att.out_proj.bias))],
+                           [f"l{i}.r"], name=f"l{i}.norm2", domain=MS, epsilon=eps)
+        last = i == len(layers) - 1
+
+        def leaf(sub: _Graph, p: int, i: int = i, layer: nn.Module = layer, last: bool = last,
+                 r: str = residual) -> list[str]:
+            w1, w2 = layer.ffn_weights(p)
+            (up,) = sub.op("MatMul", [r, sub.const(f"l{i}.p{p}.ffn1.w", _np(w1).T)], name=f"l{i}.p{p}.ffn1")
+            (act,) = sub.op("Gelu", [up], domain=MS)
+            (f,) = sub.op("MatMul", [act, sub.const(f"l{i}.p{p}.ffn2.w", _np(w2).T)], name=f"l{i}.p{p}.ffn2")
+            if not last:
+                return [f]
+            (normed,) = sub.op("SkipSimplifiedLayerNormalization", [r, f, headnorm],
+                               name="headnorm", domain=MS, epsilon=eps)
+            lin = head.heads[p]
+            (logits,) = sub.op("MatMul", [normed, sub.const(f"head.p{p}.w", _np(lin.weight).T)], name=f"head.p{p}")
+            return sub.op("Add", [logits, sub.const(f"head.p{p}.b", _np(lin.bias))], name=f"head.p{p}.bias")
+
+        outputs = [_float("logits3" if last else f"l{i}.f", "batch", 1, "classes" if last else d)]
+        (delta,) = _position_tree(g, lt, 0, positions, outputs, leaf, f"l{i}.tree")
+    g.op("Squeeze", [delta, axis1], ["logits"], name="logits")
+    g.op("Squeeze", ["depth_input", axis1], ["running_x"], name="running_x")
+    g.op("Where", [first, zero_f, "running_x"], ["running_out"], name="running_out")
+
+    past = [_float(f"past_{kv}.{i}", "batch", heads, "depth", cfg.audio_head.head_dim)
+            for i in range(len(layers)) for kv in ("key", "value")]
+    present = [_float(n.replace("past_", "present_"), "batch", heads, "depth_out", cfg.audio_head.head_dim)
+               for n in (p.name for p in past)]
+    inputs = [_float("hidden", "batch", d), _float("running", "batch", d),
+              helper.make_tensor_value_info("prev_code", TensorProto.INT64, ["batch"]),
+              helper.make_tensor_value_info("position", TensorProto.INT64, [1]), *past]
+    outputs = [_float("logits", "batch", "classes"), _float("running_out", "batch", d), *present]
+    graph = g.graph("audio_head", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
+                             producer_name="bcaudio")
