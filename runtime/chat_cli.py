@@ -83,14 +83,20 @@ def _chat(args: argparse.Namespace) -> None:
     def log(message: str) -> None:
         print(message, file=view.out)
 
-    settings, flow_steps, context, chunk_ms = SessionSettings(), None, None, LiveSettings().prefill_chunk_ms
+    defaults = LiveSettings()
+    settings, flow_steps, context = SessionSettings(), None, None
+    chunk_ms, left_ms = defaults.prefill_chunk_ms, defaults.tokenize_left_context_ms
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
-        settings, flow_steps = profile.session, profile.generation.flow_steps
-        context, chunk_ms = profile.generation.context_tokens, profile.generation.prefill_chunk_ms
+        settings, flow_steps, gen = profile.session, profile.generation.flow_steps, profile.generation
+        context, chunk_ms, left_ms = gen.context_tokens, gen.prefill_chunk_ms, gen.tokenize_left_context_ms
+    if args.tokenize_left_context_ms is not None and args.tokenize_left_context_ms < 0:
+        raise UserError(f"--tokenize-left-context-ms must be >= 0, got {args.tokenize_left_context_ms}")
     live = LiveSettings(EndpointSettings(threshold=args.vad_threshold, start_ms=args.start_ms, end_ms=args.end_ms),
-                        prefill_chunk_ms=args.prefill_chunk_ms or chunk_ms, push_to_talk=args.push_to_talk,
-                        barge_in=not args.no_barge_in)
+                        prefill_chunk_ms=args.prefill_chunk_ms or chunk_ms,
+                        tokenize_left_context_ms=left_ms if args.tokenize_left_context_ms is None
+                        else args.tokenize_left_context_ms,
+                        push_to_talk=args.push_to_talk, barge_in=not args.no_barge_in)
     assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
                                log=log)
     try:
@@ -199,5 +205,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--end-ms", type=int, default=640, help="silence that ends an utterance (hangover)")
     p.add_argument("--prefill-chunk-ms", type=int, default=0,
                    help="incremental prefill chunk (default: the device profile's, else 640)")
+    p.add_argument("--tokenize-left-context-ms", type=int, default=None,
+                   help="audio before each prefill chunk that its tokenization sees again "
+                        "(default: the device profile's, else 640)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_chat)

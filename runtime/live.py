@@ -15,10 +15,11 @@ user never heard are gone. When nothing was played yet, the assistant said nothi
 back to the end of the user's audio, before ``<audio_end>``, and the new speech continues the
 same user turn (a pause the endpointer took for an end).
 
-Incremental prefill tokenizes each chunk on its own. The audio tokenizer's encoder is
-bidirectional within a chunk and pads at its edges, so codes within about one code of a chunk
-edge can differ from whole-utterance tokenization; chunk lengths are rounded to whole codes
-(80 ms) so the code count and alignment stay the same. tests/test_live.py measures the difference.
+Incremental prefill tokenizes each chunk with ``tokenize_left_context_ms`` of the audio before it
+and keeps only the new audio's codes (``IncrementalTokenizer``); chunk and context lengths are
+whole codes (80 ms), so the code count and alignment equal whole-utterance tokenization. The
+tokenizer's encoder attends over its whole window, so codes still differ from whole-utterance
+tokenization: README's "Live conversation" has the measured table, tests/test_live.py its floor.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ import numpy as np
 from bcaudio.runtime.assistant import VoiceAssistant
 from bcaudio.runtime.audio_devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
 from bcaudio.runtime.audio_io import AudioInputError
+from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
 from bcaudio.runtime.speech_loop import AudioSegment, ContextFull, TextDelta, TurnEnd, crossfade_join
 from bcaudio.runtime.vad import FRAME, Endpointer, EndpointSettings, SileroVad
-
-CODE_SAMPLES = 1280  # 16 kHz samples per audio code (80 ms): prefill chunks are whole codes
 
 
 class Phase(StrEnum):
@@ -53,12 +53,17 @@ class Phase(StrEnum):
 class LiveSettings:
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
     prefill_chunk_ms: int = 640  # a device profile's generation.prefill_chunk_ms
+    tokenize_left_context_ms: int = 640  # a device profile's generation.tokenize_left_context_ms
     push_to_talk: bool = False  # press() / release() mark the utterance; no VAD
     barge_in: bool = True  # off for open speakers without echo cancellation (the mic hears the answer)
 
     @property
     def chunk_samples(self) -> int:
-        return max(1, self.prefill_chunk_ms * MIC_RATE // 1000 // CODE_SAMPLES) * CODE_SAMPLES
+        return whole_codes(self.prefill_chunk_ms, MIC_RATE, at_least=1)
+
+    @property
+    def left_context_samples(self) -> int:
+        return whole_codes(self.tokenize_left_context_ms, MIC_RATE)
 
 
 @dataclass
@@ -157,6 +162,7 @@ class LiveSession:
         self._dropped = False  # skip the queued rest of a turn that failed
         self._cancel = threading.Event()
         self._commands: queue.Queue[tuple] = queue.Queue()
+        self._tokens = IncrementalTokenizer(assistant.tokenize, assistant.cfg, self.settings.left_context_samples)
         self.speaker.on_first_sample = self._first_sample
         self._worker = threading.Thread(target=self._work, name="bcaudio-live-worker", daemon=True)
         self._worker.start()
@@ -344,15 +350,15 @@ class LiveSession:
             return  # the rest of a dropped turn
         if kind == "start":
             self._dropped = False
+            self._tokens.reset()
             if not self._continue_user:
                 self.loop.start_user_audio()
             self._continue_user = False
         elif kind == "chunk":
-            self.loop.add_user_audio(self.assistant.tokenize(command[1]))
+            self.loop.add_user_audio(self._tokens.push(command[1]))
         elif kind == "end":
             _, tail, t_end, seconds = command
-            if tail.size >= CODE_SAMPLES:  # a shorter tail holds less than one code
-                self.loop.add_user_audio(self.assistant.tokenize(tail))
+            self.loop.add_user_audio(self._tokens.push(tail))  # none when the tail holds less than one code
             self._respond(t_end, seconds)
         elif kind == "barge":
             self._barge()

@@ -29,6 +29,7 @@ class GenerationSettings:
     flow_steps: int = 10
     stream_chunk_frames: int = 8
     prefill_chunk_ms: int = 640
+    tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
 
 
@@ -99,6 +100,9 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
         match=_typed(Match, raw.get("match", {}), f"{where}: match"), source=source)
     if profile.generation.flow_steps < 1 or profile.generation.stream_chunk_frames < 1:
         raise ProfileError(f"{where}: generation.flow_steps and stream_chunk_frames must be >= 1")
+    if profile.generation.prefill_chunk_ms < 80 or profile.generation.tokenize_left_context_ms < 0:
+        raise ProfileError(f"{where}: generation.prefill_chunk_ms must be >= 80 (one audio code) and "
+                           "tokenize_left_context_ms >= 0")
     return profile
 
 
