@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_quant_parser(sub)
+    try:
+        from bcaudio.benchmarks.cli import add_parser as add_bench_parser
+    except ImportError:  # runtime-only install: no benchmarks
+        pass
+    else:
+        add_bench_parser(sub)
     return parser
 
 

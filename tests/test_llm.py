@@ -20,29 +20,10 @@ def _llm(cfg: ModelConfig, seed: int = 0) -> BaichuanLLM:
 
 
 def _qwen2(cfg: ModelConfig, ours: BaichuanLLM):
-    transformers = pytest.importorskip("transformers")
-    c = cfg.llm
-    hf_cfg = transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.layers, num_attention_heads=c.heads, num_key_value_heads=c.kv_heads,
-        rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
-        tie_word_embeddings=False, attn_implementation="eager", torch_dtype=torch.float32)
-    hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
-    sd = {}
-    q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
-    for name, t in ours.state_dict().items():
-        if "audio_embed_layers" in name:
-            continue
-        if "W_pack" in name:
-            kind = name.rsplit(".", 1)[1]
-            base = name.replace("W_pack." + kind, "")
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), t.split([q, kv, kv]), strict=True):
-                sd[f"{base}{proj}.{kind}"] = part
-        else:
-            sd[name] = t
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
-    return hf
+    pytest.importorskip("transformers")
+    from bcaudio.export.hf_qwen2 import to_qwen2
+
+    return to_qwen2(cfg.llm, ours.state_dict())
 
 
 def test_logits_match_transformers_qwen2(tiny_cfg: ModelConfig) -> None:

@@ -1,0 +1,72 @@
+"""The results document as a printed table and as ``benchmarks/results/<preset>-<date>.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _f(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """LLM rows per variant and context, then the audio frame and the turn, then the issue's targets."""
+    bw = result["bandwidth"]
+    m = result["machine"]
+    out = [f"bcaudio bench: preset {result['preset']}, {m['cpu_model']}, {result['threads']} thread(s), "
+           f"onnxruntime {m['onnxruntime']}, {result['date']}",
+           f"streaming read: {bw['single_thread_gb_s']:.1f} GB/s one thread, {bw['all_threads_gb_s']:.1f} GB/s "
+           f"{bw['threads']} threads; roofline uses {bw['best_gb_s']:.1f} GB/s", ""]
+    torch = result["variants"].get("torch-fp32")
+    rows = []
+    for name, v in result["variants"].items():
+        for n, c in v["contexts"].items():
+            vs = torch["contexts"][n]["decode_ms"] / c["decode_ms"] if torch else None
+            rows.append([name, n, _f(c["prefill_tok_s"], ".0f"), _f(c["decode_ms"]), _f(c["decode_tok_s"], ".1f"),
+                         _f(c["roofline_ms"]), _f(c["roofline_pct"], ".0f"), _f(vs),
+                         f"{v['weight_bytes_per_step'] / 1e6:.1f}"])
+    out += _table(["variant", "ctx", "prefill tok/s", "decode ms", "tok/s", "roofline ms", "% roofline",
+                   "x torch", "weights MB/step"], rows)
+    frames = [[name, n, _f(f["decode_ms"]), _f(f["audio_head_ms"]), _f(f["full_frame_ms"]), _f(f["margin_ms"]),
+               _f(f["realtime_factor"])]
+              for name, v in result["variants"].items() for n, f in v.get("frame", {}).items()]
+    if frames:
+        out += ["", f"audio frame (1 LLM step + {result.get('codebooks', 8)} head steps), "
+                    f"budget {result['frame_budget_ms']:.0f} ms:"]
+        out += _table(["variant", "ctx", "llm ms", "head ms", "frame ms", "margin ms", "x real time"], frames)
+    turns = [[name, _f(t["first_audio_ms"], ".0f"), _f(t["total_ms"], ".0f"), _f(t["answer_audio_s"]), _f(t["rtf"]),
+              str(t["prefilled_while_speaking"]), str(t["prefilled_after_speech"])]
+             for name, v in result["variants"].items() if (t := v.get("turn"))]
+    if turns:
+        out += ["", "spoken turn, incremental prefill, clock from end of speech:"]
+        out += _table(["variant", "first audio ms", "turn ms", "answer s", "RTF", "prefilled while speaking",
+                       "after"], turns)
+    if result["targets"]:
+        out += ["", "targets (issue 8, small preset on 2 cores):"]
+        out += [f"  {k}: {v['value']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}"
+                for k, v in result["targets"].items()]
+    return "\n".join(out)
+
+
+def write_results(result: dict[str, Any], folder: Path = RESULTS_DIR) -> Path:
+    """``<folder>/<preset>-<date>.json``; a second run on the same day gets a time suffix instead of overwriting."""
+    folder.mkdir(parents=True, exist_ok=True)
+    day, time_ = result["date"][:10], result["date"][11:19].replace(":", "")
+    path = folder / f"{result['preset']}-{day}.json"
+    if path.exists():
+        path = folder / f"{result['preset']}-{day}-{time_}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path

@@ -1,0 +1,139 @@
+"""What a benchmark run needs on disk, made once and reused: checkpoint, packages, optimum's exports.
+
+Layout of a work folder (every part is skipped when already there and made from the same source):
+``ckpt/`` (random checkpoint of the preset), ``pkg-fp32/`` (``bcaudio export``), ``pkg-int8/`` and
+``pkg-int4/`` (``bcaudio.quant``), ``hf-qwen2/`` (the text part as a transformers Qwen2),
+``optimum-fp32/`` (optimum-onnx's export of it) and ``optimum-int4/`` (that graph through the same
+int4 quantizer as bcaudio's recipes). Reruns only measure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcaudio.errors import UserError
+from bcaudio.quant.recipes import BUILTIN, Recipe
+from bcaudio.runtime.manifest import MANIFEST, load_manifest, sha256_file
+
+Progress = Callable[[str], None]
+# only the decode loop's graphs are quantized: the other graphs stay the fp32 package's, so a turn's
+# difference between variants is the llm and the audio head
+RECIPES = {"int8": Recipe("int8", {"llm": "int8", "audio_head": "int8"},
+                          description="dynamic int8 llm and audio head (benchmark)"),
+           "int4": BUILTIN["int4"]}
+OPTIMUM_GRAPH = "model.onnx"
+STAMP = "bcaudio-source.json"
+
+
+@dataclass
+class BenchInputs:
+    package: Path  # the fp32 package
+    checkpoint: Path | None
+    packages: dict[str, Path] = field(default_factory=dict)  # precision -> package
+    optimum: dict[str, Path] = field(default_factory=dict)  # precision -> optimum-onnx graph
+
+
+def _checkpoint_and_package(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
+                            progress: Progress) -> tuple[Path | None, Path]:
+    if package is not None:
+        source = load_manifest(package, verify=False).source.get("checkpoint")
+        if checkpoint is None and source and Path(source).is_dir():
+            checkpoint = Path(source)
+        return checkpoint, package
+    if checkpoint is None:
+        if preset is None:
+            raise UserError("bench needs --preset, --checkpoint or --package")
+        checkpoint = workdir / "ckpt"
+        if not (checkpoint / "config.json").exists():
+            import torch
+
+            from bcaudio.export.checkpoint import init_checkpoint
+            from bcaudio.presets import get_preset
+
+            progress(f"init: random {preset} checkpoint in {checkpoint}")
+            init_checkpoint(get_preset(preset), checkpoint, dtype=torch.bfloat16, progress=lambda _: None)
+    package = workdir / "pkg-fp32"
+    if not (package / MANIFEST).exists():
+        from bcaudio.export.package import export_package
+
+        progress(f"export: {checkpoint} -> {package}")
+        export_package(checkpoint, package, progress=lambda m: progress(f"  {m}"))
+    return checkpoint, package
+
+
+def _quantized(workdir: Path, fp32: Path, precision: str, progress: Progress) -> Path:
+    from bcaudio.quant.package import quantize_package
+
+    out = workdir / f"pkg-{precision}"
+    if (out / MANIFEST).exists():
+        source = load_manifest(out, verify=False).source.get("fp32_manifest_sha256")
+        if source == sha256_file(fp32 / MANIFEST):
+            return out
+        shutil.rmtree(out)
+    progress(f"quantize: {fp32} -> {out} ({precision}: llm + audio head)")
+    quantize_package(fp32, RECIPES[precision], out, progress=lambda m: progress(f"  {m}"))
+    return out
+
+
+def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[str], progress: Progress
+             ) -> dict[str, Path]:
+    """optimum-onnx's Qwen2 export of the checkpoint's text part, and its int4 form, keyed by the checkpoint hash."""
+    fp32 = workdir / "optimum-fp32"
+    stamp = {"checkpoint_sha256": source_sha}
+
+    def fresh(folder: Path) -> bool:
+        return (folder / STAMP).exists() and json.loads((folder / STAMP).read_text()) == stamp
+
+    if not fresh(fp32):
+        from optimum.exporters.onnx import main_export
+
+        from bcaudio.export.checkpoint import load_checkpoint
+        from bcaudio.export.hf_qwen2 import to_qwen2
+
+        shutil.rmtree(fp32, ignore_errors=True)
+        hf_dir = workdir / "hf-qwen2"
+        progress(f"optimum: {checkpoint} -> transformers Qwen2 -> {fp32}")
+        ref = load_checkpoint(checkpoint, parts=["llm"])
+        to_qwen2(ref.cfg.llm, ref.llm.state_dict()).save_pretrained(hf_dir)
+        del ref
+        main_export(str(hf_dir), fp32, task="text-generation-with-past", device="cpu", do_validation=False)
+        shutil.rmtree(hf_dir)
+        (fp32 / STAMP).write_text(json.dumps(stamp))
+    out = {"fp32": fp32 / OPTIMUM_GRAPH}
+    if "int4" in precisions:
+        from bcaudio.quant.int4 import quantize_int4
+
+        int4 = workdir / "optimum-int4"
+        if not fresh(int4):
+            shutil.rmtree(int4, ignore_errors=True)
+            progress(f"optimum: {fp32} -> {int4} (bcaudio's int4 quantizer, block {RECIPES['int4'].block_size})")
+            quantize_int4(fp32 / OPTIMUM_GRAPH, int4 / OPTIMUM_GRAPH, "optimum", RECIPES["int4"].block_size,
+                          progress=lambda m: progress(f"  {m}"))
+            (int4 / STAMP).write_text(json.dumps(stamp))
+        out["int4"] = int4 / OPTIMUM_GRAPH
+    return out
+
+
+def prepare_inputs(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
+                   variants: Iterable[str], progress: Progress) -> BenchInputs:
+    """Make what ``variants`` (``kind-precision`` names) need that the work folder does not hold yet."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    variants = list(variants)
+    checkpoint, fp32 = _checkpoint_and_package(workdir, preset, checkpoint, package, progress)
+    inputs = BenchInputs(fp32, checkpoint, {"fp32": fp32})
+    for precision in RECIPES:
+        if f"bcaudio-{precision}" in variants:
+            inputs.packages[precision] = _quantized(workdir, fp32, precision, progress)
+    needs_checkpoint = [v for v in variants if v.startswith(("torch-", "optimum-"))]
+    if needs_checkpoint and checkpoint is None:
+        raise UserError(f"{', '.join(needs_checkpoint)} need the checkpoint and {fp32} does not name one that "
+                        "exists: pass --checkpoint")
+    optimum = {v.split("-", 1)[1] for v in variants if v.startswith("optimum-")}
+    if optimum:
+        source_sha = load_manifest(fp32, verify=False).source.get("sha256", str(checkpoint.resolve()))
+        inputs.optimum = _optimum(workdir, checkpoint, source_sha, optimum, progress)
+    return inputs

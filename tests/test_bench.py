@@ -1,0 +1,88 @@
+"""``bcaudio bench`` end to end on ``tiny`` with tiny iteration counts, so the benchmark never rots.
+
+No speed figure is asserted (they depend on the machine); the document's structure is, every figure
+must be a finite number, and the fp32 variants must compute the same logits as the torch reference:
+the proof that every variant runs the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bcaudio.benchmarks.cli import VARIANTS
+from bcaudio.cli import main
+
+CONTEXTS = (16, 48)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
+                     ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
+                     "--bandwidth-mb", "64", "--results-dir", str(tmp / "results"), "--json"])
+    assert code == 0
+    return json.loads(out.getvalue()), tmp
+
+
+def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
+    result, _ = bench
+    assert result["schema"] == "bcaudio-bench/1" and result["preset"] == "tiny"
+    assert set(result["variants"]) == set(VARIANTS)
+    assert all(_finite(result["bandwidth"][k]) and result["bandwidth"][k] > 0
+               for k in ("single_thread_gb_s", "all_threads_gb_s", "best_gb_s"))
+    for name, v in result["variants"].items():
+        assert v["weight_bytes_per_step"] > 0, name
+        assert set(v["contexts"]) == {str(n) for n in CONTEXTS}, name
+        for figures in v["contexts"].values():
+            for key in ("prefill_tok_s", "decode_ms", "decode_tok_s", "roofline_ms", "roofline_pct"):
+                assert _finite(figures[key]) and figures[key] > 0, (name, key, figures[key])
+        if name.startswith("bcaudio-"):
+            assert _finite(v["audio_head_ms_per_frame"])
+            assert all(_finite(f["full_frame_ms"]) and _finite(f["margin_ms"]) for f in v["frame"].values())
+            turn = v["turn"]
+            assert _finite(turn["first_audio_ms"]) and _finite(turn["rtf"]) and turn["answer_audio_s"] > 0, name
+            assert turn["prefilled_while_speaking"] > 0 and turn["prefilled_after_speech"] > 0
+    assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms", "first_audio_ms"}
+
+
+def test_fp32_variants_run_the_same_weights(bench: tuple[dict, Path]) -> None:
+    result, _ = bench
+    for name in ("optimum-fp32", "bcaudio-fp32"):
+        check = result["variants"][name]["logits_vs_reference"]
+        assert check["reference"] == "torch-fp32"
+        for n in map(str, CONTEXTS):
+            assert check[n]["max_abs"] < 1e-4 and check[n]["top1_equal"], (name, n, check[n])
+    # the int4 graphs of both exporters come from one quantizer with one setting
+    a, b = (result["variants"][v]["logits_vs_reference"][str(CONTEXTS[0])]["rel_l2"]
+            for v in ("optimum-int4", "bcaudio-int4"))
+    assert abs(a - b) < 0.05
+
+
+def test_results_file_and_cached_inputs(bench: tuple[dict, Path]) -> None:
+    result, tmp = bench
+    files = list((tmp / "results").glob("tiny-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["variants"].keys() == result["variants"].keys()
+    work = tmp / "work"
+    assert {p.name for p in work.iterdir()} >= {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "optimum-fp32",
+                                                "optimum-int4"}
+
+
+def test_unknown_variant_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--preset", "tiny", "--workdir", str(tmp_path), "--variants", "bcaudio-int3"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bcaudio bench: error: unknown variant(s) bcaudio-int3") and "\n" not in err
+    assert not any(tmp_path.iterdir())  # refused before any work
