@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -116,10 +117,15 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatView) -> None:
-    """Headless: the wav goes through the microphone callback; the speaker's output is written aligned to it."""
+    """Headless: the wav goes through the microphone callback; the speaker's output is written aligned to it.
+
+    Ctrl-C stops feeding (``--realtime`` runs take as long as the recording): what was played so far
+    is still written, so a long file can be cut short without losing the run.
+    """
+    import numpy as np
     import soundfile as sf
 
-    from bcaudio.runtime.audio_devices import SpeakerOutput
+    from bcaudio.runtime.audio_devices import BLOCK_MS, SpeakerOutput
     from bcaudio.runtime.audio_io import save_audio
     from bcaudio.runtime.live import LiveSession, drive_from_audio
 
@@ -129,20 +135,29 @@ def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatV
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     speaker = SpeakerOutput(assistant.sample_rate)
     session = LiveSession(assistant, speaker, live, ui=view)
+    played: list[np.ndarray] = []
+    stopped = False
     try:
-        out = drive_from_audio(session, audio.mean(axis=1), rate, realtime=args.realtime)
+        drive_from_audio(session, audio.mean(axis=1), rate, realtime=args.realtime, out=played)
+    except KeyboardInterrupt:
+        stopped = True
+        print(f"\nstopped by Ctrl-C after {len(played) * BLOCK_MS / 1000:.1f} s of the input", file=view.out)
     finally:
         session.close()
+    out = np.concatenate(played) if played else np.zeros(0, np.float32)
     if args.output_wav:
         save_audio(args.output_wav, out, speaker.rate)
-        print(f"wrote {args.output_wav} ({out.size / speaker.rate:.1f} s, aligned with the input)", file=view.out)
+        print(f"wrote {args.output_wav} ({out.size / speaker.rate:.1f} s, aligned with the input"
+              f"{', cut short' if stopped else ''})", file=view.out)
+    if stopped:
+        print("bye", file=view.out)
 
 
 def _chat_live(session: Any, streams: Any, view: ChatView, device_error: type[Exception]) -> None:
     """Run until Ctrl-C; a missing, busy or lost device is reported once and retried, the conversation kept."""
     if session.settings.push_to_talk:
         print("push-to-talk: press Enter to start speaking, Enter again to finish", file=view.out)
-        threading.Thread(target=_push_to_talk, args=(session,), daemon=True).start()
+        threading.Thread(target=push_to_talk_keys, args=(session, sys.stdin), daemon=True).start()
     print("Ctrl-C to quit", file=view.out)
     last_error = ""
     try:
@@ -161,7 +176,8 @@ def _chat_live(session: Any, streams: Any, view: ChatView, device_error: type[Ex
                     continue
             if streams.lost.wait(0.1):
                 last_error = "audio device lost"
-                print("! audio device lost mid-turn; the turn is dropped, reopening", file=view.out)
+                print("! audio device lost: an unfinished turn is dropped (an answer keeps what was played); "
+                      "reopening", file=view.out)
                 session.interrupt()
                 streams.close()
     except KeyboardInterrupt:
@@ -171,9 +187,10 @@ def _chat_live(session: Any, streams: Any, view: ChatView, device_error: type[Ex
         session.close()
 
 
-def _push_to_talk(session: Any) -> None:
+def push_to_talk_keys(session: Any, keys: Iterable[str]) -> None:
+    """Each line (Enter) of ``keys`` toggles: the first presses the talk button, the next releases it."""
     talking = False
-    for _ in sys.stdin:
+    for _ in keys:
         if talking:
             session.release()
         else:

@@ -193,7 +193,8 @@ class LiveSession:
             self._end_utterance()
 
     def interrupt(self) -> None:
-        """Abandon whatever is in flight (a lost device): an utterance is dropped, an answer cut as by barge-in."""
+        """Abandon whatever is in flight (a lost device): an utterance is dropped, an answer cut as by barge-in,
+        except that an answer nothing of which was heard drops the whole turn (the user will ask again)."""
         if self._utterance is not None:
             self._utterance, self._unsent = None, []
             self._commands.put(("drop",))
@@ -201,7 +202,7 @@ class LiveSession:
         elif self.phase in (Phase.THINKING, Phase.SPEAKING):
             self.speaker.stop()
             self._cancel.set()
-            self._commands.put(("barge",))
+            self._commands.put(("barge", False))
             self._set_phase(Phase.LISTENING)
         self._pressed = False
         self._pending = np.zeros(0, dtype=np.float32)
@@ -245,7 +246,7 @@ class LiveSession:
                 return
             self.speaker.stop()  # silence from the next output block on
             self._cancel.set()
-            self._commands.put(("barge",))
+            self._commands.put(("barge", True))
         self._utterance = list(self._pre_roll)
         self._unsent = list(self._pre_roll)
         self._pre_roll.clear()
@@ -361,7 +362,7 @@ class LiveSession:
             self.loop.add_user_audio(self._tokens.push(tail))  # none when the tail holds less than one code
             self._respond(t_end, seconds)
         elif kind == "barge":
-            self._barge()
+            self._barge(continue_user=command[1])
         elif kind == "drop":
             self._drop_turn()
 
@@ -400,8 +401,9 @@ class LiveSession:
             if hasattr(events, "close"):
                 events.close()
 
-    def _barge(self) -> None:
-        """Cut the history back to what the user heard (see the module docstring)."""
+    def _barge(self, continue_user: bool) -> None:
+        """Cut the history back to what the user heard (see the module docstring); with nothing heard, new
+        speech continues the user's turn when ``continue_user``, else the turn is forgotten."""
         with self._lock:
             answer, self._answer = self._answer, None
         self._cancel.clear()
@@ -410,8 +412,8 @@ class LiveSession:
         played = sum(1 for turn, _ in self._played_marks() if turn == answer.turn)
         start = self.loop.turn_starts[-1]
         if played == 0:
-            self.loop.truncate(start + answer.user_end)
-            self._continue_user = True
+            self.loop.truncate(start + answer.user_end if continue_user else start)
+            self._continue_user = continue_user
         elif not (answer.done and played == len(answer.boundaries)):
             self.loop.interrupt_at(start + answer.boundaries[played - 1])
         self._report(answer, interrupted=True, played=played)
@@ -421,21 +423,22 @@ class LiveSession:
 
 
 def drive_from_audio(session: LiveSession, audio: np.ndarray, rate: int, realtime: bool = False,
-                     tail_seconds: float = 30.0) -> np.ndarray:
+                     tail_seconds: float = 30.0, out: list[np.ndarray] | None = None) -> np.ndarray:
     """Play a recording into the session as a microphone would and record what the speaker plays.
 
     Blocks of ``BLOCK_MS`` go through the microphone callback; after each, one block of output is
     pulled, so the returned audio (at ``session.speaker.rate``) lines up with the input in time.
     Faster than real time, each block waits for the model to finish its work: the model then
     costs no simulated time and the run is deterministic. After the input, silence is fed until
-    the last answer has played (at most ``tail_seconds``).
+    the last answer has played (at most ``tail_seconds``). Each output block is also appended to
+    ``out`` as it is pulled, so a caller stopped by Ctrl-C keeps what was played until then.
     """
     mic = session.mic(rate)
     speaker = session.speaker
     block, out_block = rate * BLOCK_MS // 1000, speaker.rate * BLOCK_MS // 1000
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     silence = np.zeros(block, dtype=np.float32)
-    out: list[np.ndarray] = []
+    out = [] if out is None else out
     start = time.perf_counter()
     blocks, extra = -(-audio.size // block), int(tail_seconds * 1000 / BLOCK_MS)
     for i in range(blocks + extra):

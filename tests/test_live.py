@@ -244,3 +244,256 @@ def test_chat_on_a_virtual_alsa_device_answers_and_exits_cleanly_on_ctrl_c(pkg: 
     assert "[hearing]" in out and "[thinking]" in out and "bye" in out
     turn = json.loads(transcript.read_text().splitlines()[0])
     assert turn["segments"] >= 1 and turn["latency_s"] is not None
+
+
+# ----- device failures, with fakes of sounddevice's stream objects -----
+
+
+class FakePortAudioError(Exception):
+    pass
+
+
+class FakeStream:
+    """What DeviceStreams uses of sd.InputStream / sd.OutputStream; ``lose()`` is the device unplugged."""
+
+    def __init__(self, sd: FakeSounddevice, callback, finished_callback, blocksize: int, **_: object) -> None:
+        self.sd, self.callback, self.finished, self.blocksize = sd, callback, finished_callback, blocksize
+        self.closed = False
+
+    def start(self) -> None:
+        self.sd.started.append(self)
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def lose(self) -> None:
+        """PortAudio stops a stream whose device vanished (or whose callback raised) and calls finished_callback."""
+        self.finished()
+
+
+class FakeSounddevice:
+    """A sounddevice module with one 16 kHz microphone and one 24 kHz speaker; ``busy`` opens fail first."""
+
+    PortAudioError = FakePortAudioError
+
+    def __init__(self, busy: int = 0) -> None:
+        self.busy, self.started = busy, []
+
+    def query_devices(self, spec: object = None, kind: str | None = None) -> dict:
+        return {"default_samplerate": 16000.0 if kind == "input" else 24000.0}
+
+    def check_output_settings(self, **_: object) -> None:
+        pass
+
+    def InputStream(self, **kw: object) -> FakeStream:  # noqa: N802 (sounddevice's name)
+        if self.busy:
+            self.busy -= 1
+            raise FakePortAudioError("Error opening InputStream: Device unavailable [PaErrorCode -9985]")
+        return FakeStream(self, **kw)
+
+    def OutputStream(self, **kw: object) -> FakeStream:  # noqa: N802
+        return FakeStream(self, **kw)
+
+    def wait_open(self, opened: int, timeout: float = 30) -> tuple[FakeStream, FakeStream]:
+        deadline = time.monotonic() + timeout
+        while len(self.started) < 2 * opened:
+            assert time.monotonic() < deadline, "the streams were not (re)opened"
+            time.sleep(0.01)
+        return self.started[2 * opened - 2], self.started[2 * opened - 1]
+
+
+def play(session: LiveSession, streams: tuple[FakeStream, FakeStream], audio: np.ndarray) -> None:
+    """Feed 16 kHz audio block by block through the input stream's callback, pulling the output stream's."""
+    inp, out = streams
+    buf = np.zeros((out.blocksize, 1), np.float32)
+    for i in range(0, audio.size - inp.blocksize + 1, inp.blocksize):
+        inp.callback(audio[i:i + inp.blocksize, None], inp.blocksize, None, None)
+        session.wait_idle()
+        out.callback(buf, out.blocksize, None, None)
+
+
+def until_quiet(session: LiveSession, streams: tuple[FakeStream, FakeStream], seconds: float = 30) -> None:
+    """Feed silence until the session has nothing left to say."""
+    for _ in range(int(seconds * 1000 / BLOCK_MS)):
+        if session.idle:
+            return
+        play(session, streams, np.zeros(streams[0].blocksize, np.float32))
+    raise AssertionError("the session did not finish its answer")
+
+
+def run_chat_live(session: LiveSession, sd: FakeSounddevice, monkeypatch: pytest.MonkeyPatch,
+                  script) -> str:
+    """``bcaudio chat``'s device loop on the fake streams while ``script(sd)`` plays the user; then Ctrl-C."""
+    import _thread
+    import io
+    import threading
+
+    from bcaudio.runtime import audio_devices, chat_cli
+
+    monkeypatch.setattr(audio_devices, "_sounddevice", lambda: sd)
+    monkeypatch.setattr(chat_cli, "RETRY_SECONDS", 0.05)
+    view = chat_cli.ChatView(io.StringIO())
+    session.ui = view
+    streams = audio_devices.DeviceStreams(session.mic, session.speaker, None, None)
+    failures: list[BaseException] = []
+
+    def user() -> None:
+        try:
+            script(sd)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+        finally:
+            _thread.interrupt_main()  # Ctrl-C
+
+    threading.Thread(target=user, daemon=True).start()
+    chat_cli._chat_live(session, streams, view, audio_devices.AudioDeviceError)
+    assert not failures, failures
+    return view.out.getvalue()
+
+
+def test_busy_device_is_one_line_retried_and_the_conversation_then_works(pkg: Path, speech_16k: np.ndarray,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assistant = greedy(pkg)
+    session = LiveSession(assistant, SpeakerOutput(assistant.sample_rate))
+    sd = FakeSounddevice(busy=2)
+
+    def user(sd: FakeSounddevice) -> None:
+        streams = sd.wait_open(1)
+        play(session, streams, dialog(0.3, speech_16k, 0.9))
+        until_quiet(session, streams)
+
+    out = run_chat_live(session, sd, monkeypatch, user)
+    (message,) = [line for line in out.splitlines() if "busy" in line]  # said once, although it failed twice
+    assert message.startswith("! cannot open the audio device: busy or unavailable (Error opening InputStream")
+    assert "retrying every" in message and "audio device back; listening" in out
+    (report,) = session.reports
+    assert not report.interrupted and report.segments >= 1 and session.errors == []
+    assert out.rstrip().endswith("bye") and all(s.closed for s in sd.started)
+
+
+@pytest.mark.parametrize("when", ["hearing", "answer-unheard", "answer-partly-heard"])
+def test_device_lost_mid_turn_drops_the_turn_and_the_next_turn_works(pkg: Path, speech_16k: np.ndarray,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    when: str) -> None:
+    assistant = greedy(pkg)
+    tok = assistant.cfg.tokens
+    session = LiveSession(assistant, SpeakerOutput(assistant.sample_rate))
+    sd = FakeSounddevice()
+
+    def user(sd: FakeSounddevice) -> None:
+        streams = sd.wait_open(1)
+        if when == "hearing":  # unplugged while the user is still talking
+            play(session, streams, dialog(0.3, speech_16k[:32000]))
+            assert session.phase.value == "hearing"
+        else:  # unplugged while the answer plays: before its first segment was heard, or after
+            play(session, streams, dialog(0.3, speech_16k, 0.9))
+            heard = 1 if when == "answer-partly-heard" else 0
+            while session.phase.value != "speaking" or len(session.speaker.played) < heard:
+                play(session, streams, np.zeros(320, np.float32))
+            assert len(session.speaker.played) == heard
+        streams[0].lose()
+        streams = sd.wait_open(2)
+        play(session, streams, dialog(0.3, speech_16k, 0.9))
+        until_quiet(session, streams)
+
+    out = run_chat_live(session, sd, monkeypatch, user)
+    (message,) = [line for line in out.splitlines() if "lost" in line]
+    assert message == "! audio device lost: an unfinished turn is dropped (an answer keeps what was played); reopening"
+    assert "audio device back; listening" in out and session.errors == []
+    *lost, report = session.reports
+    assert not report.interrupted and report.segments >= 1
+    context, starts = assistant.loop.context, assistant.loop.turn_starts
+    if when == "answer-partly-heard":  # the first answer was cut where it was heard, as by barge-in
+        (first,) = lost
+        assert first.interrupted and first.played_segments == 1 < first.segments
+        assert len(starts) == 2 and context[starts[0]:starts[1]].count(tok.audiogen_end) == 1
+    else:  # nothing of the lost turn was heard: it is gone, the conversation holds the new turn only
+        assert len(starts) == 1 and [r.played_segments for r in lost] == ([0] if lost else [])
+    # the last turn's user audio is the second utterance alone (12.5 codes per second), nothing of the lost one
+    turn = context[starts[-1]:]
+    user_codes = turn.index(tok.audio_end) - turn.index(tok.audio_start) - 1
+    assert abs(user_codes - report.user_seconds * 12.5) <= 1
+    assert assistant.backend.position == len(context)
+    _fresh_prefill_matches(assistant)
+
+
+def test_realtime_file_chat_stopped_by_ctrl_c_exits_cleanly_and_writes_what_was_played(
+        pkg: Path, speech_16k: np.ndarray, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    wav, out_wav = tmp_path / "dialog.wav", tmp_path / "out.wav"
+    sf.write(wav, dialog(0.5, speech_16k, 1.5, speech_16k, 1.5), 16000)  # 12.5 s, fed in real time
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "chat", "--model", str(pkg), "--input-wav", str(wav),
+                             "--output-wav", str(out_wav), "--realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # Ctrl-C once the first answer is playing
+        lines.append(line)
+        if "[speaking]" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and out.rstrip().endswith("bye")
+    (stopped,) = [line for line in out.splitlines() if line.startswith("stopped by Ctrl-C after")]
+    fed = float(stopped.split("after ")[1].split(" s")[0])
+    assert 5 < fed < 12.5  # past the first question, before the end of the file
+    written, rate = sf.read(out_wav)
+    assert rate == 24000 and abs(written.size / rate - fed) < 0.05  # what was played, aligned with the input
+    assert np.abs(written).max() > 0.01  # including the start of the answer
+    assert f"wrote {out_wav} ({written.size / rate:.1f} s, aligned with the input, cut short)" in out
+
+
+def test_keyboard_push_to_talk_marks_the_utterance_and_a_key_during_the_answer_barges_in(
+        pkg: Path, speech_16k: np.ndarray) -> None:
+    import queue
+    import threading
+
+    from bcaudio.runtime.chat_cli import push_to_talk_keys
+
+    assistant = greedy(pkg)
+    phases: list[str] = []
+    session = LiveSession(assistant, SpeakerOutput(assistant.sample_rate), LiveSettings(push_to_talk=True),
+                          ui=lambda e: phases.append(e.phase.value) if isinstance(e, PhaseChange) else None)
+    assert session.vad is None  # push-to-talk needs no VAD: the keys mark the utterance
+    keys: queue.Queue[str | None] = queue.Queue()
+    handler = threading.Thread(target=push_to_talk_keys, args=(session, iter(keys.get, None)), daemon=True)
+    handler.start()
+    streams = (FakeStream(FakeSounddevice(), session.mic(16000).callback, lambda: None, 320),
+               FakeStream(FakeSounddevice(), session.speaker.callback, lambda: None, 480))
+
+    def key(expect: str) -> None:
+        keys.put("\n")
+        deadline = time.monotonic() + 10
+        while session.phase.value != expect:
+            assert time.monotonic() < deadline, f"the key did not lead to {expect}"
+            time.sleep(0.005)
+
+    play(session, streams, np.zeros(4800, np.float32))  # room noise before the key: not part of the utterance
+    key("hearing")
+    play(session, streams, dialog(speech_16k))
+    key("thinking")
+    while session.phase.value != "speaking":
+        play(session, streams, np.zeros(320, np.float32))
+    play(session, streams, np.zeros(3200, np.float32))
+    key("hearing")  # pressed while the answer plays: barge-in
+    session.wait_idle()  # the worker cuts the answer and reports it
+    (first,) = session.reports
+    assert first.interrupted and not session.speaker.busy
+    pre_roll = LiveSettings().endpoint.pre_roll_ms / 1000  # kept before the press: the first syllable's onset
+    # what was spoken between the keys, within one 32 ms VAD frame
+    assert abs(first.user_seconds - speech_16k.size / 16000 - pre_roll) < 0.033
+    play(session, streams, dialog(speech_16k[:24000]))
+    key("thinking")
+    until_quiet(session, streams)
+    keys.put(None)
+    handler.join(timeout=5)
+    session.close()
+    assert session.errors == [] and phases == ["hearing", "thinking", "speaking", "hearing", "thinking", "speaking",
+                                               "listening"]
+    second = session.reports[-1]
+    assert not second.interrupted and second.segments >= 1 and 1.5 <= second.user_seconds <= 1.5 + pre_roll + 0.033
