@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> None:
         contexts=_ints(args.contexts), iterations=args.iterations, warmup=args.warmup,
         prefill_repeats=args.prefill_repeats, threads=args.threads, bandwidth_mb=args.bandwidth_mb,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), turns=args.turns,
-        speech=args.input, device_profile=args.device_profile)
+        speech=args.input, device_profile=args.device_profile, reexport=args.reexport)
     result = run_bench(opts, progress=log)
     path = write_results(result, args.results_dir or RESULTS_DIR)
     log(f"results written to {path}")
@@ -51,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--package", type=Path, help="fp32 model package (instead of exporting the checkpoint)")
     p.add_argument("--workdir", type=Path, help="where exports and quantized packages are cached "
                                                 "(default: work/bench-PRESET)")
+    p.add_argument("--reexport", action="store_true", help="export the checkpoint into --workdir again (after a change "
+                                                           "to the exporters); the quantized packages follow")
     p.add_argument("--contexts", default="128,1024", help="context lengths for decode (default: 128,1024)")
     p.add_argument("--iterations", type=int, default=20, help="timed decode steps / head frames (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed series")

@@ -29,7 +29,9 @@ def format_table(result: dict[str, Any]) -> str:
     out = [f"bcaudio bench: preset {result['preset']}, {m['cpu_model']}, {result['threads']} thread(s), "
            f"onnxruntime {m['onnxruntime']}, {result['date']}",
            f"streaming read: {bw['single_thread_gb_s']:.1f} GB/s one thread, {bw['all_threads_gb_s']:.1f} GB/s "
-           f"{bw['threads']} threads; roofline uses {bw['best_gb_s']:.1f} GB/s", ""]
+           f"{bw['threads']} threads; roofline uses {bw['best_gb_s']:.1f} GB/s",
+           f"load average (1 min): {result['load_average_1min']['start']:.2f} at start, "
+           f"{result['load_average_1min']['end']:.2f} at end (0 on an idle machine)", ""]
     torch = result["variants"].get("torch-fp32")
     rows = []
     for name, v in result["variants"].items():

@@ -49,6 +49,7 @@ class BenchOptions:
     speech: Path | None = None
     device_profile: str = "auto"
     seed: int = 0
+    reexport: bool = False  # export the checkpoint again into the work folder (after an exporter change)
 
     def check(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -131,10 +132,15 @@ def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
     workdir = opts.workdir or Path("work") / f"bench-{opts.preset or 'custom'}"
     threads = opts.thread_count
     started = datetime.datetime.now(datetime.UTC)
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        progress(f"warning: the machine is busy (1-min load average {load_start[0]:.1f} on {os.cpu_count()} cores): "
+                 "other processes share the cores and the memory bus, so the figures are slower and noisier")
     progress(f"bandwidth: summing a {opts.bandwidth_mb} MB array on 1 and {threads} thread(s)")
     bw = measure_bandwidth(opts.bandwidth_mb, threads)
     progress(f"  {bw.single_thread_gb_s:.1f} GB/s on one thread, {bw.all_threads_gb_s:.1f} GB/s on {threads}")
-    inputs = prepare_inputs(workdir, opts.preset, opts.checkpoint, opts.package, opts.variants, progress)
+    inputs = prepare_inputs(workdir, opts.preset, opts.checkpoint, opts.package, opts.variants, progress,
+                            opts.reexport)
     cfg = load_manifest(inputs.package, verify=False).model_config()
     c = cfg.llm
     ids = _token_ids(cfg, max(opts.contexts) + 1, opts.seed)
@@ -179,6 +185,7 @@ def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
             "machine": device_info(["CPUExecutionProvider"]), "threads": threads,
             "settings": {"contexts": list(opts.contexts), "iterations": opts.iterations, "warmup": opts.warmup,
                          "prefill_repeats": opts.prefill_repeats, "turns": opts.turns, "workdir": str(workdir)},
+            "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
             "bandwidth": {**dataclasses.asdict(bw), "best_gb_s": bw.best_gb_s},
             "frame_budget_ms": FRAME_BUDGET_MS, "variants": variants, "ratios": ratios(variants, opts.contexts),
             "targets": targets(variants, opts.contexts)}

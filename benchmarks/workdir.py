@@ -38,7 +38,7 @@ class BenchInputs:
 
 
 def _checkpoint_and_package(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
-                            progress: Progress) -> tuple[Path | None, Path]:
+                            reexport: bool, progress: Progress) -> tuple[Path | None, Path]:
     if package is not None:
         source = load_manifest(package, verify=False).source.get("checkpoint")
         if checkpoint is None and source and Path(source).is_dir():
@@ -57,6 +57,8 @@ def _checkpoint_and_package(workdir: Path, preset: str | None, checkpoint: Path 
             progress(f"init: random {preset} checkpoint in {checkpoint}")
             init_checkpoint(get_preset(preset), checkpoint, dtype=torch.bfloat16, progress=lambda _: None)
     package = workdir / "pkg-fp32"
+    if reexport and package.exists():
+        shutil.rmtree(package)  # the quantized packages follow: they record their source's hash
     if not (package / MANIFEST).exists():
         from bcaudio.export.package import export_package
 
@@ -119,11 +121,12 @@ def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[s
 
 
 def prepare_inputs(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
-                   variants: Iterable[str], progress: Progress) -> BenchInputs:
-    """Make what ``variants`` (``kind-precision`` names) need that the work folder does not hold yet."""
+                   variants: Iterable[str], progress: Progress, reexport: bool = False) -> BenchInputs:
+    """Make what ``variants`` (``kind-precision`` names) need that the work folder does not hold yet; ``reexport``
+    exports the checkpoint again (after a change to the exporters)."""
     workdir.mkdir(parents=True, exist_ok=True)
     variants = list(variants)
-    checkpoint, fp32 = _checkpoint_and_package(workdir, preset, checkpoint, package, progress)
+    checkpoint, fp32 = _checkpoint_and_package(workdir, preset, checkpoint, package, reexport, progress)
     inputs = BenchInputs(fp32, checkpoint, {"fp32": fp32})
     for precision in RECIPES:
         if f"bcaudio-{precision}" in variants:
