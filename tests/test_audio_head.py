@@ -3,7 +3,6 @@ the exported step graph (an If tree of per-position branches) against torch and 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +16,13 @@ from torch import nn
 import bcaudio.export.export_audio_head as export_audio_head_module
 from bcaudio.config import ModelConfig
 from bcaudio.export.audio_head import AudioHead, depth_inputs
+from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.export_audio_head import audio_head_io_names, export_audio_head
 from bcaudio.export.llm import LLMBody
+from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
-from bcaudio.quant.int4 import quantize_int4
-from bcaudio.quant.int8 import quantize_int8
+from bcaudio.quant.accuracy import accuracy_report
+from bcaudio.quant.package import quantize_package
 
 
 def test_step_with_depth_cache_equals_teacher_forced(tiny_cfg: ModelConfig) -> None:
@@ -137,28 +138,20 @@ def test_every_matmul_reads_a_constant_of_its_own_graph(head_graph) -> None:
     assert gathered == ["code_table", "code_table_offsets"]
 
 
-def _op_counts(path: Path) -> Counter[str]:
-    return Counter(n.op_type for _, n in _nodes(onnx.load(str(path)).graph))
+def _float_weight_matmuls(path: Path) -> int:
+    model = onnx.load(str(path))
+    return sum(1 for g, n in _nodes(model.graph) if n.op_type == "MatMul"
+               and any(t.name == n.input[1] and t.data_type == onnx.TensorProto.FLOAT for t in g.initializer))
 
 
-def test_int4_quantizes_every_matmul_and_stays_close(head_graph, tmp_path: Path) -> None:
-    cfg, _, _, path = head_graph
-    quantize_int4(path, tmp_path / "int4.onnx", "audio_head", progress=lambda _: None)
-    ops = _op_counts(tmp_path / "int4.onnx")
-    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == _op_counts(path)["MatMul"]
-    assert ops["GatherBlockQuantized"] == 1
-    rng = np.random.default_rng(0)
-    hidden = rng.standard_normal((2, cfg.llm.hidden_size)).astype(np.float32)
-    codes = np.stack([rng.integers(0, n, 2) for n in cfg.bridge.codebook_sizes], axis=1)
-    ref, q4 = (_frame_logits(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]), cfg, hidden, codes)
-               for p in (path, tmp_path / "int4.onnx"))
-    rel = [np.linalg.norm(a - b) / np.linalg.norm(a) for a, b in zip(ref, q4, strict=True)]
-    assert max(rel) < 0.3  # the int4 recipe's audio_head bound (quant/accuracy.py)
-
-
-@pytest.mark.xfail(strict=True, reason="quant/int8.py must pass extra_options={'EnableSubgraph': True}")
-def test_int8_quantizes_the_branch_matmuls(head_graph, tmp_path: Path) -> None:
-    _, _, _, path = head_graph
-    quantize_int8(path, tmp_path / "int8.onnx", "audio_head")
-    ops = _op_counts(tmp_path / "int8.onnx")
-    assert ops["MatMul"] == 0 and ops["MatMulInteger"] == _op_counts(path)["MatMul"]
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_recipe_quantizes_every_branch_matmul_within_tolerance(tmp_path: Path, precision: str) -> None:
+    ckpt = init_checkpoint(get_preset("tiny"), tmp_path / "ckpt", seed=0)
+    export_package(ckpt, tmp_path / "fp32", graphs=["audio_head"], progress=lambda _: None)
+    recipe = tmp_path / f"head_{precision}.toml"
+    recipe.write_text(f'[graphs]\naudio_head = "{precision}"\n')
+    quantize_package(tmp_path / "fp32", recipe, tmp_path / precision, progress=lambda _: None)
+    assert _float_weight_matmuls(tmp_path / "fp32" / "audio_head.onnx") > 0
+    assert _float_weight_matmuls(tmp_path / precision / "audio_head.onnx") == 0
+    report = accuracy_report(tmp_path / precision, progress=lambda _: None)
+    assert report.passed, report.table()
