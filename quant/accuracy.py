@@ -23,6 +23,7 @@ from bcaudio.config import ModelConfig
 from bcaudio.metrics import rel_l2, snr_db
 from bcaudio.quant.recipes import FP32, QuantError
 from bcaudio.runtime.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.llm_state import LlmState
 from bcaudio.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from bcaudio.runtime.vocoder_noise import source_noise
 
@@ -173,42 +174,28 @@ class _Probe:
 
 
 def _llm(s: Pair, probe: _Probe) -> dict[str, float]:
+    """Driven through ``LlmState``, so the check works for whichever llm graph layout the package holds."""
     cfg = probe.cfg
-    q, f = s
-    past_names = [i.name for i in f.get_inputs()][3:]
-    empty = {n: np.zeros((1, cfg.llm.kv_heads, 0, cfg.llm.head_dim), np.float32) for n in past_names}
-    k = cfg.bridge.num_codebooks
-
-    def step(sess: ort.InferenceSession, ids: list[int], codes: np.ndarray, pos: int, cache: dict) -> tuple:
-        position = np.arange(pos, pos + len(ids), dtype=np.int64)[None]
-        out = sess.run(None, {"input_ids": np.asarray([ids], np.int64), "audio_codes": codes,
-                              "position_ids": position, **cache})
-        return out[0][0], out[1][0], dict(zip(past_names, out[2:], strict=True))
-
+    q, f = (LlmState(sess, cfg.llm.kv_heads, cfg.llm.head_dim, cfg.bridge.num_codebooks) for sess in s)
     ids, codes = probe.prompt()
-    one = np.ones((1, 1, k), np.int64)
     # free-running greedy: each side fed its own choice (what a user hears)
-    cache_q, cache_f, ids_q, ids_f, codes_q, pos = dict(empty), dict(empty), ids, ids, codes, 0
-    same = 0
+    same, feed_q, feed_f = 0, (ids, codes), (ids, codes)
     for _ in range(GREEDY_STEPS):
-        lq, _, cache_q = step(q, ids_q, codes_q, pos, cache_q)
-        lf, hidden, cache_f = step(f, ids_f, codes_q, pos, cache_f)
-        if probe.hidden is None:
-            probe.hidden = hidden.astype(np.float32)
+        (lq, _), (lf, _) = q.feed(*feed_q), f.feed(*feed_f)
         same += int(lq.argmax()) == int(lf.argmax())
-        pos += len(ids_q)
-        ids_q, ids_f, codes_q = [int(lq.argmax())], [int(lf.argmax())], one
+        feed_q, feed_f = ([int(lq.argmax())], None), ([int(lf.argmax())], None)
     # teacher-forced: both fed the fp32 choice, so every step compares like with like
-    cache_q, cache_f, ids_t, codes_t, pos = dict(empty), dict(empty), ids, codes, 0
-    top1, got, want = 0, [], []
+    q.reset()
+    f.reset()
+    top1, got, want, hidden, feed = 0, [], [], [], (ids, codes)
     for _ in range(GREEDY_STEPS):
-        lq, _, cache_q = step(q, ids_t, codes_t, pos, cache_q)
-        lf, _, cache_f = step(f, ids_t, codes_t, pos, cache_f)
+        (lq, _), (lf, h) = q.feed(*feed), f.feed(*feed)
         top1 += int(lq.argmax()) == int(lf.argmax())
         got.append(lq)
         want.append(lf)
-        pos += len(ids_t)
-        ids_t, codes_t = [int(lf.argmax())], one
+        hidden.append(h)
+        feed = ([int(lf.argmax())], None)
+    probe.hidden = np.stack(hidden).astype(np.float32)  # the fp32 frames' hidden states: the audio head's input
     return {"greedy_agreement": same / GREEDY_STEPS, "top1_agreement": top1 / GREEDY_STEPS,
             "logits_rel_l2": rel_l2(np.stack(got), np.stack(want))}
 

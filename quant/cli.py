@@ -26,6 +26,14 @@ def _run(args: argparse.Namespace) -> None:
                          f"(see {args.out / 'accuracy.md'})")
 
 
+def _table(args: argparse.Namespace) -> None:
+    from bcaudio.quant.table import quantize_table
+
+    command = "bcaudio quantize-table " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["quantize-table"] else ""
+    quantize_table(args.package, [r for r in args.recipes.split(",") if r], args.workdir, args.out, args.threads,
+                   args.context, args.keep, command)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``quantize``; the handler raises QuantError (a ValueError) when a graph is out of tolerance."""
     p = sub.add_parser("quantize", help="make an fp16/int8/int4 package from an fp32 one, with an accuracy report",
@@ -37,3 +45,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the quantized package")
     p.add_argument("--json", action="store_true", help="print the accuracy report as JSON")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("quantize-table", help="quantize by each recipe, then tabulate size, accuracy and CPU speed",
+                       description="For each recipe: quantize the fp32 package (one at a time), run the accuracy "
+                                   "report and time llm decode and the audio head on this CPU; writes a markdown "
+                                   "table and the same figures as JSON next to it.")
+    p.add_argument("package", type=Path, help="fp32 model package")
+    p.add_argument("--recipes", default=",".join(BUILTIN), help="comma-separated recipes or .toml paths")
+    p.add_argument("--workdir", type=Path, required=True, help="where the quantized packages are written")
+    p.add_argument("--out", type=Path, required=True, help="markdown file (.md); the JSON goes next to it")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for the timing (default 2)")
+    p.add_argument("--context", type=int, default=128, help="past positions of the timed decode step")
+    p.add_argument("--keep", action="store_true", help="keep the quantized packages in --workdir")
+    p.set_defaults(func=_table)

@@ -1,15 +1,18 @@
 """Quantization recipes: which precision each graph gets, built in or from a TOML file.
 
 A recipe names a precision per graph (unnamed graphs stay fp32) and the int4 block size.
-The built-in ones, chosen by the accuracy reports on ``tiny`` (see ``quant/accuracy.py``):
+The built-in ones, chosen by the accuracy reports on ``small`` (``bcaudio quantize-table``,
+docs/quantization-small.md; ``tiny`` is too shallow to show the error a deep stack builds up):
 
-- ``fp16``  every graph fp16 with fp32 islands (for CUDA; fp16 is slower than fp32 on CPU);
-- ``int8``  every graph but the vocoder dynamic int8 (uint8 weights per channel, MatMul/Gemm); the
-  vocoder's only MatMuls are in its fp32-kept F0 predictor and source, so int8 there just grew the file;
+- ``fp16``  every graph but the audio tokenizer fp16 with fp32 islands (for CUDA; fp16 is slower than fp32 on
+  CPU); the tokenizer for the reason below (small, fp16: 0.85x, codes agreement 0.70, bound 0.95);
+- ``int8``  llm and audio head in 8-bit weight blocks, flow pre-net and estimator dynamic int8 (uint8
+  weights per channel). The audio tokenizer stays fp32: its bytes are the RVQ codebooks, kept fp32 for
+  the distances, so int8 saved only 12-15 % and broke codes (small: agreement 0.74 dynamic, 0.88-0.895
+  in 8-bit blocks, bound 0.90). The vocoder's only MatMuls are in its fp32-kept F0 predictor and source;
 - ``int4``  4-bit blocks on the llm and the audio head (the decode loop's weights), the rest fp32;
-- ``mixed`` the CPU default: int4 llm and audio head, int8 audio tokenizer, fp32 flow and vocoder
-  (flow and vocoder are small, conv-heavy and their errors are audible; the solver calls the
-  estimator 2 x steps times, so an error there is integrated).
+- ``mixed`` the CPU default: int4 llm and audio head, everything else fp32 (the tokenizer for the reason
+  above; flow and vocoder run once per segment, are conv-heavy and their errors are audible).
 
 A TOML recipe (so device profiles can point at one)::
 
@@ -49,12 +52,13 @@ class Recipe:
 
 
 BUILTIN: dict[str, Recipe] = {
-    "fp16": Recipe("fp16", {g: "fp16" for g in GRAPHS}, description="CUDA: fp16 with fp32 islands"),
-    "int8": Recipe("int8", {g: "int8" for g in GRAPHS if g != "vocoder"},
-                   description="dynamic int8, uint8 weights per channel (vocoder fp32)"),
+    "fp16": Recipe("fp16", {g: "fp16" for g in GRAPHS if g != "audio_tokenizer"},
+                   description="CUDA: fp16 with fp32 islands (tokenizer fp32)"),
+    "int8": Recipe("int8", {g: "int8" for g in ("llm", "audio_head", "flow_prenet", "flow_estimator")},
+                   description="8-bit llm + head blocks, dynamic int8 flow (tokenizer, vocoder fp32)"),
     "int4": Recipe("int4", {"llm": "int4", "audio_head": "int4"}, description="4-bit llm and audio head"),
-    "mixed": Recipe("mixed", {"llm": "int4", "audio_head": "int4", "audio_tokenizer": "int8"},
-                    description="CPU default: int4 llm + head, int8 tokenizer, fp32 flow + vocoder"),
+    "mixed": Recipe("mixed", {"llm": "int4", "audio_head": "int4"},
+                    description="CPU default: int4 llm + head, fp32 tokenizer, flow and vocoder"),
 }
 
 

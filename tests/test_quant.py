@@ -1,4 +1,5 @@
-"""Quantization recipes on tiny: packages within their stated tolerances, the int8 saturation trap, clear errors."""
+"""Quantization recipes on tiny: packages within their stated tolerances, the int8 saturation trap, clear errors;
+the int4 size target on small (slow)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
 from bcaudio.quant import cli
 from bcaudio.quant.accuracy import REPORT_JSON, REPORT_MD, TOLERANCES, accuracy_report
+from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.quant.int8 import quantize_int8
 from bcaudio.quant.package import quantize_package
 from bcaudio.quant.recipes import BUILTIN, QuantError, load_recipe
+from bcaudio.quant.table import quantize_table
 from bcaudio.runtime.assistant import VoiceAssistant
 from bcaudio.runtime.manifest import MANIFEST, ManifestError, load_manifest
 from bcaudio.runtime.speech_loop import collect
@@ -51,18 +54,42 @@ def test_recipe_within_tolerance(recipe: str, fp32_pkg: Path, quantized: dict[st
     pkg = quantized[recipe]
     manifest = load_manifest(pkg)
     assert manifest.recipe == recipe
+    source = load_manifest(fp32_pkg)
     for name, entry in manifest.graphs.items():
         assert entry.precision == BUILTIN[recipe].precision(name) and entry.recipe == recipe
-        assert all(t.dtype in ("float32", "int64") for t in entry.inputs + entry.outputs), "graph I/O must not change"
+        io = [(t.name, t.dtype) for t in entry.inputs + entry.outputs]
+        assert io == [(t.name, t.dtype) for t in source.graphs[name].inputs + source.graphs[name].outputs], name
     report = accuracy_report(pkg, progress=QUIET)
     assert report.passed, report.table()
     saved = json.loads((pkg / REPORT_JSON).read_text())
     assert saved["passed"] and (pkg / REPORT_MD).read_text().startswith("Accuracy of")
     sizes = {g.graph: g.size_bytes / g.fp32_size_bytes for g in report.graphs}
-    if recipe in ("int4", "mixed"):
-        assert sizes["llm"] <= 0.35 and sizes["audio_head"] <= 0.35
+    if recipe in ("int4", "mixed"):  # small: 0.20x / 0.19x (test_int4_llm_size_on_small); tiny is table-heavy
+        assert sizes["llm"] <= 0.45 and sizes["audio_head"] <= 0.45
+    if recipe == "int8":
+        assert sizes["llm"] <= 0.5 and sizes["audio_head"] <= 0.5  # small: 0.29x; scales weigh more on tiny
     if recipe == "fp16":
         assert sizes["llm"] <= 0.6
+
+
+def _float_weights(model: onnx.ModelProto) -> list[str]:
+    """MatMuls and Gathers that still read a float initializer, in the graph and every subgraph."""
+    found, graphs, floats = [], [model.graph], set()
+    while graphs:
+        graph = graphs.pop()
+        floats |= {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+        found += [n.name for n in graph.node if n.op_type in ("MatMul", "Gather") and floats & set(n.input)]
+        graphs += [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return found
+
+
+@pytest.mark.parametrize("recipe", ["int8", "int4"])
+def test_block_recipes_leave_no_float_weights(recipe: str, quantized: dict[str, Path]) -> None:
+    """Every MatMul weight and embedding table of the decode graphs is quantized, in the If branches too."""
+    for graph in ("llm", "audio_head"):
+        model = onnx.load(str(quantized[recipe] / f"{graph}.onnx"))
+        assert _float_weights(model) == [], graph
+        assert "GatherBlockQuantized" in {n.op_type for n in model.graph.node}, graph
 
 
 def test_toml_recipe_and_its_errors(fp32_pkg: Path, tmp_path: Path) -> None:
@@ -130,6 +157,10 @@ def test_int8_saturation_trap(tmp_path: Path) -> None:
 
     chosen = rel_l2()
     assert chosen <= bound / 3, f"uint8 weights: rel L2 {chosen:.3g}"
+    blocks = tmp_path / "blocks.onnx"  # the llm's and audio head's int8: 8-bit blocks, int8 activations per block
+    quantize_blocks(src, blocks, "llm", 8, progress=QUIET)
+    got = ort.InferenceSession(str(blocks), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= bound / 3
     assert rel_l2(weight_type=QuantType.QInt8, reduce_range=True) <= bound
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "vnni" not in flags:  # with VNNI the u8s8 kernel does not saturate: nothing to show there
@@ -156,3 +187,30 @@ def test_cli_json(fp32_pkg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     report = json.loads(captured.out)
     assert report["passed"] and report["recipe"] == "int4"
     assert "[2/6] llm: int4" in captured.err
+
+
+@pytest.mark.slow
+def test_int4_llm_size_on_small(tmp_path: Path) -> None:
+    """The issue's target: the int4 llm graph is at most 0.35x its fp32 size on `small` (measured 0.20x)."""
+    ckpt = init_checkpoint(get_preset("small"), tmp_path / "ckpt", seed=0)
+    export_package(ckpt, tmp_path / "pkg", graphs=["llm"], progress=QUIET)
+    shutil.rmtree(ckpt)
+    fp32 = sum(f.stat().st_size for f in (tmp_path / "pkg").glob("llm.onnx*"))
+    files = quantize_blocks(tmp_path / "pkg" / "llm.onnx", tmp_path / "q" / "llm.onnx", "llm", 4, progress=QUIET)
+    assert sum(f.stat().st_size for f in files) <= 0.35 * fp32
+
+
+def test_quantize_table(fp32_pkg: Path, tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    rows = quantize_table(fp32_pkg, ["fp16", "int4"], tmp_path / "work", out, threads=1, context=16, progress=QUIET)
+    assert [r.recipe for r in rows] == ["fp16", "int4"] and rows[0].speed is None
+    assert rows[1].speed.llm_decode_ms > 0 and rows[1].speed.audio_head_frame_ms > 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["recipes"][1]["accuracy"]["passed"] and saved["fp32_speed"]["context"] == 16
+    table = out.read_text()
+    assert "| fp16 |" in table and "n/a (CUDA)" in table and "int4 " in table
+    assert not (tmp_path / "work" / "int4").exists()  # removed without --keep
+    with pytest.raises(QuantError, match="give a .md path"):
+        quantize_table(fp32_pkg, ["int4"], tmp_path / "work", tmp_path / "t.txt", progress=QUIET)
+    with pytest.raises(QuantError, match="unknown recipe"):
+        quantize_table(fp32_pkg, ["int4", "int2"], tmp_path / "work", out, progress=QUIET)
