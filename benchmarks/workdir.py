@@ -9,6 +9,7 @@ int4 quantizer as bcaudio's recipes). Reruns only measure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterable
@@ -23,10 +24,24 @@ Progress = Callable[[str], None]
 # only the decode loop's graphs are quantized: the other graphs stay the fp32 package's, so a turn's
 # difference between variants is the llm and the audio head
 RECIPES = {"int8": Recipe("int8", {"llm": "int8", "audio_head": "int8"},
-                          description="dynamic int8 llm and audio head (benchmark)"),
+                          description="8-bit llm and audio head (benchmark)"),
            "int4": BUILTIN["int4"]}
 OPTIMUM_GRAPH = "model.onnx"
 STAMP = "bcaudio-source.json"
+
+
+def quantizer_hash() -> str:
+    """sha256 of bcaudio.quant's sources: a change to a recipe or a quantizer remakes the cached graphs."""
+    import bcaudio.quant
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(bcaudio.quant.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp_ok(stamp: Path, expected: dict[str, str]) -> bool:
+    return stamp.exists() and json.loads(stamp.read_text()) == expected
 
 
 @dataclass
@@ -71,13 +86,14 @@ def _quantized(workdir: Path, fp32: Path, precision: str, progress: Progress) ->
     from bcaudio.quant.package import quantize_package
 
     out = workdir / f"pkg-{precision}"
-    if (out / MANIFEST).exists():
-        source = load_manifest(out, verify=False).source.get("fp32_manifest_sha256")
-        if source == sha256_file(fp32 / MANIFEST):
-            return out
-        shutil.rmtree(out)
+    stamp = out.with_name(out.name + ".json")  # beside the package: the package holds only what its manifest lists
+    expected = {"fp32_manifest_sha256": sha256_file(fp32 / MANIFEST), "quantizer_sha256": quantizer_hash()}
+    if (out / MANIFEST).exists() and _stamp_ok(stamp, expected):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
     progress(f"quantize: {fp32} -> {out} ({precision}: llm + audio head)")
     quantize_package(fp32, RECIPES[precision], out, progress=lambda m: progress(f"  {m}"))
+    stamp.write_text(json.dumps(expected))
     return out
 
 
@@ -86,11 +102,7 @@ def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[s
     """optimum-onnx's Qwen2 export of the checkpoint's text part, and its int4 form, keyed by the checkpoint hash."""
     fp32 = workdir / "optimum-fp32"
     stamp = {"checkpoint_sha256": source_sha}
-
-    def fresh(folder: Path) -> bool:
-        return (folder / STAMP).exists() and json.loads((folder / STAMP).read_text()) == stamp
-
-    if not fresh(fp32):
+    if not _stamp_ok(fp32 / STAMP, stamp):
         from optimum.exporters.onnx import main_export
 
         from bcaudio.export.checkpoint import load_checkpoint
@@ -107,15 +119,16 @@ def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[s
         (fp32 / STAMP).write_text(json.dumps(stamp))
     out = {"fp32": fp32 / OPTIMUM_GRAPH}
     if "int4" in precisions:
-        from bcaudio.quant.int4 import quantize_int4
+        from bcaudio.quant.blocks import quantize_blocks
 
         int4 = workdir / "optimum-int4"
-        if not fresh(int4):
+        stamp4 = {**stamp, "quantizer_sha256": quantizer_hash()}
+        if not _stamp_ok(int4 / STAMP, stamp4):
             shutil.rmtree(int4, ignore_errors=True)
-            progress(f"optimum: {fp32} -> {int4} (bcaudio's int4 quantizer, block {RECIPES['int4'].block_size})")
-            quantize_int4(fp32 / OPTIMUM_GRAPH, int4 / OPTIMUM_GRAPH, "optimum", RECIPES["int4"].block_size,
-                          progress=lambda m: progress(f"  {m}"))
-            (int4 / STAMP).write_text(json.dumps(stamp))
+            progress(f"optimum: {fp32} -> {int4} (the int4 recipe's quantizer, block {RECIPES['int4'].block_size})")
+            quantize_blocks(fp32 / OPTIMUM_GRAPH, int4 / OPTIMUM_GRAPH, "optimum", 4, RECIPES["int4"].block_size,
+                            progress=lambda m: progress(f"  {m}"))
+            (int4 / STAMP).write_text(json.dumps(stamp4))
         out["int4"] = int4 / OPTIMUM_GRAPH
     return out
 
