@@ -71,12 +71,13 @@ def _runtime_turn(args: argparse.Namespace) -> None:
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     settings, flow_steps, context = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None, None
+    stream = None
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
-        settings = profile.session
+        settings, stream = profile.session, profile.generation.stream()
         flow_steps, context = profile.generation.flow_steps, profile.generation.context_tokens
     assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
-                               log=log)
+                               stream=stream, log=log)
     if args.command == "speak":
         events = assistant.speak(args.text)
     else:
@@ -93,7 +94,7 @@ def _runtime_turn(args: argparse.Namespace) -> None:
                                getattr(args, "output", None), out=out)
     if args.json:
         print(json.dumps({"text": result.text, "text_ids": result.text_ids, "stop": result.reason,
-                          "segments": [s.codes.tolist() for s in result.segments]}))
+                          "segments": [c.tolist() for c in result.segment_codes()]}))
 
 
 def resolve_profile(name: str, log: Callable[[str], None]) -> DeviceProfile:

@@ -266,6 +266,25 @@ def _greedy(rp: float, n: int) -> SamplingParams:
 
 
 @dataclass
+class StreamSettings:
+    """Decoding a segment in windows while its frames are still generated (``runtime/segment_stream.py``).
+
+    The reference decodes whole segments (spec §12), so the first audio waits for a segment's last
+    frame; a window of ``chunk_frames`` new codes with ``left_context_frames`` codes before it is
+    decoded as soon as its frames exist, and its last ``holdback_samples`` wait for the next window
+    (the vocoder looks ahead). 0 ``chunk_frames`` decodes whole segments, as the reference does.
+    """
+
+    chunk_frames: int = 0
+    left_context_frames: int = 6  # 480 ms: at least the vocoder's look-back, holdback and crossfade
+    holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
+
+    def validate(self) -> None:
+        _check(self.chunk_frames >= 0 and self.left_context_frames >= 1 and self.holdback_samples >= 0,
+               "generation.stream: chunk_frames must be >= 0, left_context_frames >= 1, holdback_samples >= 0")
+
+
+@dataclass
 class GenerationConfig:
     """The demo loop's per-phase defaults and stop rules (spec §8, §12)."""
 
@@ -280,6 +299,7 @@ class GenerationConfig:
     asr_prompt: str = "将语音转录为文本:"
     system_prompt: str = "You are a helpful voice assistant."
     crossfade_samples: int = 240
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     PHASES = ("first_text", "text", "audio", "text_only", "asr")
 
@@ -294,6 +314,7 @@ class GenerationConfig:
         for name in self.PHASES:
             getattr(self, name).validate(f"generation.{name}")
         _check(self.max_rounds >= 1, "generation: max_rounds must be >= 1")
+        self.stream.validate()
 
 
 @dataclass
@@ -319,6 +340,12 @@ class ModelConfig:
     @property
     def audio_head_heads(self) -> int:
         return self.llm.hidden_size // self.audio_head.head_dim
+
+    def decoded_frames(self, codes: int) -> int:
+        """50 Hz mel frames the detokenizer makes of ``codes`` codes: (T - 1) * stride + kernel, less the
+        right trim; 4T - 1 as published. Code t's frames start at frame t * stride."""
+        kernel, stride = self.detokenizer.kernel_size, self.bridge.avg_pooler
+        return (codes - 1) * stride + kernel - max(0, kernel - stride)
 
     def validate(self) -> ModelConfig:
         for part in (self.frontend, self.encoder, self.bridge, self.llm, self.audio_head,

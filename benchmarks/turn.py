@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bcaudio.benchmarks.frame import FRAME_BUDGET_MS
-from bcaudio.runtime.profiler import Profiler, _stage_sums
+from bcaudio.runtime.profiler import Profiler, stage_sums
 from bcaudio.runtime.speech_loop import AudioSegment, TurnEnd
 
 
@@ -60,20 +60,20 @@ def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int) ->
     tail = chunks[-1]
     if tail.size >= int(rate * FRAME_BUDGET_MS / 1000):  # a shorter tail holds no code
         a.loop.add_user_audio(a.tokenize(tail))
-    first_audio, samples, stop, after = None, 0, "", None
+    first_audio, samples, pieces, stop, after = None, 0, 0, "", None
     for event in a.loop.guarded_answer():
         if after is None:  # the first event comes after the prompt's prefill and the first text step
             after = rec.prefill_tokens - prefilled
         if isinstance(event, AudioSegment):
             first_audio = first_audio or time.perf_counter()
-            samples += event.waveform.size
+            samples, pieces = samples + event.waveform.size, pieces + 1
         elif isinstance(event, TurnEnd):
             stop = event.reason
     end = time.perf_counter()
-    crossfade = a.cfg.generation.crossfade_samples * max(0, rec.segments - 1)
+    crossfade = a.cfg.generation.crossfade_samples * max(0, pieces - 1)
     return TurnFigures(
         chunk_ms=chunk_ms, input_seconds=audio.size / rate,
         first_audio_ms=(first_audio - start) * 1000 if first_audio else None, total_ms=(end - start) * 1000,
         answer_audio_s=max(0, samples - crossfade) / a.sample_rate, prefilled_while_speaking=before,
         prefilled_after_speech=after or 0, audio_frames=rec.frames, decode_tokens=rec.decode_tokens, stop=stop,
-        stages_to_first_audio_ms=_stage_sums(rec.spans, start, first_audio) if first_audio else {})
+        stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {})

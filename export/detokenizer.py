@@ -25,12 +25,6 @@ from bcaudio.export.layers import sinusoids
 from bcaudio.export.whisper_layer import WhisperLayer
 
 
-def detokenizer_frames(tokens: int, cfg: ModelConfig) -> int:
-    """50 Hz frames for ``tokens`` codes: (T - 1) * stride + kernel, less the right trim; 4T - 1 as published."""
-    kernel, stride = cfg.detokenizer.kernel_size, cfg.bridge.avg_pooler
-    return (tokens - 1) * stride + kernel - max(0, kernel - stride)
-
-
 class CausalConvTranspose1d(nn.Module):
     def __init__(self, channels: int, kernel_size: int, stride: int) -> None:
         super().__init__()

@@ -52,9 +52,9 @@ class TorchBackend:
         return codes
 
     @torch.no_grad()
-    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
         states = self.ref.detokenizer(torch.as_tensor(codes)[None], self.ref.bridge)
-        z, source = self.noise.next_segment(states.shape[1])
+        z, source = self.noise.window(segment, first_code, len(codes))
         mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z), self.flow_steps,
                        self.cfg.flow.cfg_rate)
         wave = self.ref.vocoder(mel, torch.as_tensor(source))

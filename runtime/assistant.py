@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from bcaudio.config import GenerationConfig
+from bcaudio.config import GenerationConfig, StreamSettings
 from bcaudio.runtime.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.audio_io import AudioInputError, to_mono_rate
 from bcaudio.runtime.ort_backend import OrtBackend
@@ -24,13 +25,17 @@ class VoiceAssistant:
 
     def __init__(self, package: str | Path, settings: SessionSettings | None = None, seed: int = 0,
                  generation: GenerationConfig | None = None, flow_steps: int | None = None,
-                 context_tokens: int | None = None, log: Callable[[str], None] = print) -> None:
+                 context_tokens: int | None = None, stream: StreamSettings | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        """``stream`` (a device profile's) overrides ``generation.stream``: how segments are decoded in windows."""
         self.package = Path(package)
         self.sessions = PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
         self.log = log
         self.codec = TextCodec(self.package / "tokenizer.json")
         self.backend = OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps)
+        if stream is not None:
+            generation = dataclasses.replace(generation or self.cfg.generation, stream=stream)
         self.loop = SpeechLoop(self.cfg, self.backend, self.codec, seed=seed, generation=generation,
                                max_context=context_tokens)
 

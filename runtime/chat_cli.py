@@ -85,12 +85,13 @@ def _chat(args: argparse.Namespace) -> None:
         print(message, file=view.out)
 
     defaults = LiveSettings()
-    settings, flow_steps, context = SessionSettings(), None, None
+    settings, flow_steps, context, stream = SessionSettings(), None, None, None
     chunk_ms, left_ms = defaults.prefill_chunk_ms, defaults.tokenize_left_context_ms
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
         settings, flow_steps, gen = profile.session, profile.generation.flow_steps, profile.generation
         context, chunk_ms, left_ms = gen.context_tokens, gen.prefill_chunk_ms, gen.tokenize_left_context_ms
+        stream = gen.stream()
     if args.tokenize_left_context_ms is not None and args.tokenize_left_context_ms < 0:
         raise UserError(f"--tokenize-left-context-ms must be >= 0, got {args.tokenize_left_context_ms}")
     live = LiveSettings(EndpointSettings(threshold=args.vad_threshold, start_ms=args.start_ms, end_ms=args.end_ms),
@@ -99,7 +100,7 @@ def _chat(args: argparse.Namespace) -> None:
                         else args.tokenize_left_context_ms,
                         push_to_talk=args.push_to_talk, barge_in=not args.no_barge_in)
     assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
-                               log=log)
+                               stream=stream, log=log)
     try:
         if args.input_wav:
             _chat_files(args, assistant, live, view)

@@ -25,7 +25,7 @@ def stream_to_console(events: Iterator[Event], crossfade: int, rate: int, output
     result = collect(echo(), crossfade)
     wave = result.waveform(crossfade)
     frames = sum(len(s.codes) for s in result.segments)
-    summary = (f"[{len(result.text_ids)} text tokens, {len(result.segments)} audio segment(s), {frames} frames, "
+    summary = (f"[{len(result.text_ids)} text tokens, {len(result.segment_codes())} audio segment(s), {frames} frames, "
                f"{wave.size / rate:.2f} s of audio in {result.timings.get('total', 0.0):.2f} s")
     if "first_audio" in result.timings:
         summary += f"; first audio after {result.timings['first_audio']:.2f} s"

@@ -69,9 +69,9 @@ class OrtBackend:
             prev = np.array([code], dtype=np.int64)
         return codes
 
-    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
         (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
-        z, source = self.noise.next_segment(mu.shape[-1])
+        z, source = self.noise.window(segment, first_code, len(codes))
         mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
         estimator = onnx_cfg_pair(lambda feeds: self.s.run("flow_estimator", feeds)[0])
         mel = euler_cfg_solve(estimator, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)

@@ -60,7 +60,7 @@ class TurnRecorder:
     prefill_tokens: int = 0
     decode_tokens: int = 0
     frames: int = 0
-    segments: int = 0
+    segments: int = 0  # flow + vocoder decodes: a streamed segment is decoded in windows, one each
     prompt_closed: bool = False
     first_token_at: float | None = None
     _feed_len: int = 0
@@ -104,9 +104,9 @@ class ProfilingBackend(OrtBackend):
         self.recorder.frames += 1
         return super().audio_frame(hidden, choose)
 
-    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
         self.recorder.segments += 1
-        return super().decode_segment(codes)
+        return super().decode_segment(codes, segment, first_code)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class TurnMeasure:
                 "encoder_ms_per_audio_s": per(s["encoder"], self.input_seconds)}
 
 
-def _stage_sums(spans: Sequence[Span], start: float, end: float) -> dict[str, float]:
+def stage_sums(spans: Sequence[Span], start: float, end: float) -> dict[str, float]:
     """ms per stage of the spans clipped to [start, end], with the rest of the window as ``other``."""
     sums = dict.fromkeys(STAGES, 0.0)
     for span in spans:
@@ -266,7 +266,7 @@ class Profiler:
                  log: Callable[[str], None] = print) -> None:
         self.profile, self.seed, self.log = profile, seed, log
         self.assistant = VoiceAssistant(package, profile.session, seed=seed, flow_steps=profile.generation.flow_steps,
-                                        log=log)
+                                        stream=profile.generation.stream(), log=log)
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
         self.assistant.sessions.run_observers.append(self.recorder.observe)
         self.new_conversation()
@@ -295,7 +295,7 @@ class Profiler:
         context = a.backend.position
         rec.reset()
         first_text = first_audio = None
-        samples, text_tokens, stop = 0, 0, ""
+        samples, pieces, text_tokens, stop = 0, 0, 0, ""
         start = time.perf_counter()
         for event in a.respond(audio16k, rate):
             now = time.perf_counter()
@@ -304,7 +304,7 @@ class Profiler:
                 text_tokens += len(event.ids)
             elif isinstance(event, AudioSegment):
                 first_audio = first_audio or now
-                samples += event.waveform.size
+                samples, pieces = samples + event.waveform.size, pieces + 1
             elif isinstance(event, TurnEnd):
                 stop = event.reason
             if progress is not None:
@@ -320,15 +320,15 @@ class Profiler:
         counts = dict.fromkeys(STAGES[:-1], 0)
         for span in rec.spans:
             counts[span.stage] += 1
-        crossfade = a.cfg.generation.crossfade_samples * max(0, rec.segments - 1)
+        crossfade = a.cfg.generation.crossfade_samples * max(0, pieces - 1)
         return TurnMeasure(
             index=index, context_tokens=context, input_seconds=audio16k.size / rate, total_ms=(end - start) * 1000,
             ttft_ms=ms(first_token), first_text_event_ms=ms(first_text), first_audio_ms=ms(first_audio),
             answer_audio_s=max(0, samples - crossfade) / a.sample_rate, text_tokens=text_tokens,
             prefill_tokens=rec.prefill_tokens, decode_tokens=rec.decode_tokens, audio_frames=rec.frames,
             segments=rec.segments, stop=stop, peak_rss_mb=peak_rss_mb(),
-            gpu_mem_mb=gpu_memory_mb() if self.on_cuda else None, stages_ms=_stage_sums(rec.spans, start, end),
-            stages_to_first_audio_ms=_stage_sums(rec.spans, start, first_audio) if first_audio else {},
+            gpu_mem_mb=gpu_memory_mb() if self.on_cuda else None, stages_ms=stage_sums(rec.spans, start, end),
+            stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {},
             counts=counts, spans=list(rec.spans), start=start)
 
     def run(self, audio16k: np.ndarray, turns: int, warmup: int = 1,

@@ -17,6 +17,7 @@ import numpy as np
 
 from bcaudio.config import GenerationConfig, ModelConfig, SamplingParams
 from bcaudio.runtime.sampling import sample_token
+from bcaudio.runtime.segment_stream import SegmentStream
 
 ChooseCode = Callable[[int, np.ndarray], int]
 
@@ -31,8 +32,9 @@ class Backend(Protocol):
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         """Run the audio head on ``hidden``; ``choose(i, logits_i)`` picks codebook i's code."""
 
-    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
-        """(frames, num_codebooks) codes -> 24 kHz waveform."""
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+        """(frames, num_codebooks) codes -> 24 kHz waveform; ``codes[0]`` is code ``first_code`` of answer
+        segment ``segment`` (which decides the noise: a window of a segment gets the segment's noise)."""
 
     def reset(self) -> None:
         """Forget the conversation (empty KV cache, position 0): the loop re-prefills what it keeps."""
@@ -52,8 +54,12 @@ class TextDelta:
 
 @dataclass
 class AudioSegment:
+    """Audio of one answer segment, or of a piece of it when the segment is streamed: ``codes`` are the
+    frames new in this piece, ``final`` marks a segment's last piece (the whole segment when not streamed)."""
+
     codes: np.ndarray
     waveform: np.ndarray
+    final: bool = True
 
 
 @dataclass
@@ -78,6 +84,17 @@ class TurnResult:
 
     def waveform(self, crossfade: int) -> np.ndarray:
         return crossfade_join([s.waveform for s in self.segments], crossfade)
+
+    def segment_codes(self) -> list[np.ndarray]:
+        """The codes of each answer segment, its streamed pieces put together."""
+        out: list[np.ndarray] = []
+        pieces: list[np.ndarray] = []
+        for s in self.segments:
+            pieces.append(s.codes)
+            if s.final:
+                out.append(np.concatenate(pieces))
+                pieces = []
+        return out
 
 
 def crossfade_join(chunks: Sequence[np.ndarray], overlap: int) -> np.ndarray:
@@ -120,6 +137,7 @@ class SpeechLoop:
         self._special = set(self.tok.by_id())
         self._text_ids: list[int] = []  # this answer's visible ids, decoded as a whole: no split characters
         self._shown = ""
+        self._segments = 0  # answer segments so far: their index seeds their noise
 
     # ----- prompts -----
 
@@ -210,11 +228,16 @@ class SpeechLoop:
         before, text = len(self.codec.decode(ids[:-1])), self.codec.decode(ids)
         return any(mark in text[max(0, before - len(mark) + 1):] for mark in self.gen.clause_marks)
 
-    def _audio_step(self, hidden: np.ndarray) -> np.ndarray:
-        """Frames until code 0 is EOS or the frame limit; each non-EOS frame is fed back."""
+    def _segment(self, hidden: np.ndarray) -> Iterator[AudioSegment]:
+        """Frames until code 0 is EOS or the frame limit, each non-EOS frame fed back; the segment's audio
+        comes as pieces while the frames are made when ``generation.stream`` says so (``SegmentStream``)."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
+        segment, self._segments = self._segments, self._segments + 1
+        stream = SegmentStream(lambda codes, first: self.backend.decode_segment(codes, segment, first),
+                               self.gen.stream, self.gen.crossfade_samples, self.cfg)
         frames: list[list[int]] = []
+        played = 0  # frames covered by the pieces so far
 
         def choose(i: int, logits: np.ndarray) -> int:
             scores = np.asarray(logits, dtype=np.float64).copy()
@@ -222,18 +245,20 @@ class SpeechLoop:
                 scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment
             return sample_token(scores, params, (f[i] for f in frames), self.rng)
 
-        for _ in range(params.max_new_tokens):
-            codes = self.backend.audio_frame(hidden, choose)
-            if codes[0] == sizes[0]:
-                break
-            frames.append(codes)
-            _, hidden = self._feed([self.tok.audio_pad], np.asarray([codes], dtype=np.int64))
-        return np.asarray(frames, dtype=np.int64).reshape(-1, len(sizes))
+        def so_far() -> np.ndarray:
+            return np.asarray(frames, dtype=np.int64).reshape(-1, len(sizes))
 
-    def _segment(self, hidden: np.ndarray) -> AudioSegment:
-        codes = self._audio_step(hidden)
-        wave = self.backend.decode_segment(codes) if len(codes) else np.zeros(0, np.float32)
-        return AudioSegment(codes, wave)
+        for _ in range(params.max_new_tokens):
+            frame = self.backend.audio_frame(hidden, choose)
+            if frame[0] == sizes[0]:
+                break
+            frames.append(frame)
+            _, hidden = self._feed([self.tok.audio_pad], np.asarray([frame], dtype=np.int64))
+            piece = stream.add(so_far())
+            if piece is not None:
+                yield AudioSegment(so_far()[played:], piece, final=False)
+                played = len(frames)
+        yield AudioSegment(so_far()[played:], stream.finish(so_far()))
 
     def _begin_text(self) -> None:
         self._text_ids, self._shown = [], ""
@@ -286,7 +311,7 @@ class SpeechLoop:
                 yield TurnEnd("eos")
                 return
             _, hidden = self._feed([self.tok.audiogen_start])  # replaces the step's last token
-            yield self._segment(hidden)
+            yield from self._segment(hidden)
             logits, hidden = self._feed([self.tok.audiogen_end])
             if ended:
                 yield TurnEnd("eos")
@@ -375,7 +400,7 @@ class SpeechLoop:
                 ids = self.codec.encode(piece)
                 yield TextDelta(piece, ids)
                 _, hidden = self._feed(ids + [self.tok.audiogen_start])
-                yield self._segment(hidden)
+                yield from self._segment(hidden)
                 self._feed([self.tok.audiogen_end])
             yield TurnEnd("done")
 

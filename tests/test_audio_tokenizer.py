@@ -22,7 +22,7 @@ from bcaudio.export.audio_tokenizer import (
     export_audio_tokenizer,
 )
 from bcaudio.export.bridge import AudioBridge
-from bcaudio.export.detokenizer import AudioDetokenizer, detokenizer_frames
+from bcaudio.export.detokenizer import AudioDetokenizer
 from bcaudio.export.encoder import AudioEncoder, encoder_frames
 from bcaudio.export.frontend import (
     DYNAMIC_RANGE,
@@ -214,7 +214,7 @@ def test_detokenizer_shape_and_causality(tiny_cfg: ModelConfig) -> None:
     later[:, t:] = torch.from_numpy(detokenizer_example_codes(tiny_cfg, tokens - t, seed=2))
     with torch.no_grad():
         states = detok(codes, bridge)
-        assert states.shape == (1, detokenizer_frames(tokens, tiny_cfg), tiny_cfg.encoder.d_model) == (1, 39, 64)
+        assert states.shape == (1, tiny_cfg.decoded_frames(tokens), tiny_cfg.encoder.d_model) == (1, 39, 64)
         conv = detok.dconv1.conv
         pre_a, pre_b = (conv(bridge.decode(c).transpose(1, 2)) for c in (codes, later))
         assert torch.equal(pre_a[..., : 4 * t], pre_b[..., : 4 * t])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bcaudio.config import StreamSettings
 from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint, load_config
 from bcaudio.export.package import export_package
 from bcaudio.export.reference_turn import reference_codes, reference_events
@@ -79,8 +81,8 @@ class Recording:
     def audio_frame(self, hidden, choose):
         return self.inner.audio_frame(hidden, choose)
 
-    def decode_segment(self, codes):
-        return self.inner.decode_segment(codes)
+    def decode_segment(self, codes, segment, first_code=0):
+        return self.inner.decode_segment(codes, segment, first_code)
 
 
 def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
@@ -192,3 +194,27 @@ def test_io_binding_path_equals_the_plain_path(tiny: tuple[Path, Path], speech_1
     plain, bound = results
     assert bound.text_ids == plain.text_ids
     assert [s.codes.tolist() for s in bound.segments] == [s.codes.tolist() for s in plain.segments]
+
+
+def test_streamed_turn_keeps_the_tokens_and_equals_the_torch_reference(tiny: tuple[Path, Path],
+                                                                      speech_16k: np.ndarray) -> None:
+    """Streaming changes when audio is decoded, never the tokens; ONNX windows equal the torch reference's;
+    the waveform is a different rendering of the same codes (measured, see README "Streaming")."""
+    ckpt, pkg = tiny
+    ref = load_checkpoint(ckpt)
+    codec = TextCodec(ckpt / "tokenizer.json")
+    stream = StreamSettings(chunk_frames=4)
+    gen = dataclasses.replace(ref.cfg.generation.greedy(), stream=stream)
+    whole = collect(VoiceAssistant(pkg, generation=ref.cfg.generation.greedy(), log=lambda _: None)
+                    .respond(speech_16k, 16000), 240)
+    got = collect(VoiceAssistant(pkg, generation=gen, log=lambda _: None).respond(speech_16k, 16000), 240)
+    ref.cfg.generation = gen
+    want = collect(reference_events(ref, codec, "respond", speech_16k, None, seed=0, greedy=True), 240)
+    assert got.text_ids == whole.text_ids == want.text_ids
+    codes = got.segment_codes()
+    assert [c.tolist() for c in codes] == [c.tolist() for c in whole.segment_codes()]
+    assert len(got.segments) > len(codes), "no segment was long enough to stream: lower chunk_frames"
+    for g, w in zip(got.segments, want.segments, strict=True):
+        assert np.abs(g.waveform - w.waveform).max() < 1e-3  # the runtime's vocoder tolerance
+    a, b = got.waveform(240), whole.waveform(240)
+    assert a.size == b.size

@@ -51,9 +51,9 @@ class Scripted:
             out.append(choose(i, logits))
         return out
 
-    def decode_segment(self, codes: np.ndarray) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
         self.decoded.append(len(codes))
-        return np.ones(len(codes) * 480, dtype=np.float32)
+        return np.ones(self.cfg.decoded_frames(len(codes)) * self.cfg.vocoder.samples_per_frame, dtype=np.float32)
 
     def reset(self) -> None:
         self.fed.append(-1)  # marks a re-prefill
@@ -185,3 +185,25 @@ def test_turn_end_carries_timings(greedy_cfg: ModelConfig) -> None:
     end = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))[-1]
     assert set(end.timings) == {"first_text", "first_audio", "total"}
     assert 0 <= end.timings["first_text"] <= end.timings["first_audio"] <= end.timings["total"]
+
+
+def test_a_streamed_segment_plays_before_its_last_frame(greedy_cfg: ModelConfig) -> None:
+    """With ``stream.chunk_frames`` 2, the first piece comes after two frames, while the segment goes on."""
+    tok = greedy_cfg.tokens
+    greedy_cfg.generation.stream.chunk_frames = 2
+    script = PROMPT + [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos]
+    backend = Scripted(greedy_cfg, script, [FRAME] * 5)
+    events = []
+    for event in SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((2, 8), dtype=np.int64)):
+        if isinstance(event, AudioSegment) and not events_have_audio(events):
+            assert backend.fed.count(tok.audio_pad) == 2 + 2  # the user's two codes and two answer frames
+        events.append(event)
+    pieces = [e for e in events if isinstance(e, AudioSegment)]
+    assert [(len(p.codes), p.final) for p in pieces] == [(2, False), (2, False), (1, True)]
+    result = collect(iter(events), 240)
+    assert [len(c) for c in result.segment_codes()] == [5]
+    assert result.waveform(240).size == greedy_cfg.decoded_frames(5) * greedy_cfg.vocoder.samples_per_frame
+
+
+def events_have_audio(events: list) -> bool:
+    return any(isinstance(e, AudioSegment) for e in events)

@@ -1,0 +1,67 @@
+"""Segments decoded in windows (runtime/segment_stream.py): the sample bookkeeping and the cost bound.
+The streamed turn on the tiny package is in test_runtime_e2e.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bcaudio.config import ModelConfig, StreamSettings
+from bcaudio.runtime.segment_stream import SegmentStream
+from bcaudio.runtime.speech_loop import crossfade_join
+
+CROSSFADE = 240
+
+
+def positional_decoder(cfg: ModelConfig, calls: list[tuple[int, int]]):
+    """A decoder whose output depends only on the global sample index: windows must join to the whole."""
+    code_samples = cfg.bridge.avg_pooler * cfg.vocoder.samples_per_frame
+
+    def decode(codes: np.ndarray, first: int) -> np.ndarray:
+        calls.append((first, len(codes)))
+        n = cfg.decoded_frames(len(codes)) * cfg.vocoder.samples_per_frame
+        index = first * code_samples + np.arange(n)
+        return np.sin(index * 0.0137).astype(np.float32)
+
+    return decode
+
+
+def stream_segment(stream: SegmentStream, codes: np.ndarray) -> list[np.ndarray]:
+    pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
+    return pieces + [stream.finish(codes)]
+
+
+@pytest.mark.parametrize("chunk,left,holdback", [(1, 1, 0), (3, 2, 960), (8, 6, 4800), (8, 1, 4800), (5, 6, 0)])
+@pytest.mark.parametrize("frames", [1, 7, 8, 16, 17, 40])
+def test_windows_join_to_the_whole_segment(tiny_cfg: ModelConfig, chunk: int, left: int, holdback: int,
+                                           frames: int) -> None:
+    calls: list[tuple[int, int]] = []
+    decode = positional_decoder(tiny_cfg, calls)
+    codes = np.zeros((frames, tiny_cfg.bridge.num_codebooks), np.int64)
+    whole = decode(codes, 0)
+    calls.clear()
+    stream = SegmentStream(decode, StreamSettings(chunk, left, holdback), CROSSFADE, tiny_cfg)
+    pieces = stream_segment(stream, codes)
+    joined = crossfade_join(pieces, CROSSFADE)
+    assert joined.size == whole.size
+    np.testing.assert_allclose(joined, whole, atol=1e-6)
+    # bounded recompute: each window decodes its new codes plus the left context (widened only as far as the
+    # held-back samples and the crossfade need), never the growing prefix
+    code_samples = tiny_cfg.bridge.avg_pooler * tiny_cfg.vocoder.samples_per_frame
+    widest = max(left, -(-(holdback + CROSSFADE + tiny_cfg.vocoder.samples_per_frame) // code_samples))
+    assert all(n <= chunk + widest for _, n in calls[:-1])
+    assert sum(n for _, n in calls) <= frames + len(calls) * widest
+
+
+def test_no_chunk_decodes_the_whole_segment_once(tiny_cfg: ModelConfig) -> None:
+    calls: list[tuple[int, int]] = []
+    stream = SegmentStream(positional_decoder(tiny_cfg, calls), StreamSettings(), CROSSFADE, tiny_cfg)
+    codes = np.zeros((30, tiny_cfg.bridge.num_codebooks), np.int64)
+    assert len(stream_segment(stream, codes)) == 1 and calls == [(0, 30)]
+
+
+def test_stream_settings_are_validated() -> None:
+    from bcaudio.config import ConfigError
+
+    with pytest.raises(ConfigError, match="left_context_frames"):
+        StreamSettings(8, 0).validate()
