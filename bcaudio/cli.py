@@ -67,15 +67,17 @@ def _runtime_turn(args: argparse.Namespace) -> None:
     from bcaudio.runtime.assistant import VoiceAssistant
     from bcaudio.runtime.audio_io import load_audio
     from bcaudio.runtime.console import stream_to_console
+    from bcaudio.runtime.profiles import stream_settings
     from bcaudio.runtime.sessions import SessionSettings
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     settings, flow_steps, context = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None, None
-    stream = None
+    profile = None
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
-        settings, stream = profile.session, profile.generation.stream()
+        settings = profile.session
         flow_steps, context = profile.generation.flow_steps, profile.generation.context_tokens
+    stream = stream_settings(profile, getattr(args, "stream_chunk_frames", None))
     assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
                                stream=stream, log=log)
     if args.command == "speak":
@@ -175,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--text-only", action="store_true", help="answer in text only")
         p.add_argument("--device-profile", help="shipped profile name, a .toml path, or `auto` "
                                                 "(sets provider, threads and flow steps)")
+        if name != "transcribe":
+            p.add_argument("--stream-chunk-frames", type=int, default=None,
+                           help="decode each segment in windows of N new frames while it is generated "
+                                "(0: whole segments; default: the device profile's, else 0)")
         p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
         p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
         p.add_argument("--seed", type=int, default=0)

@@ -73,6 +73,7 @@ def _chat(args: argparse.Namespace) -> None:
     from bcaudio.runtime.assistant import VoiceAssistant
     from bcaudio.runtime.audio_devices import AudioDeviceError, DeviceStreams, SpeakerOutput
     from bcaudio.runtime.live import LiveSession, LiveSettings
+    from bcaudio.runtime.profiles import stream_settings
     from bcaudio.runtime.sessions import SessionSettings
     from bcaudio.runtime.vad import EndpointSettings, VadModelError
 
@@ -85,13 +86,13 @@ def _chat(args: argparse.Namespace) -> None:
         print(message, file=view.out)
 
     defaults = LiveSettings()
-    settings, flow_steps, context, stream = SessionSettings(), None, None, None
+    settings, flow_steps, context, profile = SessionSettings(), None, None, None
     chunk_ms, left_ms = defaults.prefill_chunk_ms, defaults.tokenize_left_context_ms
     if args.device_profile:
         profile = resolve_profile(args.device_profile, log)
         settings, flow_steps, gen = profile.session, profile.generation.flow_steps, profile.generation
         context, chunk_ms, left_ms = gen.context_tokens, gen.prefill_chunk_ms, gen.tokenize_left_context_ms
-        stream = gen.stream()
+    stream = stream_settings(profile, args.stream_chunk_frames)
     if args.tokenize_left_context_ms is not None and args.tokenize_left_context_ms < 0:
         raise UserError(f"--tokenize-left-context-ms must be >= 0, got {args.tokenize_left_context_ms}")
     live = LiveSettings(EndpointSettings(threshold=args.vad_threshold, start_ms=args.start_ms, end_ms=args.end_ms),
@@ -226,5 +227,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tokenize-left-context-ms", type=int, default=None,
                    help="audio before each prefill chunk that its tokenization sees again "
                         "(default: the device profile's, else 640)")
+    p.add_argument("--stream-chunk-frames", type=int, default=None,
+                   help="decode each answer segment in windows of N new frames while it is generated "
+                        "(0: whole segments; default: the device profile's, else 0)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_chat)

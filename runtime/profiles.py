@@ -7,6 +7,7 @@ line naming the file, the key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -111,6 +112,17 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
         raise ProfileError(f"{where}: generation.prefill_chunk_ms must be >= 80 (one audio code) and "
                            "tokenize_left_context_ms >= 0")
     return profile
+
+
+def stream_settings(profile: DeviceProfile | None, chunk_frames: int | None) -> StreamSettings | None:
+    """The profile's segment streaming with a ``--stream-chunk-frames`` over it; None leaves the package's
+    generation settings (whole segments, as the reference decodes them)."""
+    if chunk_frames is None:
+        return profile.generation.stream() if profile else None
+    if chunk_frames < 0:
+        raise ProfileError(f"--stream-chunk-frames must be >= 0 (0 decodes whole segments), got {chunk_frames}")
+    base = profile.generation.stream() if profile else StreamSettings()
+    return dataclasses.replace(base, chunk_frames=chunk_frames)
 
 
 def shipped_profiles() -> dict[str, Path]:

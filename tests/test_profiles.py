@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bcaudio.config import StreamSettings
 from bcaudio.runtime.profiles import DeviceInfo, ProfileError, load_profile, pick_profile, shipped_profiles
 
 SHIPPED = ["cpu-2core", "cpu-8core-avx512", "desktop-rtx4090", "jetson-orin", "datacenter-h100", "kiosk-lowpower"]
@@ -49,3 +50,15 @@ def test_auto_pick() -> None:
     assert pick_profile(DeviceInfo(16, ["avx2", "avx512_vnni"], "")).name == "cpu-8core-avx512"
     assert pick_profile(DeviceInfo(16, [], "NVIDIA H100 80GB HBM3")).name == "datacenter-h100"
     assert pick_profile(DeviceInfo(16, [], "NVIDIA GeForce RTX 4090")).name == "desktop-rtx4090"
+
+
+def test_stream_settings_come_from_the_profile_and_the_flag_overrides_them() -> None:
+    from bcaudio.runtime.profiles import stream_settings
+
+    profile = load_profile("cpu-2core")
+    assert stream_settings(None, None) is None  # the package's own: whole segments
+    assert stream_settings(profile, None).chunk_frames == profile.generation.stream_chunk_frames
+    assert stream_settings(profile, 0).chunk_frames == 0
+    assert stream_settings(None, 5).left_context_frames == StreamSettings().left_context_frames
+    with pytest.raises(ProfileError, match="--stream-chunk-frames must be >= 0"):
+        stream_settings(profile, -1)

@@ -1,0 +1,81 @@
+"""How far a segment decoded in windows (``generation.stream``) is from its whole-segment decode: README's table.
+
+The recording is tokenized and its first ``--frames`` codes are decoded as one answer segment,
+whole and then window by window as the speech loop streams it, for each chunk and left context.
+Reported: the waveform SNR against the whole decode (overall and the worst 320 ms block), how
+many codes the windows decode per code of the segment, the first piece's length, and the time
+to decode the first window against the whole segment (flow + vocoder on this machine).
+
+    python tools/stream_fidelity_table.py --model PKG --input speech.wav [--chunks 4,8,12] [--contexts 2,6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import soundfile as sf
+
+from bcaudio.config import StreamSettings
+from bcaudio.runtime.assistant import VoiceAssistant
+from bcaudio.runtime.segment_stream import SegmentStream
+from bcaudio.runtime.speech_loop import crossfade_join
+
+BLOCK_S = 0.32
+
+
+def snr_db(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(want**2) / max(np.sum((got - want) ** 2), 1e-30)))
+
+
+def timed(decode_segment: Callable[..., np.ndarray], log: list[tuple[int, float]]) -> Callable[..., np.ndarray]:
+    """Segment 0's window decoder that logs (codes, ms) per window."""
+
+    def decode(window: np.ndarray, first: int) -> np.ndarray:
+        start = time.perf_counter()
+        wave = decode_segment(window, 0, first)
+        log.append((len(window), (time.perf_counter() - start) * 1000))
+        return wave
+
+    return decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model package folder")
+    parser.add_argument("--input", required=True, help="a speech recording (any rate; made mono 16 kHz)")
+    parser.add_argument("--frames", type=int, default=40, help="codes in the segment (40: 3.2 s)")
+    parser.add_argument("--chunks", default="4,8,12,25", help="stream_chunk_frames values")
+    parser.add_argument("--contexts", default="2,6", help="left_context_frames values")
+    parser.add_argument("--flow-steps", type=int, default=10)
+    args = parser.parse_args()
+    assistant = VoiceAssistant(args.model, flow_steps=args.flow_steps, log=lambda _: None)
+    audio, rate = sf.read(args.input, dtype="float32", always_2d=True)
+    codes = assistant.tokenize(assistant.prepare(audio, rate))[:args.frames]
+    cfg, backend = assistant.cfg, assistant.backend
+    crossfade = cfg.generation.crossfade_samples
+    t0 = time.perf_counter()
+    whole = backend.decode_segment(codes, 0)
+    whole_ms = (time.perf_counter() - t0) * 1000
+    block = int(BLOCK_S * assistant.sample_rate)
+    print(f"{len(codes)} codes ({len(codes) * 0.08:.2f} s), {args.flow_steps} flow steps; whole segment decoded in "
+          f"{whole_ms:.0f} ms\n")
+    print("| chunk frames | left context frames | SNR dB | worst 320 ms dB | codes decoded per code | "
+          "first piece ms | first window decode ms |")
+    print("|---|---|---|---|---|---|---|")
+    for chunk in (int(c) for c in args.chunks.split(",")):
+        for left in (int(c) for c in args.contexts.split(",")):
+            decoded: list[tuple[int, float]] = []
+            stream = SegmentStream(timed(backend.decode_segment, decoded), StreamSettings(chunk, left), crossfade, cfg)
+            pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
+            pieces.append(stream.finish(codes))
+            got = crossfade_join(pieces, crossfade)
+            worst = min(snr_db(got[i:i + block], whole[i:i + block]) for i in range(0, whole.size - block + 1, block))
+            first_ms = pieces[0].size / assistant.sample_rate * 1000
+            print(f"| {chunk} | {left} | {snr_db(got, whole):.1f} | {worst:.1f} | "
+                  f"{sum(n for n, _ in decoded) / len(codes):.2f} | {first_ms:.0f} | {decoded[0][1]:.0f} |")
+
+if __name__ == "__main__":
+    main()
