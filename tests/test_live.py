@@ -31,7 +31,7 @@ from bcaudio.runtime.audio_devices import BLOCK_MS, SpeakerOutput
 from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, tokenize_in_chunks
 from bcaudio.runtime.live import LiveSession, LiveSettings, PhaseChange, StreamJoiner, drive_from_audio
 from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.speech_loop import collect, crossfade_join
+from bcaudio.runtime.speech_loop import AudioSegment, collect, crossfade_join
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,6 +134,37 @@ def test_barge_in_stops_output_within_one_block_and_keeps_what_was_played(pkg: P
         # nothing was heard of the answer: the second utterance continued the first user turn
         assert len(assistant.loop.turn_starts) == 1
         assert context.count(tok.audio_start) == 1 and context.count(tok.assistant) == 1
+    assert assistant.backend.position == len(context)
+    _fresh_prefill_matches(assistant)
+
+
+def test_barge_in_inside_a_streamed_segment_keeps_the_played_pieces(pkg: Path, speech_16k: np.ndarray) -> None:
+    """With segments streamed in pieces of 4 frames, a barge-in keeps exactly the frames of the pieces heard."""
+    assistant = greedy(pkg)
+    assistant.loop.gen.stream.chunk_frames = 4
+    tok = assistant.cfg.tokens
+    pieces: list[AudioSegment] = []
+    answer = assistant.loop.guarded_answer
+
+    def recording_answer():
+        for event in answer():
+            if isinstance(event, AudioSegment):
+                pieces.append(event)
+            yield event
+
+    assistant.loop.guarded_answer = recording_answer  # type: ignore[method-assign]
+    session = LiveSession(assistant, SpeakerOutput(assistant.sample_rate), LiveSettings())
+    drive_from_audio(session, dialog(0.3, speech_16k, 1.2, speech_16k[:24000], 0.2), 16000)
+    session.close()
+    assert session.errors == []
+    first = session.reports[0]
+    assert first.interrupted and 0 < first.played_segments < first.segments
+    assert any(not p.final for p in pieces[:first.played_segments]), "the cut must fall inside a segment"
+    context = assistant.loop.context
+    turn1 = context[assistant.loop.turn_starts[-2]:assistant.loop.turn_starts[-1]]
+    answer_part = turn1[turn1.index(tok.assistant):]
+    assert answer_part.count(tok.audio_pad) == sum(len(p.codes) for p in pieces[:first.played_segments])
+    assert turn1[-1] == tok.audiogen_end
     assert assistant.backend.position == len(context)
     _fresh_prefill_matches(assistant)
 
