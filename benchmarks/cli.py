@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> None:
         contexts=_ints(args.contexts), iterations=args.iterations, warmup=args.warmup,
         prefill_repeats=args.prefill_repeats, threads=args.threads, bandwidth_mb=args.bandwidth_mb,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), turns=args.turns,
-        speech=args.input, device_profile=args.device_profile, reexport=args.reexport)
+        speech=args.input, device_profile=args.device_profile, reexport=args.reexport,
+        first_text_tokens=args.first_text_tokens)
     result = run_bench(opts, progress=log)
     path = write_results(result, args.results_dir or RESULTS_DIR)
     log(f"results written to {path}")
@@ -64,6 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", type=Path, help="speech for the turn (default: a sentence spoken by espeak-ng)")
     p.add_argument("--device-profile", default="auto", help="generation settings of the turn (flow steps, "
                                                             "prefill chunk); threads always come from --threads")
+    p.add_argument("--first-text-tokens", type=int, default=0,
+                   help="cap the turn's first text round at N tokens, as a trained model's first clause "
+                        "(random weights run to spec's 50); 0: no cap")
     p.add_argument("--results-dir", type=Path, help="folder for the JSON (default: benchmarks/results)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     p.set_defaults(func=_run)

@@ -50,6 +50,7 @@ class BenchOptions:
     device_profile: str = "auto"
     seed: int = 0
     reexport: bool = False  # export the checkpoint again into the work folder (after an exporter change)
+    first_text_tokens: int = 0  # cap the first text round (0: the model decides, up to spec §8's 50)
 
     def check(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -61,6 +62,8 @@ class BenchOptions:
             raise UserError(f"--contexts must be lengths >= 8, got {self.contexts}")
         if self.iterations < 1 or self.warmup < 0 or self.prefill_repeats < 1 or self.turns < 0:
             raise UserError("--iterations and --prefill-repeats must be >= 1, --warmup and --turns >= 0")
+        if self.first_text_tokens < 0:
+            raise UserError(f"--first-text-tokens must be >= 0 (0: the model decides), got {self.first_text_tokens}")
 
     @property
     def thread_count(self) -> int:
@@ -115,13 +118,18 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
     profile = dataclasses.replace(profile, session=dataclasses.replace(profile.session,
                                                                        intra_op_threads=opts.thread_count))
     profiler = Profiler(package, profile, seed=opts.seed, log=lambda _: None)
+    gen = profiler.assistant.loop.gen
+    if opts.first_text_tokens:  # a trained model's first clause, which random weights never end early
+        gen.first_text = dataclasses.replace(gen.first_text, max_new_tokens=opts.first_text_tokens)
     audio, source = speech_input(opts.speech, profiler.assistant.cfg.frontend.sampling_rate, workdir)
-    chunk_ms = profile.generation.prefill_chunk_ms
-    incremental_turn(profiler, audio, chunk_ms)  # warm-up: first-run allocations of every graph
-    turns = [incremental_turn(profiler, audio, chunk_ms) for _ in range(opts.turns)]
+    chunk_ms, left_ms = profile.generation.prefill_chunk_ms, profile.generation.tokenize_left_context_ms
+    incremental_turn(profiler, audio, chunk_ms, left_ms)  # warm-up: first-run allocations of every graph
+    turns = [incremental_turn(profiler, audio, chunk_ms, left_ms) for _ in range(opts.turns)]
     best = min(turns, key=lambda t: t.first_audio_ms if t.first_audio_ms is not None else float("inf"))
     figures = dataclasses.asdict(best)
     figures.update(rtf=best.rtf, speech=source, device_profile=profile.name, flow_steps=profile.generation.flow_steps,
+                   stream_chunk_frames=gen.stream.chunk_frames, tokenize_left_context_ms=left_ms,
+                   first_text_tokens_cap=opts.first_text_tokens or None,
                    first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns])
     return figures
 

@@ -1,7 +1,8 @@
 """A spoken turn as a live session runs it: time to first audio after end of speech, and RTF.
 
-While the user speaks, each prefill chunk is tokenized and prefilled (``start_user_audio`` /
-``add_user_audio``), so at end of speech only the last chunk and the assistant prompt are left.
+While the user speaks, each prefill chunk is tokenized (with the device profile's tokenizer left
+context, as ``bcaudio chat`` does) and prefilled (``start_user_audio`` / ``add_user_audio``), so
+at end of speech only the last chunk and the assistant prompt are left.
 The clock starts at end of speech. The profiler's ``Profiler`` opens the package and records which
 stage each graph run belongs to; this module only feeds the turn incrementally instead of at once.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bcaudio.benchmarks.frame import FRAME_BUDGET_MS
+from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
 from bcaudio.runtime.profiler import Profiler, stage_sums
 from bcaudio.runtime.speech_loop import AudioSegment, TurnEnd
 
@@ -31,41 +32,39 @@ class TurnFigures:
     decode_tokens: int
     stop: str
     stages_to_first_audio_ms: dict[str, float]
+    text_tokens_to_first_audio: int  # the first text round: the model decides its length
+    frames_to_first_audio: int  # the first segment's frames, or the stream chunk when segments are streamed
 
     @property
     def rtf(self) -> float | None:
         return self.total_ms / 1000 / self.answer_audio_s if self.answer_audio_s > 0 else None
 
 
-def _chunks(audio: np.ndarray, chunk_ms: int, rate: int) -> list[np.ndarray]:
-    """Prefill chunks of whole audio codes, as the live session cuts them."""
-    code = int(rate * FRAME_BUDGET_MS / 1000)
-    size = max(1, chunk_ms * rate // 1000 // code) * code
-    return [audio[s:s + size] for s in range(0, audio.size, size)]
-
-
-def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int) -> TurnFigures:
+def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int, left_context_ms: int) -> TurnFigures:
     """One turn in a fresh conversation on ``profiler``'s open sessions."""
     profiler.new_conversation()
     a, rec = profiler.assistant, profiler.recorder
     rate = a.cfg.frontend.sampling_rate
     audio = a.prepare(audio16k, rate)
-    chunks = _chunks(audio, chunk_ms, rate)
+    size = whole_codes(chunk_ms, rate, at_least=1)
+    chunks = [audio[s:s + size] for s in range(0, audio.size, size)]
+    tokens = IncrementalTokenizer(a.tokenize, a.cfg, whole_codes(left_context_ms, rate))
     rec.reset()
     a.loop.start_user_audio()
     for chunk in chunks[:-1]:
-        a.loop.add_user_audio(a.tokenize(chunk))
+        a.loop.add_user_audio(tokens.push(chunk))
     before, prefilled = a.backend.position, rec.prefill_tokens
     start = time.perf_counter()  # end of speech
-    tail = chunks[-1]
-    if tail.size >= int(rate * FRAME_BUDGET_MS / 1000):  # a shorter tail holds no code
-        a.loop.add_user_audio(a.tokenize(tail))
+    a.loop.add_user_audio(tokens.push(chunks[-1]))
     first_audio, samples, pieces, stop, after = None, 0, 0, "", None
+    to_first = (0, 0)
     for event in a.loop.guarded_answer():
         if after is None:  # the first event comes after the prompt's prefill and the first text step
             after = rec.prefill_tokens - prefilled
         if isinstance(event, AudioSegment):
-            first_audio = first_audio or time.perf_counter()
+            if first_audio is None:
+                first_audio = time.perf_counter()
+                to_first = (rec.decode_tokens - rec.frames, rec.frames)  # N text tokens: N - 1 fed + <audiogen_start>
             samples, pieces = samples + event.waveform.size, pieces + 1
         elif isinstance(event, TurnEnd):
             stop = event.reason
@@ -76,4 +75,5 @@ def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int) ->
         first_audio_ms=(first_audio - start) * 1000 if first_audio else None, total_ms=(end - start) * 1000,
         answer_audio_s=max(0, samples - crossfade) / a.sample_rate, prefilled_while_speaking=before,
         prefilled_after_speech=after or 0, audio_frames=rec.frames, decode_tokens=rec.decode_tokens, stop=stop,
-        stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {})
+        stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {},
+        text_tokens_to_first_audio=to_first[0], frames_to_first_audio=to_first[1])

@@ -32,7 +32,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     with contextlib.redirect_stdout(out):
         code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
                      ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
-                     "--bandwidth-mb", "64", "--results-dir", str(tmp / "results"), "--json"])
+                     "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"), "--json"])
     assert code == 0
     return json.loads(out.getvalue()), tmp
 
@@ -55,6 +55,8 @@ def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
             turn = v["turn"]
             assert _finite(turn["first_audio_ms"]) and _finite(turn["rtf"]) and turn["answer_audio_s"] > 0, name
             assert turn["prefilled_while_speaking"] > 0 and turn["prefilled_after_speech"] > 0
+            assert 1 <= turn["text_tokens_to_first_audio"] <= turn["first_text_tokens_cap"] == 4
+            assert 1 <= turn["frames_to_first_audio"] <= turn["stream_chunk_frames"]  # the profile streams
     assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms", "first_audio_ms"}
 
 
