@@ -273,15 +273,19 @@ class StreamSettings:
     frame; a window of ``chunk_frames`` new codes with ``left_context_frames`` codes before it is
     decoded as soon as its frames exist, and its last ``holdback_samples`` wait for the next window
     (the vocoder looks ahead). 0 ``chunk_frames`` decodes whole segments, as the reference does.
+    ``first_chunk_frames`` (0: ``chunk_frames``) sizes a segment's first window on its own: small for
+    an early first sound, while the later, larger windows decode fewer codes twice.
     """
 
     chunk_frames: int = 0
+    first_chunk_frames: int = 0
     left_context_frames: int = 6  # 480 ms: at least the vocoder's look-back, holdback and crossfade
     holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
 
     def validate(self) -> None:
-        _check(self.chunk_frames >= 0 and self.left_context_frames >= 1 and self.holdback_samples >= 0,
-               "generation.stream: chunk_frames must be >= 0, left_context_frames >= 1, holdback_samples >= 0")
+        _check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples) >= 0
+               and self.left_context_frames >= 1, "generation.stream: chunk_frames, first_chunk_frames and "
+               "holdback_samples must be >= 0, left_context_frames >= 1")
 
 
 @dataclass

@@ -30,13 +30,15 @@ class ProfileError(ValueError):
 class GenerationSettings:
     flow_steps: int = 10
     stream_chunk_frames: int = 8  # 0: decode whole segments (see bcaudio.config.StreamSettings)
+    stream_first_chunk_frames: int = 0  # 0: stream_chunk_frames
     stream_left_context_frames: int = 6
     prefill_chunk_ms: int = 640
     tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
 
     def stream(self) -> StreamSettings:
-        return StreamSettings(self.stream_chunk_frames, self.stream_left_context_frames)
+        return StreamSettings(self.stream_chunk_frames, self.stream_first_chunk_frames,
+                              self.stream_left_context_frames)
 
 
 @dataclass
@@ -105,9 +107,10 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
         budget=_typed(Budget, raw.get("budget", {}), f"{where}: budget"),
         match=_typed(Match, raw.get("match", {}), f"{where}: match"), source=source)
     gen = profile.generation
-    if gen.flow_steps < 1 or gen.stream_chunk_frames < 0 or gen.stream_left_context_frames < 1:
+    if gen.flow_steps < 1 or min(gen.stream_chunk_frames, gen.stream_first_chunk_frames) < 0 \
+            or gen.stream_left_context_frames < 1:
         raise ProfileError(f"{where}: generation.flow_steps and stream_left_context_frames must be >= 1, "
-                           "stream_chunk_frames >= 0 (0 decodes whole segments)")
+                           "stream_chunk_frames and stream_first_chunk_frames >= 0 (0 decodes whole segments)")
     if profile.generation.prefill_chunk_ms < 80 or profile.generation.tokenize_left_context_ms < 0:
         raise ProfileError(f"{where}: generation.prefill_chunk_ms must be >= 80 (one audio code) and "
                            "tokenize_left_context_ms >= 0")

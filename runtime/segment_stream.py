@@ -1,7 +1,8 @@
 """One answer segment decoded in windows while its frames are generated, so its audio starts early.
 
 The reference decodes a segment only after its last frame (spec §12): on a 2-core CPU the first
-segment's 40-odd frames alone cost 1.5 s before any audio. Here, every ``chunk_frames`` new codes,
+segment's 40-odd frames alone cost 1.5 s before any audio. Here, after ``first_chunk_frames``
+codes and then every ``chunk_frames`` new codes,
 a window of those codes and ``left_context_frames`` codes before them is decoded (flow + vocoder),
 and the window's new audio is played, less its last ``holdback_samples``: the vocoder's
 convolutions look ahead, so the end of a window waits for the next one, which starts
@@ -39,6 +40,8 @@ class SegmentStream:
 
     def add(self, codes: np.ndarray) -> np.ndarray | None:
         chunk = self.settings.chunk_frames
+        if self.done == 0 and chunk:
+            chunk = self.settings.first_chunk_frames or chunk
         if chunk == 0 or len(codes) - self.done < chunk:
             return None
         return self._window(codes, final=False)

@@ -32,7 +32,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     with contextlib.redirect_stdout(out):
         code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
                      ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
-                     "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"), "--json"])
+                     "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"),
+                     "--json"])
     assert code == 0
     return json.loads(out.getvalue()), tmp
 

@@ -31,16 +31,17 @@ def stream_segment(stream: SegmentStream, codes: np.ndarray) -> list[np.ndarray]
     return pieces + [stream.finish(codes)]
 
 
-@pytest.mark.parametrize("chunk,left,holdback", [(1, 1, 0), (3, 2, 960), (8, 6, 4800), (8, 1, 4800), (5, 6, 0)])
+@pytest.mark.parametrize("chunk,first,left,holdback", [(1, 0, 1, 0), (3, 0, 2, 960), (8, 0, 6, 4800), (8, 0, 1, 4800),
+                                                     (5, 0, 6, 0), (12, 4, 6, 4800), (4, 9, 2, 960)])
 @pytest.mark.parametrize("frames", [1, 7, 8, 16, 17, 40])
-def test_windows_join_to_the_whole_segment(tiny_cfg: ModelConfig, chunk: int, left: int, holdback: int,
+def test_windows_join_to_the_whole_segment(tiny_cfg: ModelConfig, chunk: int, first: int, left: int, holdback: int,
                                            frames: int) -> None:
     calls: list[tuple[int, int]] = []
     decode = positional_decoder(tiny_cfg, calls)
     codes = np.zeros((frames, tiny_cfg.bridge.num_codebooks), np.int64)
     whole = decode(codes, 0)
     calls.clear()
-    stream = SegmentStream(decode, StreamSettings(chunk, left, holdback), CROSSFADE, tiny_cfg)
+    stream = SegmentStream(decode, StreamSettings(chunk, first, left, holdback), CROSSFADE, tiny_cfg)
     pieces = stream_segment(stream, codes)
     joined = crossfade_join(pieces, CROSSFADE)
     assert joined.size == whole.size
@@ -49,7 +50,9 @@ def test_windows_join_to_the_whole_segment(tiny_cfg: ModelConfig, chunk: int, le
     # held-back samples and the crossfade need), never the growing prefix
     code_samples = tiny_cfg.bridge.avg_pooler * tiny_cfg.vocoder.samples_per_frame
     widest = max(left, -(-(holdback + CROSSFADE + tiny_cfg.vocoder.samples_per_frame) // code_samples))
-    assert all(n <= chunk + widest for _, n in calls[:-1])
+    assert all(n <= max(chunk, first) + widest for _, n in calls[:-1])
+    if frames > (first or chunk):
+        assert calls[0] == (0, first or chunk)  # the first window comes as soon as its frames exist
     assert sum(n for _, n in calls) <= frames + len(calls) * widest
 
 
@@ -64,4 +67,4 @@ def test_stream_settings_are_validated() -> None:
     from bcaudio.config import ConfigError
 
     with pytest.raises(ConfigError, match="left_context_frames"):
-        StreamSettings(8, 0).validate()
+        StreamSettings(chunk_frames=8, left_context_frames=0).validate()

@@ -68,7 +68,8 @@ def main() -> None:
     for chunk in (int(c) for c in args.chunks.split(",")):
         for left in (int(c) for c in args.contexts.split(",")):
             decoded: list[tuple[int, float]] = []
-            stream = SegmentStream(timed(backend.decode_segment, decoded), StreamSettings(chunk, left), crossfade, cfg)
+            settings = StreamSettings(chunk_frames=chunk, left_context_frames=left)
+            stream = SegmentStream(timed(backend.decode_segment, decoded), settings, crossfade, cfg)
             pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
             pieces.append(stream.finish(codes))
             got = crossfade_join(pieces, crossfade)
