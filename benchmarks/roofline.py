@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 # op -> inputs that are tables of which a step reads one row per index (the rest of the op's inputs are activations)
-ROW_TABLES = {"Gather": (0,), "GatherBlockQuantized": (0, 1, 2), "GroupQueryAttention": (7, 8),
+ROW_TABLES = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3), "GroupQueryAttention": (7, 8),
               "RotaryEmbedding": (2, 3)}
 _PACKED_4BIT = (TensorProto.INT4, TensorProto.UINT4)
 
