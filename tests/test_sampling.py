@@ -50,3 +50,31 @@ def test_greedy_and_seeded_sampling_are_deterministic() -> None:
     a = [sample_token(logits, params, [1, 2], np.random.default_rng(5)) for _ in range(3)]
     b = [sample_token(logits, params, [1, 2], np.random.default_rng(5)) for _ in range(3)]
     assert a == b
+
+
+def _full_vocabulary_draw(logits: np.ndarray, params: SamplingParams, history: list[int],
+                          rng: np.random.Generator) -> int:
+    """The plain form: every step over the whole vocabulary (what sample_token shortcuts with top-k)."""
+    scores = apply_repetition_penalty(np.asarray(logits, dtype=np.float64), history, params.repetition_penalty)
+    scores = scores / params.temperature
+    kth = np.partition(scores, -params.top_k)[-params.top_k]
+    scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep = order[: int(np.searchsorted(np.cumsum(probs[order]), params.top_p) + 1)]
+    mask = np.zeros_like(probs)
+    mask[keep] = probs[keep]
+    return int(rng.choice(probs.shape[-1], p=mask / mask.sum()))
+
+
+def test_top_k_candidates_draw_the_same_token_as_the_whole_vocabulary() -> None:
+    for seed in range(200):
+        r = np.random.default_rng(seed)
+        logits = (3 * r.standard_normal(4000)).astype(np.float32)
+        logits[:64] = np.round(logits[:64])  # ties at the k-th score
+        history = r.integers(0, 4000, 30).tolist()
+        for params in (SamplingParams(0.8, 20, 0.85, 1.1, 50), SamplingParams(0.5, 5, 0.85, 1.3, 50),
+                       SamplingParams(1.0, 50, 0.999, 1.0, 50)):
+            got = sample_token(logits, params, history, np.random.default_rng(seed))
+            assert got == _full_vocabulary_draw(logits, params, history, np.random.default_rng(seed))
