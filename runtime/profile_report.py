@@ -32,8 +32,8 @@ METRICS = (
     ("prefill_tok_s", "LLM prefill", "tok/s", True),
     ("decode_tok_s", "LLM decode", "tok/s", True),
     ("audio_head_ms_per_frame", "audio head", "ms/frame", False),
-    ("flow_ms_per_segment", "flow", "ms/segment", False),
-    ("vocoder_ms_per_segment", "vocoder", "ms/segment", False),
+    ("flow_ms_per_segment", "flow", "ms/decode", False),
+    ("vocoder_ms_per_segment", "vocoder", "ms/decode", False),
     ("encoder_ms_per_audio_s", "encoder", "ms per s of input", False),
     ("peak_rss_mb", "peak RSS", "MB", False),
     ("gpu_mem_mb", "GPU memory", "MB", False),
@@ -267,7 +267,8 @@ def to_markdown(report: dict[str, Any]) -> str:
               *_table(["stage", "median ms", "p90 ms", "share"],
                       [(s, _fmt(x["median_ms"]), _fmt(x["p90_ms"]), f"{x['share']:.1%}")
                        for s, x in report["stages"].items()]), "",
-              "`other` is turn time outside every graph run: resampling, sampling, the Python loop.", "",
+              "`other` is turn time outside every graph run: resampling, sampling, the Python loop. A decode is "
+              "one flow + vocoder run: a whole segment, or one window of a streamed one.", "",
               "## Turns", "",
               *_table(["turn", "context", "total ms", "first token ms", "first audio ms", "RTF", "answer s", "stop"],
                       [(str(t["index"] + 1), str(t["context_tokens"]), _fmt(t["total_ms"]), _fmt(t["ttft_ms"]),
