@@ -466,6 +466,7 @@ def test_realtime_file_chat_stopped_by_ctrl_c_exits_cleanly_and_writes_what_was_
         lines.append(line)
         if "[speaking]" in line:
             break
+    time.sleep(0.5)  # "[speaking]" comes when the answer is queued; let the real-time speaker play some of it
     proc.send_signal(signal.SIGINT)
     out = "".join(lines) + proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out
