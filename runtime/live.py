@@ -38,7 +38,7 @@ from bcaudio.runtime.assistant import VoiceAssistant
 from bcaudio.runtime.audio_devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
 from bcaudio.runtime.audio_io import AudioInputError
 from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
-from bcaudio.runtime.speech_loop import AudioSegment, ContextFull, TextDelta, TurnEnd, crossfade_join
+from bcaudio.runtime.speech_loop import AudioSegment, ContextFull, StreamJoiner, TextDelta, TurnEnd
 from bcaudio.runtime.vad import FRAME, Endpointer, EndpointSettings, SileroVad
 
 
@@ -100,24 +100,6 @@ class TurnDone:
 
 
 UiEvent = PhaseChange | AssistantText | Notice | TurnDone
-
-
-class StreamJoiner:
-    """``crossfade_join`` one segment at a time: the last ``overlap`` samples wait for the next segment."""
-
-    def __init__(self, overlap: int) -> None:
-        self.overlap = overlap
-        self.tail = np.zeros(0, dtype=np.float32)
-
-    def push(self, chunk: np.ndarray) -> np.ndarray:
-        joined = crossfade_join([self.tail, chunk], self.overlap)
-        keep = min(self.overlap, joined.size)
-        self.tail = joined[joined.size - keep:]
-        return joined[:joined.size - keep]
-
-    def flush(self) -> np.ndarray:
-        tail, self.tail = self.tail, np.zeros(0, dtype=np.float32)
-        return tail
 
 
 @dataclass

@@ -111,6 +111,25 @@ def crossfade_join(chunks: Sequence[np.ndarray], overlap: int) -> np.ndarray:
     return out
 
 
+class StreamJoiner:
+    """``crossfade_join`` as the audio comes: push each segment or piece, play what it returns, flush at the end
+    (the last ``overlap`` samples wait for the next segment)."""
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self.tail = np.zeros(0, dtype=np.float32)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        joined = crossfade_join([self.tail, chunk], self.overlap)
+        keep = min(self.overlap, joined.size)
+        self.tail = joined[joined.size - keep:]
+        return joined[:joined.size - keep]
+
+    def flush(self) -> np.ndarray:
+        tail, self.tail = self.tail, np.zeros(0, dtype=np.float32)
+        return tail
+
+
 class ContextFull(RuntimeError):
     """The current turn alone no longer fits the context window."""
 

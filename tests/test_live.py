@@ -29,9 +29,9 @@ from bcaudio.presets import get_preset
 from bcaudio.runtime.assistant import VoiceAssistant
 from bcaudio.runtime.audio_devices import BLOCK_MS, SpeakerOutput
 from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, tokenize_in_chunks
-from bcaudio.runtime.live import LiveSession, LiveSettings, PhaseChange, StreamJoiner, drive_from_audio
+from bcaudio.runtime.live import LiveSession, LiveSettings, PhaseChange, drive_from_audio
 from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.speech_loop import AudioSegment, collect, crossfade_join
+from bcaudio.runtime.speech_loop import AudioSegment, StreamJoiner, collect, crossfade_join
 
 REPO = Path(__file__).resolve().parents[1]
 
