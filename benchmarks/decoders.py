@@ -45,7 +45,8 @@ class PackageDecoder:
 
     def __init__(self, name: str, package: Path, threads: int) -> None:
         self.name = name
-        self.sessions = PackageSessions(package, SessionSettings(intra_op_threads=threads),
+        # a graph timed alone spins like optimum's session does (onnxruntime's default)
+        self.sessions = PackageSessions(package, SessionSettings(intra_op_threads=threads, spin_wait=True),
                                         graphs=("llm", "audio_head"), log=lambda _: None)
         self.backend = OrtBackend(self.sessions)
         self.llm = self.backend.llm
