@@ -49,18 +49,19 @@ def timeline_chart(report: dict[str, Any], path: str | Path) -> Path:
     for y, stage in enumerate(rows):
         bars = [(s["start_ms"], s["end_ms"] - s["start_ms"]) for s in tl["spans"] if s["stage"] == stage]
         ax.broken_barh(bars, (y - 0.38, 0.76), facecolors=COLORS[stage])
-    for at, name, style, align in ((tl["ttft_ms"], "first token", ":", "left"),
-                                   (tl["first_audio_ms"], "first audio", "--", "left"),
-                                   (tl["total_ms"], "turn end", "-", "right")):
+    # first token and first audio are often close: their labels go on two heights
+    for at, name, style, align, height in ((tl["ttft_ms"], "first token", ":", "left", 1.01),
+                                           (tl["first_audio_ms"], "first audio", "--", "left", 1.08),
+                                           (tl["total_ms"], "turn end", "-", "right", 1.01)):
         if at is not None:
             ax.axvline(at, color="black", linestyle=style, linewidth=1)
-            ax.text(at, 1.01, f" {name} {at:.0f} ms ", fontsize=7, va="bottom", ha=align,
+            ax.text(at, height, f" {name} {at:.0f} ms ", fontsize=7, va="bottom", ha=align,
                     transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(rows)), rows)
     ax.invert_yaxis()
     ax.set_xlim(0, tl["total_ms"] * 1.08)
     ax.set_xlabel("ms from the end of the user's input (gaps: other)")
-    ax.set_title(f"Turn {tl['turn'] + 1} timeline: {_title(report)}", fontsize=9, pad=16)
+    ax.set_title(f"Turn {tl['turn'] + 1} timeline: {_title(report)}", fontsize=9, pad=26)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, plt, path)
 
