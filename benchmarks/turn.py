@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
 from bcaudio.runtime.profiler import Profiler, stage_sums
 from bcaudio.runtime.speech_loop import AudioSegment, TurnEnd
+from bcaudio.runtime.spoken_input import SpokenInput
 
 
 @dataclass
@@ -44,18 +44,12 @@ def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int, le
     """One turn in a fresh conversation on ``profiler``'s open sessions."""
     profiler.new_conversation()
     a, rec = profiler.assistant, profiler.recorder
-    rate = a.cfg.frontend.sampling_rate
-    audio = a.prepare(audio16k, rate)
-    size = whole_codes(chunk_ms, rate, at_least=1)
-    chunks = [audio[s:s + size] for s in range(0, audio.size, size)]
-    tokens = IncrementalTokenizer(a.tokenize, a.cfg, whole_codes(left_context_ms, rate))
+    spoken = SpokenInput(a, audio16k, chunk_ms, left_context_ms)
     rec.reset()
-    a.loop.start_user_audio()
-    for chunk in chunks[:-1]:
-        a.loop.add_user_audio(tokens.push(chunk))
+    spoken.while_speaking()
     before, prefilled = a.backend.position, rec.prefill_tokens
     start = time.perf_counter()  # end of speech
-    a.loop.add_user_audio(tokens.push(chunks[-1]))
+    spoken.end_of_speech()
     first_audio, samples, pieces, stop, after = None, 0, 0, "", None
     to_first = (0, 0)
     for event in a.loop.guarded_answer():
@@ -71,7 +65,7 @@ def incremental_turn(profiler: Profiler, audio16k: np.ndarray, chunk_ms: int, le
     end = time.perf_counter()
     crossfade = a.cfg.generation.crossfade_samples * max(0, pieces - 1)
     return TurnFigures(
-        chunk_ms=chunk_ms, input_seconds=audio.size / rate,
+        chunk_ms=chunk_ms, input_seconds=spoken.seconds,
         first_audio_ms=(first_audio - start) * 1000 if first_audio else None, total_ms=(end - start) * 1000,
         answer_audio_s=max(0, samples - crossfade) / a.sample_rate, prefilled_while_speaking=before,
         prefilled_after_speech=after or 0, audio_frames=rec.frames, decode_tokens=rec.decode_tokens, stop=stop,

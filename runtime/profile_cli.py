@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="profile-report.json",
                    help="report JSON; the markdown and PNGs are written next to it (default profile-report.json)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--live-prefill", action="store_true",
+                   help="feed the input as `bcaudio chat` does: tokenized and prefilled in the profile's chunks "
+                        "while spoken, the turn timed from end of speech (default: all of it at end of speech)")
     modes = p.add_subparsers(dest="profile_command", metavar="compare")
     c = modes.add_parser("compare", help="side-by-side table and chart of saved reports")
     c.add_argument("reports", nargs="+", help="two or more report JSON files")
@@ -76,7 +79,7 @@ def _profile(args: argparse.Namespace) -> None:
     profile = resolve_profile(args.device_profile, log)
     log(f"profiling {args.model} with device profile {profile.name}: {profile.session.provider}, "
         f"{profile.session.intra_op_threads or 'default'} threads, {profile.generation.flow_steps} flow steps")
-    profiler = Profiler(args.model, profile, seed=args.seed, log=log)
+    profiler = Profiler(args.model, profile, seed=args.seed, log=log, live_prefill=args.live_prefill)
     mismatches = profiler.recipe_mismatches()
     if mismatches:
         log("note: the package's precisions differ from the profile's recipe (" + "; ".join(mismatches)
@@ -89,7 +92,7 @@ def _profile(args: argparse.Namespace) -> None:
     manifest = profiler.assistant.sessions.manifest
     report = build_report(measures, profile, device_info(profiler.assistant.sessions.providers), str(args.model),
                           {g: e.precision for g, e in manifest.graphs.items()}, mismatches, source, audio.size / rate,
-                          args.warmup, args.seed, "bcaudio " + shlex.join(_argv_of(args)))
+                          args.warmup, args.seed, "bcaudio " + shlex.join(_argv_of(args)), args.live_prefill)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_charts:
@@ -110,7 +113,8 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     """The command line rebuilt from the parsed options (defaults spelled out), so a report says how to redo it."""
     argv = ["profile", "--model", str(args.model), "--device-profile", args.device_profile, "--turns",
             str(args.turns), "--warmup", str(args.warmup), "--seed", str(args.seed), "--output", str(args.output)]
-    return argv + (["--input", str(args.input)] if args.input else []) + (["--no-charts"] if args.no_charts else [])
+    return (argv + (["--input", str(args.input)] if args.input else []) + (["--no-charts"] if args.no_charts else [])
+            + (["--live-prefill"] if args.live_prefill else []))
 
 
 def _charts(report: dict, out: Path, log: Callable[[str], None]) -> dict[str, str]:

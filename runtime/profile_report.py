@@ -77,7 +77,8 @@ REPORT_SCHEMA: dict[str, Any] = _obj({
                      "recipe": {"type": "object", "additionalProperties": _STR}, "generation": {"type": "object"},
                      "budget": _obj({"first_audio_ms": _NUM, "rtf": _NUM})}),
     "input": _obj({"source": _STR, "seconds": _NUM}),
-    "settings": _obj({"turns": {"type": "integer", "minimum": 1}, "warmup": _INT, "seed": _INT}),
+    "settings": _obj({"turns": {"type": "integer", "minimum": 1}, "warmup": _INT, "seed": _INT,
+                      "live_prefill": {"type": "boolean"}}, optional=["live_prefill"]),
     "turns": {"type": "array", "items": TURN_SCHEMA},
     "summary": {"type": "object", "required": [m[0] for m in METRICS], "additionalProperties": False,
                 "properties": {m[0]: _obj({"median": _OPT_NUM, "p90": _OPT_NUM}) for m in METRICS}},
@@ -182,7 +183,7 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
 
 def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device: dict[str, Any], package: str,
                  precisions: dict[str, str], mismatches: list[str], input_source: str, input_seconds: float,
-                 warmup: int, seed: int, command: str) -> dict[str, Any]:
+                 warmup: int, seed: int, command: str, live_prefill: bool = False) -> dict[str, Any]:
     """The whole report as JSON values; validated against ``REPORT_SCHEMA`` before it is returned."""
     if not measures:
         raise UserError("no turns were measured; pass --turns 1 or more")
@@ -203,7 +204,8 @@ def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device
     report = {"schema": SCHEMA_ID, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
               "model": {"package": package, "precisions": precisions, "recipe_mismatches": mismatches},
               "device": device, "profile": prof, "input": {"source": input_source, "seconds": input_seconds},
-              "settings": {"turns": len(measures), "warmup": warmup, "seed": seed}, "turns": turns,
+              "settings": {"turns": len(measures), "warmup": warmup, "seed": seed, "live_prefill": live_prefill},
+              "turns": turns,
               "summary": summary, "stages": stages, "timeline": timeline,
               "verdict": verdict(summary, stages, turns, prof)}
     errors = validate(report)
@@ -259,7 +261,11 @@ def to_markdown(report: dict[str, Any]) -> str:
              + (f", GPU {d['gpu']}" if d["gpu"] else "") + f"; onnxruntime {d['onnxruntime']} "
              f"({', '.join(d['providers'])})", "",
              f"Input: {report['input']['source']} ({report['input']['seconds']:.2f} s); "
-             f"{report['settings']['turns']} measured turn(s) after {report['settings']['warmup']} warm-up", ""]
+             f"{report['settings']['turns']} measured turn(s) after {report['settings']['warmup']} warm-up; "
+             + ("the user's audio was tokenized and prefilled in the profile's chunks while spoken, so times run "
+                "from end of speech as in `bcaudio chat`" if report["settings"].get("live_prefill") else
+                "the user's audio was tokenized and prefilled at end of speech (`--live-prefill` does it while "
+                "spoken, as `bcaudio chat`)"), ""]
     if report["model"]["recipe_mismatches"]:
         lines += ["Package precisions differ from the profile's recipe (timings are for the package as built): "
                   + "; ".join(report["model"]["recipe_mismatches"]), ""]

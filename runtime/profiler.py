@@ -31,6 +31,7 @@ from bcaudio.runtime.ort_backend import OrtBackend
 from bcaudio.runtime.profiles import DeviceProfile, detect_device
 from bcaudio.runtime.sessions import PackageSessions
 from bcaudio.runtime.speech_loop import AudioSegment, ChooseCode, SpeechLoop, TextDelta, TurnEnd
+from bcaudio.runtime.spoken_input import SpokenInput
 
 STAGES = ("encoder", "llm_prefill", "llm_decode", "audio_head", "flow", "vocoder", "other")
 GRAPH_STAGE = {"audio_tokenizer": "encoder", "audio_head": "audio_head", "flow_prenet": "flow",
@@ -263,8 +264,11 @@ class Profiler:
     """Runs voice turns on one package under one device profile and measures each."""
 
     def __init__(self, package: str | Path, profile: DeviceProfile, seed: int = 0,
-                 log: Callable[[str], None] = print) -> None:
-        self.profile, self.seed, self.log = profile, seed, log
+                 log: Callable[[str], None] = print, live_prefill: bool = False) -> None:
+        """``live_prefill``: feed the user's audio as ``bcaudio chat`` does, chunk by chunk while it is spoken
+        (``SpokenInput``), and time the turn from end of speech; otherwise the whole utterance is tokenized
+        and prefilled inside the timed turn."""
+        self.profile, self.seed, self.log, self.live_prefill = profile, seed, log, live_prefill
         self.assistant = VoiceAssistant(package, profile.session, seed=seed, flow_steps=profile.generation.flow_steps,
                                         stream=profile.generation.stream(), log=log)
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
@@ -296,8 +300,18 @@ class Profiler:
         rec.reset()
         first_text = first_audio = None
         samples, pieces, text_tokens, stop = 0, 0, 0, ""
-        start = time.perf_counter()
-        for event in a.respond(audio16k, rate):
+        if self.live_prefill:
+            gen = self.profile.generation
+            spoken = SpokenInput(a, audio16k, gen.prefill_chunk_ms, gen.tokenize_left_context_ms)
+            spoken.while_speaking()
+            rec.reset()  # what was fed while the user spoke is not part of the timed turn
+            start = time.perf_counter()
+            spoken.end_of_speech()
+            events = a.loop.guarded_answer()
+        else:
+            start = time.perf_counter()
+            events = a.respond(audio16k, rate)
+        for event in events:
             now = time.perf_counter()
             if isinstance(event, TextDelta):
                 first_text = first_text or now

@@ -59,7 +59,7 @@ def reports(tiny_pkg: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     tight = out / "tight.toml"
     tight.write_text(TIGHT_PROFILE)
     run_cli(["profile", "--model", str(tiny_pkg), "--device-profile", str(tight), "--turns", "1", "--warmup", "0",
-             "--output", str(out / "tight.json"), "--no-charts"])
+             "--output", str(out / "tight.json"), "--no-charts", "--live-prefill"])
     return {"fast": out / "fast.json", "tight": out / "tight.json"}
 
 
@@ -91,6 +91,21 @@ def test_turn_time_agrees_with_an_outside_clock(tiny_pkg: Path, speech_16k: np.n
     turn = profiler.turn(speech_16k, 0)
     outside_ms = (time.perf_counter() - start) * 1000
     assert turn.total_ms <= outside_ms and turn.total_ms >= 0.95 * outside_ms
+
+
+def test_live_prefill_times_the_turn_from_end_of_speech(tiny_pkg: Path, speech_16k: np.ndarray,
+                                                         reports: dict[str, Path]) -> None:
+    """With --live-prefill only the last chunk and the assistant prompt are prefilled inside the timed turn."""
+    whole = Profiler(tiny_pkg, load_profile("cpu-2core"), log=lambda _: None).turn(speech_16k, 0)
+    live = Profiler(tiny_pkg, load_profile("cpu-2core"), log=lambda _: None, live_prefill=True).turn(speech_16k, 0)
+    codes = int(speech_16k.size / 16000 * 12.5)
+    chunk_codes = load_profile("cpu-2core").generation.prefill_chunk_ms // 80
+    assert whole.prefill_tokens > codes >= chunk_codes >= live.prefill_tokens - 4  # + <audio_end> and the prompt
+    assert live.stages_ms["encoder"] < whole.stages_ms["encoder"]
+    report = json.loads(reports["tight"].read_text())
+    assert validate(report) == [] and report["settings"]["live_prefill"] is True
+    assert "--live-prefill" in report["command"]
+    assert "prefilled in the profile's chunks while spoken" in reports["tight"].with_suffix(".md").read_text()
 
 
 def test_failing_budget_names_the_stage_to_fix(reports: dict[str, Path]) -> None:

@@ -1,0 +1,39 @@
+"""A recorded utterance fed to a conversation the way ``bcaudio chat`` feeds a live one.
+
+While the user speaks, the live session tokenizes each prefill chunk (with some audio before it as
+left context) and prefills it, so at end of speech only the last chunk and the assistant prompt
+remain. The profiler and the benchmark replay a recording the same way, so their time to first
+audio, measured from end of speech, is the chat's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bcaudio.runtime.assistant import VoiceAssistant
+from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
+
+
+class SpokenInput:
+    """``while_speaking()`` feeds every chunk but the last; ``end_of_speech()`` feeds the last one."""
+
+    def __init__(self, assistant: VoiceAssistant, audio16k: np.ndarray, chunk_ms: int, left_context_ms: int) -> None:
+        self.assistant = assistant
+        rate = assistant.cfg.frontend.sampling_rate
+        self.audio = assistant.prepare(audio16k, rate)
+        size = whole_codes(chunk_ms, rate, at_least=1)
+        self.chunks = [self.audio[s:s + size] for s in range(0, self.audio.size, size)]
+        self.tokens = IncrementalTokenizer(assistant.tokenize, assistant.cfg, whole_codes(left_context_ms, rate))
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.size / self.assistant.cfg.frontend.sampling_rate
+
+    def while_speaking(self) -> None:
+        loop = self.assistant.loop
+        loop.start_user_audio()
+        for chunk in self.chunks[:-1]:
+            loop.add_user_audio(self.tokens.push(chunk))
+
+    def end_of_speech(self) -> None:
+        self.assistant.loop.add_user_audio(self.tokens.push(self.chunks[-1]))
