@@ -135,6 +135,7 @@ class TurnMeasure:
     counts: dict[str, int]  # graph runs per stage
     spans: list[Span]
     start: float
+    encoded_seconds: float | None = None  # audio tokenized inside the timed turn, when not all of the input
 
     @property
     def rtf(self) -> float | None:
@@ -156,7 +157,7 @@ class TurnMeasure:
                 "audio_head_ms_per_frame": per(s["audio_head"], self.audio_frames),
                 "flow_ms_per_segment": per(s["flow"], self.segments),
                 "vocoder_ms_per_segment": per(s["vocoder"], self.segments),
-                "encoder_ms_per_audio_s": per(s["encoder"], self.input_seconds)}
+                "encoder_ms_per_audio_s": per(s["encoder"], self.encoded_seconds or self.input_seconds)}
 
 
 def stage_sums(spans: Sequence[Span], start: float, end: float) -> dict[str, float]:
@@ -300,6 +301,7 @@ class Profiler:
         rec.reset()
         first_text = first_audio = None
         samples, pieces, text_tokens, stop = 0, 0, 0, ""
+        spoken = None
         if self.live_prefill:
             gen = self.profile.generation
             spoken = SpokenInput(a, audio16k, gen.prefill_chunk_ms, gen.tokenize_left_context_ms)
@@ -343,7 +345,8 @@ class Profiler:
             segments=rec.segments, stop=stop, peak_rss_mb=peak_rss_mb(),
             gpu_mem_mb=gpu_memory_mb() if self.on_cuda else None, stages_ms=stage_sums(rec.spans, start, end),
             stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {},
-            counts=counts, spans=list(rec.spans), start=start)
+            counts=counts, spans=list(rec.spans), start=start,
+            encoded_seconds=spoken.last_window_seconds if spoken else None)
 
     def run(self, audio16k: np.ndarray, turns: int, warmup: int = 1,
             progress: Progress | None = None) -> list[TurnMeasure]:

@@ -29,6 +29,13 @@ class SpokenInput:
     def seconds(self) -> float:
         return self.audio.size / self.assistant.cfg.frontend.sampling_rate
 
+    @property
+    def last_window_seconds(self) -> float:
+        """Audio the tokenizer runs on at end of speech: the last chunk and its left context."""
+        last = self.chunks[-1].size
+        window = last + min(self.audio.size - last, self.tokens.left_context)
+        return window / self.assistant.cfg.frontend.sampling_rate
+
     def while_speaking(self) -> None:
         loop = self.assistant.loop
         loop.start_user_audio()
