@@ -117,19 +117,19 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
     profile = resolve_profile(opts.device_profile, lambda _: None)
     profile = dataclasses.replace(profile, session=dataclasses.replace(profile.session,
                                                                        intra_op_threads=opts.thread_count))
-    profiler = Profiler(package, profile, seed=opts.seed, log=lambda _: None)
+    profiler = Profiler(package, profile, seed=opts.seed, log=lambda _: None, live_prefill=True)
     gen = profiler.assistant.loop.gen
     if opts.first_text_tokens:  # a trained model's first clause, which random weights never end early
         gen.first_text = dataclasses.replace(gen.first_text, max_new_tokens=opts.first_text_tokens)
     audio, source = speech_input(opts.speech, profiler.assistant.cfg.frontend.sampling_rate, workdir)
-    chunk_ms, left_ms = profile.generation.prefill_chunk_ms, profile.generation.tokenize_left_context_ms
-    incremental_turn(profiler, audio, chunk_ms, left_ms)  # warm-up: first-run allocations of every graph
-    turns = [incremental_turn(profiler, audio, chunk_ms, left_ms) for _ in range(opts.turns)]
+    incremental_turn(profiler, audio)  # warm-up: first-run allocations of every graph
+    turns = [incremental_turn(profiler, audio) for _ in range(opts.turns)]
     ranked = sorted(turns, key=lambda t: t.first_audio_ms if t.first_audio_ms is not None else float("inf"))
     median = ranked[(len(ranked) - 1) // 2]  # the median turn by first audio (the lower one of an even count)
     figures = dataclasses.asdict(median)
     figures.update(rtf=median.rtf, speech=source, device_profile=profile.name, flow_steps=profile.generation.flow_steps,
-                   stream_chunk_frames=gen.stream.chunk_frames, tokenize_left_context_ms=left_ms,
+                   stream_chunk_frames=gen.stream.chunk_frames,
+                   tokenize_left_context_ms=profile.generation.tokenize_left_context_ms,
                    first_text_tokens_cap=opts.first_text_tokens or None,
                    first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns])
     return figures

@@ -136,6 +136,9 @@ class TurnMeasure:
     spans: list[Span]
     start: float
     encoded_seconds: float | None = None  # audio tokenized inside the timed turn, when not all of the input
+    fed_while_speaking: int = 0  # positions prefilled before end of speech (live prefill)
+    text_tokens_to_first_audio: int | None = None  # the first text round: the model decides its length
+    frames_to_first_audio: int | None = None  # the first segment's frames, or its first streamed window's
 
     @property
     def rtf(self) -> float | None:
@@ -301,7 +304,7 @@ class Profiler:
         rec.reset()
         first_text = first_audio = None
         samples, pieces, text_tokens, stop = 0, 0, 0, ""
-        spoken = None
+        spoken, to_first = None, (None, None)
         if self.live_prefill:
             gen = self.profile.generation
             spoken = SpokenInput(a, audio16k, gen.prefill_chunk_ms, gen.tokenize_left_context_ms)
@@ -319,7 +322,8 @@ class Profiler:
                 first_text = first_text or now
                 text_tokens += len(event.ids)
             elif isinstance(event, AudioSegment):
-                first_audio = first_audio or now
+                if first_audio is None:  # N text tokens were sampled: N - 1 fed, then <audiogen_start>
+                    first_audio, to_first = now, (rec.decode_tokens - rec.frames, rec.frames)
                 samples, pieces = samples + event.waveform.size, pieces + 1
             elif isinstance(event, TurnEnd):
                 stop = event.reason
@@ -346,7 +350,9 @@ class Profiler:
             gpu_mem_mb=gpu_memory_mb() if self.on_cuda else None, stages_ms=stage_sums(rec.spans, start, end),
             stages_to_first_audio_ms=stage_sums(rec.spans, start, first_audio) if first_audio else {},
             counts=counts, spans=list(rec.spans), start=start,
-            encoded_seconds=spoken.last_window_seconds if spoken else None)
+            encoded_seconds=spoken.last_window_seconds if spoken else None,
+            fed_while_speaking=spoken.fed if spoken else 0, text_tokens_to_first_audio=to_first[0],
+            frames_to_first_audio=to_first[1])
 
     def run(self, audio16k: np.ndarray, turns: int, warmup: int = 1,
             progress: Progress | None = None) -> list[TurnMeasure]:

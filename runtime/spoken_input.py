@@ -24,6 +24,7 @@ class SpokenInput:
         size = whole_codes(chunk_ms, rate, at_least=1)
         self.chunks = [self.audio[s:s + size] for s in range(0, self.audio.size, size)]
         self.tokens = IncrementalTokenizer(assistant.tokenize, assistant.cfg, whole_codes(left_context_ms, rate))
+        self.fed = 0  # positions fed while speaking
 
     @property
     def seconds(self) -> float:
@@ -38,9 +39,11 @@ class SpokenInput:
 
     def while_speaking(self) -> None:
         loop = self.assistant.loop
+        before = len(loop.context)
         loop.start_user_audio()
         for chunk in self.chunks[:-1]:
             loop.add_user_audio(self.tokens.push(chunk))
+        self.fed = len(loop.context) - before
 
     def end_of_speech(self) -> None:
         self.assistant.loop.add_user_audio(self.tokens.push(self.chunks[-1]))
