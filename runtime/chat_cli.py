@@ -207,8 +207,9 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("chat", help="live spoken conversation: microphone in, speaker out, barge-in")
     p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
-    p.add_argument("--device-profile", help="shipped profile name, a .toml path, or `auto` (also sets the "
-                                            "incremental prefill chunk)")
+    p.add_argument("--device-profile", default="auto",
+                   help="shipped profile name, a .toml path, or `auto` (default: the one that fits this machine); "
+                        "sets threads, flow steps, segment streaming and the incremental prefill chunk")
     p.add_argument("--input-device", help="PortAudio input device: index or name part (see `bcaudio devices`)")
     p.add_argument("--output-device", help="PortAudio output device: index or name part")
     p.add_argument("--push-to-talk", action="store_true", help="Enter starts and ends each utterance (no VAD)")
