@@ -255,29 +255,27 @@ class SpeechLoop:
         segment, self._segments = self._segments, self._segments + 1
         stream = SegmentStream(lambda codes, first: self.backend.decode_segment(codes, segment, first),
                                self.gen.stream, self.gen.crossfade_samples, self.cfg)
-        frames: list[list[int]] = []
-        played = 0  # frames covered by the pieces so far
+        codes = np.zeros((params.max_new_tokens, len(sizes)), dtype=np.int64)  # the frames, filled row by row
+        n = played = 0  # frames made; frames covered by the pieces so far
 
         def choose(i: int, logits: np.ndarray) -> int:
             scores = np.asarray(logits, dtype=np.float64).copy()
             if i > 0:
                 scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment
-            return sample_token(scores, params, (f[i] for f in frames), self.rng)
+            return sample_token(scores, params, codes[:n, i].tolist(), self.rng)
 
-        def so_far() -> np.ndarray:
-            return np.asarray(frames, dtype=np.int64).reshape(-1, len(sizes))
-
-        for _ in range(params.max_new_tokens):
+        while n < params.max_new_tokens:
             frame = self.backend.audio_frame(hidden, choose)
             if frame[0] == sizes[0]:
                 break
-            frames.append(frame)
-            _, hidden = self._feed([self.tok.audio_pad], np.asarray([frame], dtype=np.int64))
-            piece = stream.add(so_far())
+            codes[n] = frame
+            n += 1
+            _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
+            piece = stream.add(codes[:n])
             if piece is not None:
-                yield AudioSegment(so_far()[played:], piece, final=False)
-                played = len(frames)
-        yield AudioSegment(so_far()[played:], stream.finish(so_far()))
+                yield AudioSegment(codes[played:n].copy(), piece, final=False)
+                played = n
+        yield AudioSegment(codes[played:n].copy(), stream.finish(codes[:n]))
 
     def _begin_text(self) -> None:
         self._text_ids, self._shown = [], ""
