@@ -267,7 +267,7 @@ def _greedy(rp: float, n: int) -> SamplingParams:
 
 @dataclass
 class StreamSettings:
-    """Decoding a segment in windows while its frames are still generated (``runtime/segment_stream.py``).
+    """Decoding a segment in windows while its frames are still generated (``runtime/generation/segment_stream.py``).
 
     The reference decodes whole segments (spec §12), so the first audio waits for a segment's last
     frame; a window of ``chunk_frames`` new codes with ``left_context_frames`` codes before it is

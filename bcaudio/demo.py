@@ -24,13 +24,13 @@ def speak_question(path: Path) -> Path:
 
 
 def run_demo(workdir: Path) -> None:
+    from bcaudio.cli.console import stream_to_console
     from bcaudio.export.checkpoint import init_checkpoint
     from bcaudio.export.package import export_package
     from bcaudio.export.summary import print_summary
     from bcaudio.presets import get_preset
-    from bcaudio.runtime.assistant import VoiceAssistant
-    from bcaudio.runtime.audio_io import load_audio
-    from bcaudio.runtime.console import stream_to_console
+    from bcaudio.runtime.audio.files import load_audio
+    from bcaudio.runtime.generation.assistant import VoiceAssistant
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt, package = workdir / "tiny-checkpoint", workdir / "tiny-package"

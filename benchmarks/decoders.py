@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.sessions import PackageSessions, SessionSettings
+from bcaudio.runtime.package.ort_backend import OrtBackend
+from bcaudio.runtime.package.sessions import PackageSessions, SessionSettings
 
 
 class Decoder(Protocol):

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 
 from bcaudio.benchmarks.bandwidth import DEFAULT_ARRAY_MB, measure_bandwidth
-from bcaudio.benchmarks.cli import VARIANTS
 from bcaudio.benchmarks.decoders import Decoder, OptimumDecoder, PackageDecoder, TorchDecoder
 from bcaudio.benchmarks.frame import FRAME_BUDGET_MS, FrameCost, audio_head_ms
 from bcaudio.benchmarks.llm_timing import ContextTiming, time_decoder
 from bcaudio.benchmarks.roofline import kv_step_bytes, onnx_step_bytes, torch_step_bytes
 from bcaudio.benchmarks.turn import incremental_turn
 from bcaudio.benchmarks.workdir import BenchInputs, prepare_inputs
+from bcaudio.cli.bench import VARIANTS
 from bcaudio.config import ModelConfig
 from bcaudio.errors import UserError
-from bcaudio.runtime.manifest import load_manifest
+from bcaudio.runtime.package.manifest import load_manifest
 
 SCHEMA = "bcaudio-bench/1"
 # the targets on the 2-core CPU with the small preset; reported, never asserted
@@ -111,8 +111,8 @@ def _context_figures(t: ContextTiming, weight_bytes: int, kv_bytes: int, bandwid
 
 
 def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Progress) -> dict[str, Any]:
-    from bcaudio.cli import resolve_profile
-    from bcaudio.runtime.profiler import Profiler, speech_input
+    from bcaudio.runtime.package.profiles import resolve_profile
+    from bcaudio.runtime.profiling.profiler import Profiler, speech_input
 
     profile = resolve_profile(opts.device_profile, lambda _: None)
     profile = dataclasses.replace(profile, session=dataclasses.replace(profile.session,
@@ -188,7 +188,7 @@ def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
             progress(f"  {variant}: first audio {fa}, RTF {rtf}")
             variants[variant]["turn"] = turn
             gc.collect()
-    from bcaudio.runtime.profiler import device_info
+    from bcaudio.runtime.profiling.profiler import device_info
 
     return {"schema": SCHEMA, "preset": cfg.preset, "date": started.isoformat(timespec="seconds"),
             "machine": device_info(["CPUExecutionProvider"]), "threads": threads,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bcaudio.runtime.profiler import Profiler
+from bcaudio.runtime.profiling.profiler import Profiler
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bcaudio.errors import UserError
 from bcaudio.quant.recipes import BUILTIN, Recipe
-from bcaudio.runtime.manifest import MANIFEST, load_manifest, sha256_file
+from bcaudio.runtime.package.manifest import MANIFEST, load_manifest, sha256_file
 
 Progress = Callable[[str], None]
 # only the decode loop's graphs are quantized: the other graphs stay the fp32 package's, so a turn's

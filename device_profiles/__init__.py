@@ -1,1 +1,1 @@
-"""Device profiles: one TOML file per device kind, read by ``bcaudio.runtime.profiles``."""
+"""Device profiles: one TOML file per device kind, read by ``bcaudio.runtime.package.profiles``."""

@@ -22,7 +22,7 @@ import torch
 from bcaudio.config import ModelConfig
 from bcaudio.export.onnx_io import export_module
 from bcaudio.export.vocoder import HiFTVocoder
-from bcaudio.runtime.vocoder_noise import source_noise
+from bcaudio.runtime.generation.vocoder_noise import source_noise
 
 VOCODER_INPUTS = ["mel", "noise"]
 VOCODER_OUTPUTS = ["waveform"]

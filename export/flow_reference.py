@@ -6,7 +6,7 @@ import torch
 
 from bcaudio.export.flow_estimator import FlowEstimator
 from bcaudio.export.flow_prenet import FlowPrenet
-from bcaudio.runtime.flow_solver import CfgEstimator, euler_cfg_solve
+from bcaudio.runtime.generation.flow_solver import CfgEstimator, euler_cfg_solve
 
 
 def torch_cfg_estimator(estimator: FlowEstimator) -> CfgEstimator:

@@ -23,7 +23,7 @@ from bcaudio.export.fast_llm import export_fast_llm
 from bcaudio.export.reference import Reference
 from bcaudio.export.text_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from bcaudio.graph_entry import graph_entry
-from bcaudio.runtime.manifest import GRAPHS, Manifest, ManifestError, sha256_file
+from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError, sha256_file
 
 DEFAULT_OPSET = 17
 

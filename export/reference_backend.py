@@ -10,8 +10,8 @@ import torch
 from bcaudio.export.audio_head import DepthKV
 from bcaudio.export.flow_reference import flow_mel
 from bcaudio.export.reference import Reference
-from bcaudio.runtime.noise import NoiseSource
-from bcaudio.runtime.speech_loop import ChooseCode
+from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.speech_loop import ChooseCode
 
 
 class TorchBackend:

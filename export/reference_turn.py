@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bcaudio.cli.console import stream_to_console
 from bcaudio.errors import UserError
 from bcaudio.export.audio_tokenizer import AudioTokenizer
 from bcaudio.export.checkpoint import load_checkpoint
 from bcaudio.export.reference import Reference
 from bcaudio.export.reference_backend import TorchBackend
-from bcaudio.runtime.audio_chunks import chunk_audio, token_frames
-from bcaudio.runtime.audio_io import load_audio
-from bcaudio.runtime.console import stream_to_console
-from bcaudio.runtime.speech_loop import Event, SpeechLoop
-from bcaudio.runtime.text_codec import TextCodec
+from bcaudio.runtime.audio.files import load_audio
+from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
+from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
+from bcaudio.runtime.package.text_codec import TextCodec
 
 
 @torch.no_grad()

@@ -26,9 +26,9 @@ from bcaudio.export.export_vocoder import vocoder_example_inputs
 from bcaudio.export.flow_reference import torch_cfg_estimator
 from bcaudio.export.reference import Reference
 from bcaudio.metrics import max_abs, rel_l2, snr_db
-from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
-from bcaudio.runtime.llm_state import LlmState
-from bcaudio.runtime.sessions import PackageSessions
+from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.package.llm_state import LlmState
+from bcaudio.runtime.package.sessions import PackageSessions
 
 GREEDY_STEPS = 32
 

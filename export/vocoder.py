@@ -3,7 +3,7 @@
 Parameter names and the arithmetic follow CosyVoice's ``HiFTGenerator`` so its
 ``hift.pt`` state dict loads as-is (spec §11, §13). Two changes make it export:
 the sine source's random phases and noise are inputs (see ``HiFTVocoder.forward``
-and ``bcaudio.runtime.vocoder_noise``), and the STFT pair is built from
+and ``bcaudio.runtime.generation.vocoder_noise``), and the STFT pair is built from
 convolutions (``bcaudio.export.stft``). Weight norm is computed in ``forward``
 from ``weight_g`` / ``weight_v``, the names ``torch.nn.utils.weight_norm`` stores.
 """
@@ -189,7 +189,7 @@ class HiFTVocoder(nn.Module):
         mel:   (B, num_mels, T) float32 log-mel at 50 Hz.
         noise: (B, nb_harmonics + 1, T * samples_per_frame) float32, standard normal; scaled here
                by noise_std where voiced and sine_amp / 3 where unvoiced
-               (``bcaudio.runtime.vocoder_noise.source_noise`` draws it).
+               (``bcaudio.runtime.generation.vocoder_noise.source_noise`` draws it).
         """
         cfg = self.cfg
         source = self.stft(self.m_source(self.f0_predictor(mel), noise)[:, 0])

@@ -22,10 +22,10 @@ import onnxruntime as ort
 from bcaudio.config import ModelConfig
 from bcaudio.metrics import rel_l2, snr_db
 from bcaudio.quant.recipes import FP32, QuantError
-from bcaudio.runtime.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
-from bcaudio.runtime.llm_state import LlmState
-from bcaudio.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
-from bcaudio.runtime.vocoder_noise import source_noise
+from bcaudio.runtime.generation.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.generation.vocoder_noise import source_noise
+from bcaudio.runtime.package.llm_state import LlmState
+from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 
 GREEDY_STEPS = 64
 REPORT_JSON = "accuracy.json"

@@ -18,7 +18,7 @@ from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.quant.fp16 import quantize_fp16
 from bcaudio.quant.int8 import quantize_int8
 from bcaudio.quant.recipes import FP32, QuantError, Recipe, load_recipe
-from bcaudio.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 
 # int8 as weight-only 8-bit blocks rather than dynamic int8: the decode-loop graphs, whose MatMul weights are
 # constants (measured on small's llm: rel L2 0.038 vs 0.069 dynamic, same speed; see quant/blocks.py).

@@ -29,8 +29,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bcaudio.runtime.manifest import GRAPHS
-from bcaudio.runtime.profiles import PRECISIONS
+from bcaudio.runtime.package.manifest import GRAPHS
+from bcaudio.runtime.package.profiles import PRECISIONS
 
 DEFAULT_BLOCK_SIZE = 32
 FP32 = "fp32"

@@ -26,7 +26,7 @@ from bcaudio.benchmarks.llm_timing import time_decoder
 from bcaudio.quant.accuracy import AccuracyReport, accuracy_report
 from bcaudio.quant.package import quantize_package
 from bcaudio.quant.recipes import FP32, QuantError, load_recipe
-from bcaudio.runtime.manifest import load_manifest
+from bcaudio.runtime.package.manifest import load_manifest
 
 SCHEMA = "bcaudio-quantize-table/1"
 UNTIMED = ("fp16",)  # CUDA recipe

@@ -33,7 +33,7 @@ from bcaudio.export.frontend import (
 )
 from bcaudio.export.layers import causal_bias
 from bcaudio.export.whisper_layer import WhisperLayer, key_padding_bias
-from bcaudio.runtime.audio_chunks import chunk_audio, kept_frames, token_frames
+from bcaudio.runtime.generation.audio_chunks import chunk_audio, kept_frames, token_frames
 
 SR = 16000
 

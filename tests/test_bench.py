@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bcaudio.benchmarks.cli import VARIANTS
 from bcaudio.cli import main
+from bcaudio.cli.bench import VARIANTS
 
 CONTEXTS = (16, 48)
 

@@ -25,8 +25,8 @@ from bcaudio.export.fast_llm import fast_llm_io_names
 from bcaudio.export.package import export_package
 from bcaudio.metrics import rel_l2
 from bcaudio.presets import get_preset
-from bcaudio.runtime.llm_state import LlmState
-from bcaudio.runtime.manifest import load_manifest
+from bcaudio.runtime.package.llm_state import LlmState
+from bcaudio.runtime.package.manifest import load_manifest
 
 
 def _peak_rss_gb() -> float:

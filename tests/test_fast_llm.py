@@ -12,7 +12,7 @@ from bcaudio.export.export_llm import export_llm
 from bcaudio.export.fast_llm import export_fast_llm
 from bcaudio.export.llm import BaichuanLLM
 from bcaudio.presets import tiny
-from bcaudio.runtime.llm_state import LlmState
+from bcaudio.runtime.package.llm_state import LlmState
 
 # fp32 parity bound, the same as the plain graph's (FP32_TOLERANCES["llm"] in export/validate.py)
 ATOL = 1e-4

@@ -19,7 +19,7 @@ from bcaudio.export.flow_estimator import FlowEstimator
 from bcaudio.export.flow_prenet import FlowPrenet
 from bcaudio.export.flow_reference import flow_mel, torch_cfg_estimator
 from bcaudio.presets import get_preset
-from bcaudio.runtime.flow_solver import cosine_t_span, euler_cfg_solve
+from bcaudio.runtime.generation.flow_solver import cosine_t_span, euler_cfg_solve
 
 
 def _chunked(cfg: ModelConfig, chunk: int) -> ModelConfig:
@@ -244,5 +244,5 @@ def test_state_dict_keys_follow_the_checkpoint(tiny_cfg: ModelConfig) -> None:
 
 
 def test_solver_module_does_not_import_torch() -> None:
-    code = "import sys, bcaudio.runtime.flow_solver; sys.exit('torch' in sys.modules)"
+    code = "import sys, bcaudio.runtime.generation.flow_solver; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -23,7 +23,7 @@ from bcaudio.metrics import rel_l2
 from bcaudio.presets import get_preset
 from bcaudio.quant.accuracy import GREEDY_STEPS, TOLERANCES
 from bcaudio.quant.fp16 import quantize_fp16
-from bcaudio.runtime.llm_state import LlmState
+from bcaudio.runtime.package.llm_state import LlmState
 
 QUIET = lambda _: None  # noqa: E731
 KV = ("past_", "present_")

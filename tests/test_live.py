@@ -26,12 +26,12 @@ import pytest
 from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.audio_devices import BLOCK_MS, SpeakerOutput
-from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, tokenize_in_chunks
-from bcaudio.runtime.live import LiveSession, LiveSettings, PhaseChange, drive_from_audio
-from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.speech_loop import AudioSegment, StreamJoiner, collect, crossfade_join
+from bcaudio.runtime.audio.devices import BLOCK_MS, SpeakerOutput
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import AudioSegment, StreamJoiner, collect, crossfade_join
+from bcaudio.runtime.live.conversation import LiveSession, LiveSettings, PhaseChange, drive_from_audio
+from bcaudio.runtime.live.incremental_tokens import IncrementalTokenizer, tokenize_in_chunks
+from bcaudio.runtime.package.ort_backend import OrtBackend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,7 +223,7 @@ pcm.filepcm {{ type file; slave.pcm "nullpcm"; file "/dev/null"; infile "{infile
 """
 
 CLI = ("import argparse, sys\n"
-       "from bcaudio.runtime.chat_cli import add_parser\n"
+       "from bcaudio.cli.chat import add_parser\n"
        "p = argparse.ArgumentParser(prog='bcaudio'); add_parser(p.add_subparsers(dest='command', required=True))\n"
        "a = p.parse_args(sys.argv[1:]); a.func(a)\n")
 
@@ -362,7 +362,8 @@ def run_chat_live(session: LiveSession, sd: FakeSounddevice, monkeypatch: pytest
     import io
     import threading
 
-    from bcaudio.runtime import audio_devices, chat_cli
+    from bcaudio.cli import chat as chat_cli
+    from bcaudio.runtime.audio import devices as audio_devices
 
     monkeypatch.setattr(audio_devices, "_sounddevice", lambda: sd)
     monkeypatch.setattr(chat_cli, "RETRY_SECONDS", 0.05)
@@ -485,7 +486,7 @@ def test_keyboard_push_to_talk_marks_the_utterance_and_a_key_during_the_answer_b
     import queue
     import threading
 
-    from bcaudio.runtime.chat_cli import push_to_talk_keys
+    from bcaudio.cli.chat import push_to_talk_keys
 
     assistant = greedy(pkg)
     phases: list[str] = []

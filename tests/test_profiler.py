@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bcaudio.cli.profile import add_parser
 from bcaudio.errors import UserError
 from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
-from bcaudio.runtime.profile_cli import add_parser
-from bcaudio.runtime.profile_report import REPORT_SCHEMA, load_report, validate
-from bcaudio.runtime.profiler import STAGES, Profiler, TurnRecorder, speech_input
-from bcaudio.runtime.profiles import load_profile, shipped_profiles
+from bcaudio.runtime.package.profiles import load_profile, shipped_profiles
+from bcaudio.runtime.profiling.profiler import STAGES, Profiler, TurnRecorder, speech_input
+from bcaudio.runtime.profiling.report import REPORT_SCHEMA, load_report, validate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIGHT_PROFILE = """description = "a budget no box meets: exercises the failing verdict"
@@ -157,7 +157,7 @@ def test_report_charts_are_valid_pngs(reports: dict[str, Path]) -> None:
 
 def test_missing_matplotlib_is_one_clear_line(reports: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    from bcaudio.runtime.profile_charts import ChartsUnavailable, stage_chart
+    from bcaudio.runtime.profiling.charts import ChartsUnavailable, stage_chart
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(ChartsUnavailable, match=r"pip install 'bcaudio\[charts\]'"):
@@ -165,7 +165,7 @@ def test_missing_matplotlib_is_one_clear_line(reports: dict[str, Path], monkeypa
 
 
 def test_missing_espeak_without_input_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import bcaudio.runtime.profiler as profiler
+    import bcaudio.runtime.profiling.profiler as profiler
 
     monkeypatch.setattr(profiler.shutil, "which", lambda _: None)
     with pytest.raises(UserError, match="espeak-ng is not installed.*--input"):
@@ -193,8 +193,8 @@ def test_profiles_lists_shipped_and_says_what_auto_picked(capsys: pytest.Capture
 
 def test_profiler_modules_never_import_torch() -> None:
     script = ("import sys\n"
-              "import bcaudio.runtime.profile_cli, bcaudio.runtime.profiler, bcaudio.runtime.profile_report\n"
-              "import bcaudio.runtime.profile_charts\n"
+              "import bcaudio.cli.profile, bcaudio.runtime.profiling.profiler, bcaudio.runtime.profiling.report\n"
+              "import bcaudio.runtime.profiling.charts\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bcaudio.config import StreamSettings
-from bcaudio.runtime.profiles import DeviceInfo, ProfileError, load_profile, pick_profile, shipped_profiles
+from bcaudio.runtime.package.profiles import DeviceInfo, ProfileError, load_profile, pick_profile, shipped_profiles
 
 SHIPPED = ["cpu-2core", "cpu-8core-avx512", "desktop-rtx4090", "jetson-orin", "datacenter-h100", "kiosk-lowpower"]
 
@@ -53,7 +53,7 @@ def test_auto_pick() -> None:
 
 
 def test_stream_settings_come_from_the_profile_and_the_flag_overrides_them() -> None:
-    from bcaudio.runtime.profiles import stream_settings
+    from bcaudio.runtime.package.profiles import stream_settings
 
     profile = load_profile("cpu-2core")
     assert stream_settings(None, None) is None  # the package's own: whole segments

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType
 
+from bcaudio.cli import quant as cli
 from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
-from bcaudio.quant import cli
 from bcaudio.quant.accuracy import REPORT_JSON, REPORT_MD, TOLERANCES, accuracy_report
 from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.quant.fp16 import FP16_IO_PREFIXES
@@ -26,9 +26,9 @@ from bcaudio.quant.int8 import quantize_int8
 from bcaudio.quant.package import quantize_package
 from bcaudio.quant.recipes import BUILTIN, QuantError, load_recipe
 from bcaudio.quant.table import quantize_table
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.manifest import MANIFEST, ManifestError, load_manifest
-from bcaudio.runtime.speech_loop import collect
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.package.manifest import MANIFEST, ManifestError, load_manifest
 
 QUIET = lambda _: None  # noqa: E731
 

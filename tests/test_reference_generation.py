@@ -10,8 +10,8 @@ import pytest
 from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint
 from bcaudio.export.reference_turn import reference_events
 from bcaudio.presets import get_preset
-from bcaudio.runtime.speech_loop import collect
-from bcaudio.runtime.text_codec import TextCodec
+from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.package.text_codec import TextCodec
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint, load_con
 from bcaudio.export.package import export_package
 from bcaudio.export.reference_turn import reference_codes, reference_events
 from bcaudio.presets import get_preset
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.audio_io import AudioInputError
-from bcaudio.runtime.manifest import MANIFEST, ManifestError, load_manifest
-from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.speech_loop import collect
-from bcaudio.runtime.text_codec import TextCodec
+from bcaudio.runtime.audio.files import AudioInputError
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.package.manifest import MANIFEST, ManifestError, load_manifest
+from bcaudio.runtime.package.ort_backend import OrtBackend
+from bcaudio.runtime.package.text_codec import TextCodec
 
 WAVE_TOL = 1e-3  # max abs over the waveform: fp32 ORT vs torch through 4 graphs and a 4-step solver
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bcaudio.config import SamplingParams
-from bcaudio.runtime.sampling import apply_repetition_penalty, sample_token
+from bcaudio.runtime.generation.sampling import apply_repetition_penalty, sample_token
 
 transformers = pytest.importorskip("transformers")
 

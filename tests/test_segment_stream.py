@@ -1,4 +1,4 @@
-"""Segments decoded in windows (runtime/segment_stream.py): the sample bookkeeping and the cost bound.
+"""Segments decoded in windows (runtime/generation/segment_stream.py): the sample bookkeeping and the cost bound.
 The streamed turn on the tiny package is in test_runtime_e2e.py."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bcaudio.config import ModelConfig, StreamSettings
-from bcaudio.runtime.segment_stream import SegmentStream
-from bcaudio.runtime.speech_loop import crossfade_join
+from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.speech_loop import crossfade_join
 
 CROSSFADE = 240
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bcaudio.config import ModelConfig, SamplingParams
-from bcaudio.runtime.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, collect, split_clauses
+from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, collect, split_clauses
 
 
 class ByteCodec:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bcaudio.runtime.vad import (
+from bcaudio.runtime.audio.vad import (
     FRAME_MS,
     MODEL_ENV,
     Endpointer,
@@ -67,7 +67,9 @@ def test_model_path_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_live_modules_never_import_torch_or_silero_python() -> None:
     code = ("import sys\n"
-            "from bcaudio.runtime import chat_cli, live, vad\n"
+            "import bcaudio.cli.chat\n"
+            "from bcaudio.runtime.audio import vad\n"
+            "from bcaudio.runtime.live import conversation\n"
             "v = vad.SileroVad(); v.frame([0.0] * 512)\n"
             "bad = [m for m in ('torch', 'silero_vad') if m in sys.modules]\n"
             "assert not bad, bad\n")

@@ -15,7 +15,7 @@ from bcaudio.export.export_vocoder import export_vocoder, vocoder_example_inputs
 from bcaudio.export.stft import ISTFT, STFT
 from bcaudio.export.vocoder import HiFTVocoder
 from bcaudio.presets import get_preset
-from bcaudio.runtime.vocoder_noise import source_noise
+from bcaudio.runtime.generation.vocoder_noise import source_noise
 
 VOICED_HZ = 200.0  # well above voiced_threshold, so the harmonic source is active
 

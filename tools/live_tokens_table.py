@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 import soundfile as sf
 
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.incremental_tokens import tokenize_in_chunks, whole_codes
-from bcaudio.runtime.speech_loop import collect
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.live.incremental_tokens import tokenize_in_chunks, whole_codes
 
 
 def greedy_answer(package: str, codes: np.ndarray) -> list[int]:

@@ -19,9 +19,9 @@ import numpy as np
 import soundfile as sf
 
 from bcaudio.config import StreamSettings
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.segment_stream import SegmentStream
-from bcaudio.runtime.speech_loop import crossfade_join
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.speech_loop import crossfade_join
 
 BLOCK_S = 0.32
 

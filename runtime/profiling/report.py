@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from bcaudio.errors import UserError
-from bcaudio.runtime.profiler import STAGES, TurnMeasure, merge_spans
-from bcaudio.runtime.profiles import DeviceProfile
+from bcaudio.runtime.package.profiles import DeviceProfile
+from bcaudio.runtime.profiling.profiler import STAGES, TurnMeasure, merge_spans
 
 SCHEMA_ID = "bcaudio.profile/1"
 # (key, label, unit, higher_is_better): the per-turn metrics summarized as median and p90

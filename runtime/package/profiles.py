@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bcaudio.config import StreamSettings
-from bcaudio.runtime.manifest import GRAPHS
-from bcaudio.runtime.sessions import PROVIDERS, SessionSettings
+from bcaudio.runtime.package.manifest import GRAPHS
+from bcaudio.runtime.package.sessions import PROVIDERS, SessionSettings
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
@@ -202,3 +203,12 @@ def pick_profile(device: DeviceInfo) -> DeviceProfile:
     if best is None:
         best = load_profile("datacenter-h100" if device.gpu else "cpu-2core")
     return best
+
+
+def resolve_profile(name: str, log: Callable[[str], None]) -> DeviceProfile:
+    """A device profile by name or path; ``auto`` picks from the detected hardware and says which."""
+    if name != "auto":
+        return load_profile(name)
+    profile = pick_profile(detect_device())
+    log(f"device profile: {profile.name} (auto: {profile.description})")
+    return profile

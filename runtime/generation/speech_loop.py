@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from bcaudio.config import GenerationConfig, ModelConfig, SamplingParams
-from bcaudio.runtime.sampling import sample_token
-from bcaudio.runtime.segment_stream import SegmentStream
+from bcaudio.runtime.generation.sampling import sample_token
+from bcaudio.runtime.generation.segment_stream import SegmentStream
 
 ChooseCode = Callable[[int, np.ndarray], int]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.live.incremental_tokens import IncrementalTokenizer, whole_codes
 
 
 class SpokenInput:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bcaudio.config import ModelConfig
-from bcaudio.runtime.audio_chunks import token_frames
+from bcaudio.runtime.generation.audio_chunks import token_frames
 
 CODE_SAMPLES = 1280  # 16 kHz samples per audio code (12.5 Hz)
 

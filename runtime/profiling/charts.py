@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bcaudio.errors import UserError
-from bcaudio.runtime.profiler import STAGES
+from bcaudio.runtime.profiling.profiler import STAGES
 
 COLORS = {"encoder": "#4c72b0", "llm_prefill": "#dd8452", "llm_decode": "#c44e52", "audio_head": "#8172b3",
           "flow": "#55a868", "vocoder": "#64b5cd", "other": "#b0b0b0"}

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bcaudio.runtime.flow_solver import euler_cfg_solve, onnx_cfg_pair
-from bcaudio.runtime.llm_state import LlmState
-from bcaudio.runtime.noise import NoiseSource
-from bcaudio.runtime.sessions import PackageSessions
-from bcaudio.runtime.speech_loop import ChooseCode
+from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
+from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.speech_loop import ChooseCode
+from bcaudio.runtime.package.llm_state import LlmState
+from bcaudio.runtime.package.sessions import PackageSessions
 
 
 def _empty_cache(names: Sequence[str], heads: int, head_dim: int) -> dict[str, np.ndarray]:

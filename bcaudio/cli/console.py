@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bcaudio.runtime.audio_io import save_audio
-from bcaudio.runtime.speech_loop import Event, TextDelta, TurnResult, collect
+from bcaudio.runtime.audio.files import save_audio
+from bcaudio.runtime.generation.speech_loop import Event, TextDelta, TurnResult, collect
 
 
 def stream_to_console(events: Iterator[Event], crossfade: int, rate: int, output_wav: str | Path | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from bcaudio.config import ModelConfig
-from bcaudio.runtime.vocoder_noise import source_noise
+from bcaudio.runtime.generation.vocoder_noise import source_noise
 
 
 class NoiseSource:

@@ -26,12 +26,12 @@ import numpy as np
 import onnxruntime as ort
 
 from bcaudio.errors import UserError
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.profiles import DeviceProfile, detect_device
-from bcaudio.runtime.sessions import PackageSessions
-from bcaudio.runtime.speech_loop import AudioSegment, ChooseCode, SpeechLoop, TextDelta, TurnEnd
-from bcaudio.runtime.spoken_input import SpokenInput
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import AudioSegment, ChooseCode, SpeechLoop, TextDelta, TurnEnd
+from bcaudio.runtime.package.ort_backend import OrtBackend
+from bcaudio.runtime.package.profiles import DeviceProfile, detect_device
+from bcaudio.runtime.package.sessions import PackageSessions
+from bcaudio.runtime.profiling.spoken_input import SpokenInput
 
 STAGES = ("encoder", "llm_prefill", "llm_decode", "audio_head", "flow", "vocoder", "other")
 GRAPH_STAGE = {"audio_tokenizer": "encoder", "audio_head": "audio_head", "flow_prenet": "flow",
@@ -250,7 +250,7 @@ def device_info(providers_in_use: Sequence[str]) -> dict[str, Any]:
 
 def speech_input(path: str | Path | None, rate: int, workdir: Path) -> tuple[np.ndarray, str]:
     """The user's side of the turn: a file, or a sentence spoken by espeak-ng now (no recording needed)."""
-    from bcaudio.runtime.audio_io import load_audio
+    from bcaudio.runtime.audio.files import load_audio
 
     if path is not None:
         return load_audio(path, rate), str(path)

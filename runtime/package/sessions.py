@@ -10,7 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bcaudio.config import ModelConfig
-from bcaudio.runtime.manifest import Manifest, ManifestError, load_manifest
+from bcaudio.runtime.package.manifest import Manifest, ManifestError, load_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from bcaudio.config import GenerationConfig, StreamSettings
-from bcaudio.runtime.audio_chunks import chunk_audio, token_frames
-from bcaudio.runtime.audio_io import AudioInputError, to_mono_rate
-from bcaudio.runtime.ort_backend import OrtBackend
-from bcaudio.runtime.sessions import PackageSessions, SessionSettings
-from bcaudio.runtime.speech_loop import Event, SpeechLoop
-from bcaudio.runtime.text_codec import TextCodec
+from bcaudio.runtime.audio.files import AudioInputError, to_mono_rate
+from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
+from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
+from bcaudio.runtime.package.ort_backend import OrtBackend
+from bcaudio.runtime.package.sessions import PackageSessions, SessionSettings
+from bcaudio.runtime.package.text_codec import TextCodec
 
 SILENCE_PEAK = 1e-4  # below this the input carries no speech worth tokenizing
 CLIP_LEVEL = 0.999

@@ -34,12 +34,12 @@ from enum import StrEnum
 
 import numpy as np
 
-from bcaudio.runtime.assistant import VoiceAssistant
-from bcaudio.runtime.audio_devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
-from bcaudio.runtime.audio_io import AudioInputError
-from bcaudio.runtime.incremental_tokens import IncrementalTokenizer, whole_codes
-from bcaudio.runtime.speech_loop import AudioSegment, ContextFull, StreamJoiner, TextDelta, TurnEnd
-from bcaudio.runtime.vad import FRAME, Endpointer, EndpointSettings, SileroVad
+from bcaudio.runtime.audio.devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
+from bcaudio.runtime.audio.files import AudioInputError
+from bcaudio.runtime.audio.vad import FRAME, Endpointer, EndpointSettings, SileroVad
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.speech_loop import AudioSegment, ContextFull, StreamJoiner, TextDelta, TurnEnd
+from bcaudio.runtime.live.incremental_tokens import IncrementalTokenizer, whole_codes
 
 
 class Phase(StrEnum):

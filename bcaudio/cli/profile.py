@@ -1,7 +1,6 @@
 """``bcaudio profile`` (measure, or ``compare`` saved reports) and ``bcaudio profiles`` (list device profiles).
 
-Kept apart from ``bcaudio/cli.py`` so the profiler's options live next to the profiler; the main parser calls
-``add_parser(sub)``. Torch-free like the rest of the runtime.
+The main parser calls ``add_parser(sub)``. Torch-free like the rest of the runtime.
 """
 
 from __future__ import annotations
@@ -69,9 +68,9 @@ def _profile(args: argparse.Namespace) -> None:
         raise UserError("--model is required: bcaudio profile --model PKG [--device-profile NAME|auto|path]")
     if args.turns < 1 or args.warmup < 0:
         raise UserError("--turns must be >= 1 and --warmup >= 0")
-    from bcaudio.cli import resolve_profile
-    from bcaudio.runtime.profile_report import build_report, metric_rows, to_markdown
-    from bcaudio.runtime.profiler import Profiler, device_info, speech_input
+    from bcaudio.runtime.package.profiles import resolve_profile
+    from bcaudio.runtime.profiling.profiler import Profiler, device_info, speech_input
+    from bcaudio.runtime.profiling.report import build_report, metric_rows, to_markdown
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)
@@ -119,7 +118,7 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
 
 def _charts(report: dict, out: Path, log: Callable[[str], None]) -> dict[str, str]:
     """The timeline and stage charts next to the report; without matplotlib, one note and none."""
-    from bcaudio.runtime.profile_charts import ChartsUnavailable, stage_chart, timeline_chart
+    from bcaudio.runtime.profiling.charts import ChartsUnavailable, stage_chart, timeline_chart
 
     try:
         return {"timeline": str(timeline_chart(report, out.with_name(out.stem + "-timeline.png"))),
@@ -130,8 +129,8 @@ def _charts(report: dict, out: Path, log: Callable[[str], None]) -> dict[str, st
 
 
 def _compare(paths: list[str], chart: Path) -> None:
-    from bcaudio.runtime.profile_charts import ChartsUnavailable, compare_chart
-    from bcaudio.runtime.profile_report import compare_table, load_report
+    from bcaudio.runtime.profiling.charts import ChartsUnavailable, compare_chart
+    from bcaudio.runtime.profiling.report import compare_table, load_report
 
     if len(paths) < 2:
         raise UserError("compare needs two or more reports: bcaudio profile compare a.json b.json")
@@ -149,7 +148,7 @@ def _compare(paths: list[str], chart: Path) -> None:
 
 
 def _profiles(args: argparse.Namespace) -> None:
-    from bcaudio.runtime.profiles import load_profile, shipped_profiles
+    from bcaudio.runtime.package.profiles import load_profile, shipped_profiles
 
     rows = [("name", "provider", "threads", "flow steps", "first audio", "RTF", "description")]
     for name in sorted(shipped_profiles()):
@@ -163,7 +162,7 @@ def _profiles(args: argparse.Namespace) -> None:
     if args.device_profile:
         from dataclasses import asdict
 
-        from bcaudio.cli import resolve_profile
+        from bcaudio.runtime.package.profiles import resolve_profile
 
         profile = resolve_profile(args.device_profile, print)
         print(f"\n{profile.name} ({profile.source})")

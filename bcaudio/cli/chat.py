@@ -25,7 +25,7 @@ class ChatView:
         self._in_text = False
 
     def __call__(self, event: Any) -> None:
-        from bcaudio.runtime.live import AssistantText, Notice, PhaseChange, TurnDone
+        from bcaudio.runtime.live.conversation import AssistantText, Notice, PhaseChange, TurnDone
 
         with self._lock:
             if isinstance(event, AssistantText):
@@ -63,19 +63,18 @@ class ChatView:
 
 
 def _devices(args: argparse.Namespace) -> None:
-    from bcaudio.runtime.audio_devices import devices_report
+    from bcaudio.runtime.audio.devices import devices_report
 
     print(devices_report())
 
 
 def _chat(args: argparse.Namespace) -> None:
-    from bcaudio.cli import resolve_profile
-    from bcaudio.runtime.assistant import VoiceAssistant
-    from bcaudio.runtime.audio_devices import AudioDeviceError, DeviceStreams, SpeakerOutput
-    from bcaudio.runtime.live import LiveSession, LiveSettings
-    from bcaudio.runtime.profiles import stream_settings
-    from bcaudio.runtime.sessions import SessionSettings
-    from bcaudio.runtime.vad import EndpointSettings, VadModelError
+    from bcaudio.runtime.audio.devices import AudioDeviceError, DeviceStreams, SpeakerOutput
+    from bcaudio.runtime.audio.vad import EndpointSettings, VadModelError
+    from bcaudio.runtime.generation.assistant import VoiceAssistant
+    from bcaudio.runtime.live.conversation import LiveSession, LiveSettings
+    from bcaudio.runtime.package.profiles import resolve_profile, stream_settings
+    from bcaudio.runtime.package.sessions import SessionSettings
 
     if args.output_wav and not args.input_wav:
         raise UserError("--output-wav records a file-driven session: give --input-wav too")
@@ -127,9 +126,9 @@ def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatV
     import numpy as np
     import soundfile as sf
 
-    from bcaudio.runtime.audio_devices import BLOCK_MS, SpeakerOutput
-    from bcaudio.runtime.audio_io import save_audio
-    from bcaudio.runtime.live import LiveSession, drive_from_audio
+    from bcaudio.runtime.audio.devices import BLOCK_MS, SpeakerOutput
+    from bcaudio.runtime.audio.files import save_audio
+    from bcaudio.runtime.live.conversation import LiveSession, drive_from_audio
 
     path = Path(args.input_wav)
     if not path.exists():

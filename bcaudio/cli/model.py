@@ -1,0 +1,108 @@
+"""Commands on checkpoints, with the torch reference: init, info, generate, export, validate, demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bcaudio.errors import UserError
+
+
+def _init(args: argparse.Namespace) -> None:
+    import torch
+
+    from bcaudio.export.checkpoint import init_checkpoint
+    from bcaudio.export.summary import print_summary
+    from bcaudio.presets import get_preset
+
+    cfg = get_preset(args.preset, layers=args.layers)
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    init_checkpoint(cfg, Path(args.out), seed=args.seed, dtype=dtype,
+                    shard_bytes=int(args.shard_size_mb * 1024**2), progress=print)
+    print_summary(Path(args.out))
+
+
+def _info(args: argparse.Namespace) -> None:
+    from bcaudio.export.summary import print_summary
+
+    print_summary(Path(args.checkpoint))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from bcaudio.export.reference_turn import run_reference_turn
+
+    run_reference_turn(Path(args.checkpoint), mode=args.mode, input_wav=args.input, text=args.text,
+                       output_wav=args.output, seed=args.seed, greedy=args.greedy)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from bcaudio.export.package import export_package
+
+    graphs = args.graphs.split(",") if args.graphs else None
+    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset, llm_graph=args.llm_graph)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from bcaudio.export.validate import format_table, reports_json, validate_package
+    from bcaudio.runtime.audio.files import load_audio
+
+    speech = load_audio(args.speech, 16000) if args.speech else None
+    reports = validate_package(Path(args.package), Path(args.checkpoint), speech,
+                               progress=(lambda _: None) if args.json else print)
+    print(reports_json(reports) if args.json else format_table(reports))
+    if not all(r.passed for r in reports):
+        raise UserError("validation failed: a graph is past its tolerance (see the table)")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from bcaudio.demo import run_demo
+
+    run_demo(Path(args.workdir))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="write a deterministic random checkpoint in the official layout")
+    p.add_argument("--preset", required=True, help="tiny | small | baichuan-audio-7b")
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=None, help="cut every transformer stack to at most N layers")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="storage dtype (the official checkpoints are bfloat16)")
+    p.add_argument("--shard-size-mb", type=float, default=2048.0, help="largest safetensors shard")
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("info", help="summarize a checkpoint: preset, shapes, parameters per part")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("generate", help="one turn with the torch reference model (the parity oracle)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--mode", choices=["respond", "text", "asr", "tts"], default="respond")
+    p.add_argument("--input", help="input speech (any rate, mono or stereo) for respond/text/asr")
+    p.add_argument("--text", help="text to speak for tts")
+    p.add_argument("--output", help="write the answer audio (24 kHz wav)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding in every phase")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("export", help="split a checkpoint into ONNX graphs + manifest (a model package)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="model package folder to write")
+    p.add_argument("--graphs", help="comma-separated subset of: audio_tokenizer,llm,audio_head,flow_prenet,"
+                                    "flow_estimator,vocoder (default: all)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--llm-graph", choices=("fast", "plain"), default="fast",
+                   help="fast: ONNX Runtime fused operators with a shared KV buffer (default); plain: the torch "
+                        "export (concatenating KV cache)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("validate", help="run every graph of a package against the torch reference")
+    p.add_argument("package")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--speech", help="speech wav for the audio tokenizer check (default: fixed noise)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
+    p.add_argument("--workdir", default="demo")
+    p.set_defaults(func=_demo)

@@ -1,0 +1,72 @@
+"""``respond``, ``transcribe`` and ``speak`` on a model package: numpy + onnxruntime only, never torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _runtime_turn(args: argparse.Namespace) -> None:
+    """respond / transcribe / speak on a model package: numpy + onnxruntime only."""
+    import json
+
+    from bcaudio.cli.console import stream_to_console
+    from bcaudio.runtime.audio.files import load_audio
+    from bcaudio.runtime.generation.assistant import VoiceAssistant
+    from bcaudio.runtime.package.profiles import resolve_profile, stream_settings
+    from bcaudio.runtime.package.sessions import SessionSettings
+
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    settings, flow_steps, context = SessionSettings(provider=args.provider, intra_op_threads=args.threads), None, None
+    profile = None
+    if args.device_profile:
+        profile = resolve_profile(args.device_profile, log)
+        settings = profile.session
+        flow_steps, context = profile.generation.flow_steps, profile.generation.context_tokens
+    stream = stream_settings(profile, getattr(args, "stream_chunk_frames", None))
+    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
+                               stream=stream, log=log)
+    if args.command == "speak":
+        events = assistant.speak(args.text)
+    else:
+        audio = load_audio(args.input, assistant.cfg.frontend.sampling_rate)
+        rate = assistant.cfg.frontend.sampling_rate
+        if args.command == "transcribe":
+            events = assistant.transcribe(audio, rate)
+        elif args.text_only:
+            events = assistant.respond_text(audio, rate)
+        else:
+            events = assistant.respond(audio, rate)
+    out = sys.stderr if args.json else sys.stdout
+    result = stream_to_console(events, assistant.cfg.generation.crossfade_samples, assistant.sample_rate,
+                               getattr(args, "output", None), out=out)
+    if args.json:
+        print(json.dumps({"text": result.text, "text_ids": result.text_ids, "stop": result.reason,
+                          "segments": [c.tolist() for c in result.segment_codes()]}))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    for name, helptext in (("respond", "answer a spoken question with text and speech (ONNX Runtime, no torch)"),
+                           ("transcribe", "speech to text with the ASR prompt"),
+                           ("speak", "text to speech")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
+        if name == "speak":
+            p.add_argument("--text", required=True)
+        else:
+            p.add_argument("--input", required=True, help="speech file: any rate, mono or stereo")
+        if name != "transcribe":
+            p.add_argument("--output", help="write the answer audio (24 kHz wav)")
+        if name == "respond":
+            p.add_argument("--text-only", action="store_true", help="answer in text only")
+        p.add_argument("--device-profile", help="shipped profile name, a .toml path, or `auto` "
+                                                "(sets provider, threads and flow steps)")
+        if name != "transcribe":
+            p.add_argument("--stream-chunk-frames", type=int, default=None,
+                           help="decode each segment in windows of N new frames while it is generated "
+                                "(0: whole segments; default: the device profile's, else 0)")
+        p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+        p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+        p.set_defaults(func=_runtime_turn)

@@ -1,0 +1,1 @@
+"""Audio in and out: files, microphone and speaker, voice activity detection."""
