@@ -1,0 +1,85 @@
+"""How a turn is generated: per-phase sampling, stop rules, prompts and streaming (spec §8, §12)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from bcaudio.config.base import check, from_plain
+
+
+@dataclass
+class SamplingParams:
+    """One phase's sampling settings; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 50
+
+    def validate(self, where: str) -> None:
+        check(self.temperature >= 0, f"{where}: temperature must be >= 0")
+        check(0 < self.top_p <= 1, f"{where}: top_p must be in (0, 1]")
+        check(self.top_k >= 0 and self.repetition_penalty > 0, f"{where}: top_k >= 0 and repetition_penalty > 0")
+        check(self.max_new_tokens >= 1, f"{where}: max_new_tokens must be >= 1")
+
+
+def _greedy(rp: float, n: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, repetition_penalty=rp, max_new_tokens=n)
+
+
+@dataclass
+class StreamSettings:
+    """Decoding a segment in windows while its frames are still generated (``runtime/generation/segment_stream.py``).
+
+    The reference decodes whole segments (spec §12), so the first audio waits for a segment's last
+    frame; a window of ``chunk_frames`` new codes with ``left_context_frames`` codes before it is
+    decoded as soon as its frames exist, and its last ``holdback_samples`` wait for the next window
+    (the vocoder looks ahead). 0 ``chunk_frames`` decodes whole segments, as the reference does.
+    ``first_chunk_frames`` (0: ``chunk_frames``) sizes a segment's first window on its own: small for
+    an early first sound, while the later, larger windows decode fewer codes twice.
+    """
+
+    chunk_frames: int = 0
+    first_chunk_frames: int = 0
+    left_context_frames: int = 6  # 480 ms: at least the vocoder's look-back, holdback and crossfade
+    holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
+
+    def validate(self) -> None:
+        check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples) >= 0
+               and self.left_context_frames >= 1, "generation.stream: chunk_frames, first_chunk_frames and "
+               "holdback_samples must be >= 0, left_context_frames >= 1")
+
+
+@dataclass
+class GenerationConfig:
+    """The demo loop's per-phase defaults and stop rules (spec §8, §12)."""
+
+    first_text: SamplingParams = field(default_factory=lambda: SamplingParams(0.8, 20, 0.85, 1.1, 50))
+    text: SamplingParams = field(default_factory=lambda: SamplingParams(0.3, 20, 0.85, 1.05, 50))
+    audio: SamplingParams = field(default_factory=lambda: SamplingParams(0.5, 5, 0.85, 1.3, 500))
+    text_only: SamplingParams = field(default_factory=lambda: SamplingParams(0.8, 20, 0.85, 1.1, 1024))
+    asr: SamplingParams = field(default_factory=lambda: _greedy(1.3, 448))
+    max_rounds: int = 100
+    clause_marks: list[str] = field(default_factory=lambda: [",", "!", "?", "，", "。", "！", "？", ". "])
+    tts_min_piece_chars: int = 10
+    asr_prompt: str = "将语音转录为文本:"
+    system_prompt: str = "You are a helpful voice assistant."
+    crossfade_samples: int = 240
+    stream: StreamSettings = field(default_factory=StreamSettings)
+
+    PHASES = ("first_text", "text", "audio", "text_only", "asr")
+
+    def greedy(self) -> GenerationConfig:
+        """A copy with temperature 0 in every phase (penalties and limits kept): for parity runs."""
+        out = from_plain(GenerationConfig, dataclasses.asdict(self), "generation")
+        for name in self.PHASES:
+            getattr(out, name).temperature = 0.0
+        return out
+
+    def validate(self) -> None:
+        for name in self.PHASES:
+            getattr(self, name).validate(f"generation.{name}")
+        check(self.max_rounds >= 1, "generation: max_rounds must be >= 1")
+        self.stream.validate()
