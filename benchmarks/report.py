@@ -49,13 +49,16 @@ def format_table(result: dict[str, Any]) -> str:
         out += ["", f"audio frame (1 LLM step + {result.get('codebooks', 8)} head steps), "
                     f"budget {result['frame_budget_ms']:.0f} ms:"]
         out += _table(["variant", "ctx", "llm ms", "head ms", "frame ms", "margin ms", "x real time"], frames)
-    turns = [[name, _f(t["first_audio_ms"], ".0f"), _f(t["total_ms"], ".0f"), _f(t["answer_audio_s"]), _f(t["rtf"]),
+    turns = [[name, _f(t["felt_ms"], ".0f"), t["ended_by"], _f(t["first_audio_ms"], ".0f"), _f(t["min_buffer_s"]),
+              _f(t["total_ms"], ".0f"), _f(t["answer_audio_s"]), _f(t["rtf"]),
               str(t["prefilled_while_speaking"]), str(t["prefilled_after_speech"]),
               str(t["text_tokens_to_first_audio"]), str(t["frames_to_first_audio"])]
              for name, v in result["variants"].items() if (t := v.get("turn"))]
     if turns:
-        out += ["", "spoken turn, incremental prefill, clock from end of speech:"]
-        out += _table(["variant", "first audio ms", "turn ms", "answer s", "RTF", "prefilled while speaking",
+        out += ["", "spoken turn, incremental prefill (felt: last voiced sample -> first sample out; first audio: "
+                    "end-of-turn decision -> first piece):"]
+        out += _table(["variant", "felt ms", "ended by", "first audio ms", "min buffer s", "turn ms", "answer s", "RTF",
+                       "prefilled while speaking",
                        "after", "text tokens to 1st audio", "frames to 1st audio"], turns)
     if result["targets"]:
         out += ["", "targets (issue 8, small preset on 2 cores):"]

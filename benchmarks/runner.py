@@ -131,7 +131,8 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
                    stream_chunk_frames=gen.stream.chunk_frames,
                    tokenize_left_context_ms=profile.generation.tokenize_left_context_ms,
                    first_text_tokens_cap=opts.first_text_tokens or None,
-                   first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns])
+                   first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns],
+                   felt_ms_all=[t.felt_ms for t in turns], min_buffer_s_all=[t.min_buffer_s for t in turns])
     return figures
 
 

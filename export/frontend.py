@@ -27,43 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcaudio.config import FrontendConfig
-
-LOG_FLOOR = 1e-10  # log10 floor; log10(LOG_FLOOR) = -10 is the value of an all-zero frame
-DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum (80 dB)
-
-
-def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    linear = 3.0 * hz / 200.0
-    logstep = 27.0 / np.log(6.4)
-    log_part = 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * logstep
-    return np.where(hz >= 1000.0, log_part, linear)
-
-
-def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    linear = 200.0 * mel / 3.0
-    logstep = np.log(6.4) / 27.0
-    log_part = 1000.0 * np.exp(logstep * (mel - 15.0))
-    return np.where(mel >= 15.0, log_part, linear)
+from bcaudio.runtime.audio.whisper_features import DYNAMIC_RANGE, LOG_FLOOR, slaney_filter_bank
 
 
 def slaney_mel_filters(cfg: FrontendConfig) -> np.ndarray:
     """(n_fft // 2 + 1, num_mel_bins) triangular filters, Slaney scale and area norm, float64.
 
-    Built here rather than imported so the runtime needs no transformers; the test checks it
-    against ``transformers.audio_utils.mel_filter_bank``.
+    Built in the runtime's numpy features module rather than imported, so the runtime needs no
+    transformers; the test checks it against ``transformers.audio_utils.mel_filter_bank``.
     """
-    n_freqs = cfg.n_fft // 2 + 1
-    fft_hz = np.linspace(0.0, cfg.sampling_rate // 2, n_freqs)
-    edges_mel = np.linspace(_hz_to_mel_slaney(cfg.fmin), _hz_to_mel_slaney(cfg.fmax), cfg.num_mel_bins + 2)
-    edges_hz = _mel_to_hz_slaney(edges_mel)
-    lower, center, upper = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
-    rising = (fft_hz[:, None] - lower[None, :]) / (center - lower)[None, :]
-    falling = (upper[None, :] - fft_hz[:, None]) / (upper - center)[None, :]
-    filters = np.maximum(0.0, np.minimum(rising, falling))
-    return filters * (2.0 / (upper - lower))[None, :]
+    return slaney_filter_bank(cfg.n_fft, cfg.sampling_rate, cfg.num_mel_bins, cfg.fmin, cfg.fmax)
 
 
 def dft_basis(n_fft: int) -> np.ndarray:

@@ -29,8 +29,10 @@ provider = "cpu"
 intra_op_threads = 2
 [generation]
 flow_steps = 2
+[endpoint]
+turn_detector = false
 [budget]
-first_audio_ms = 1.0
+felt_ms = 1.0
 rtf = 0.01
 """
 
@@ -81,14 +83,21 @@ def test_stage_times_add_up_to_the_turn_and_the_report_matches_its_schema(report
     assert sum(s["share"] for s in report["stages"].values()) == pytest.approx(1.0)
     spans = report["timeline"]["spans"]
     assert spans and all(0 <= s["start_ms"] <= s["end_ms"] <= report["timeline"]["total_ms"] for s in spans)
+    for turn in report["turns"]:  # felt: the wait for the decision + the player's first sample after it
+        assert turn["felt_ms"] >= turn["voice_gap_ms"] + turn["first_audio_ms"]
+        assert turn["voice_gap_ms"] >= report["profile"]["endpoint"]["turn_pause_ms"]
+        assert turn["min_buffer_s"] is not None and turn["underrun_ms"] == 0  # tiny makes audio fast
+    timeline = report["timeline"]
+    assert timeline["speech_start_ms"] < timeline["voice_end_ms"] < 0 < timeline["playback"]["start_ms"]
     md = reports["fast"].with_suffix(".md").read_text()
     assert "**Verdict:** meets the cpu-2core budget" in md and "| other |" in md
 
 
 def test_turn_time_agrees_with_an_outside_clock(tiny_pkg: Path, speech_16k: np.ndarray) -> None:
     profiler = Profiler(tiny_pkg, load_profile("cpu-2core"), log=lambda _: None)
+    heard = profiler.hear(speech_16k)  # the endpointing replayed on the input: before the turn's clock
     start = time.perf_counter()
-    turn = profiler.turn(speech_16k, 0)
+    turn = profiler.turn(speech_16k, 0, heard=heard)
     outside_ms = (time.perf_counter() - start) * 1000
     assert turn.total_ms <= outside_ms and turn.total_ms >= 0.95 * outside_ms
 
@@ -110,7 +119,7 @@ def test_live_prefill_times_the_turn_from_end_of_speech(tiny_pkg: Path, speech_1
 
 def test_failing_budget_names_the_stage_to_fix(reports: dict[str, Path]) -> None:
     verdict = json.loads(reports["tight"].read_text())["verdict"]
-    assert not verdict["meets_budget"] and not verdict["first_audio_ok"]
+    assert not verdict["meets_budget"] and not verdict["felt_ok"]
     assert verdict["biggest_stage"] in STAGES
     assert verdict["line"].startswith("does NOT meet the tight budget") and "time to first audio" in verdict["line"]
     assert "charts" not in json.loads(reports["tight"].read_text())

@@ -50,14 +50,17 @@ class ChatView:
 
     def _turn(self, report: Any) -> None:
         latency = "n/a" if report.latency is None else f"{report.latency * 1000:.0f} ms"
+        felt = "n/a" if report.felt is None else f"{report.felt * 1000:.0f} ms"
         cut = (f", interrupted after {report.played_segments}/{report.segments} segment(s)" if report.interrupted
                else "")
-        self.out.write(f"turn {report.index}: you spoke {report.user_seconds:.1f} s; end of speech -> first audio "
+        self.out.write(f"turn {report.index}: you spoke {report.user_seconds:.1f} s; felt latency (your last voiced "
+                       f"sound -> first answer sound) {felt}; end of turn ({report.ended_by}) -> first audio "
                        f"{latency}{cut}\n")
         if self.transcript is not None:
             with self.transcript.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"turn": report.index, "user_seconds": round(report.user_seconds, 3),
                                     "assistant": report.text, "latency_s": report.latency,
+                                    "felt_latency_s": report.felt, "ended_by": report.ended_by,
                                     "interrupted": report.interrupted, "played_segments": report.played_segments,
                                     "segments": report.segments}, ensure_ascii=False) + "\n")
 
@@ -69,7 +72,10 @@ def _devices(args: argparse.Namespace) -> None:
 
 
 def _chat(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from bcaudio.runtime.audio.devices import AudioDeviceError, DeviceStreams, SpeakerOutput
+    from bcaudio.runtime.audio.turn_detector import TurnModelError
     from bcaudio.runtime.audio.vad import EndpointSettings, VadModelError
     from bcaudio.runtime.generation.assistant import VoiceAssistant
     from bcaudio.runtime.live.conversation import LiveSession, LiveSettings
@@ -94,7 +100,12 @@ def _chat(args: argparse.Namespace) -> None:
     stream = stream_settings(profile, args.stream_chunk_frames)
     if args.tokenize_left_context_ms is not None and args.tokenize_left_context_ms < 0:
         raise UserError(f"--tokenize-left-context-ms must be >= 0, got {args.tokenize_left_context_ms}")
-    live = LiveSettings(EndpointSettings(threshold=args.vad_threshold, start_ms=args.start_ms, end_ms=args.end_ms),
+    endpoint = dataclasses.replace(profile.endpoint if profile else EndpointSettings(),
+                                   **{k: v for k, v in (("threshold", args.vad_threshold), ("start_ms", args.start_ms),
+                                                        ("end_ms", args.end_ms)) if v is not None})
+    if args.turn_detector is not None:
+        endpoint = dataclasses.replace(endpoint, turn_detector=args.turn_detector == "on")
+    live = LiveSettings(endpoint,
                         prefill_chunk_ms=args.prefill_chunk_ms or chunk_ms,
                         tokenize_left_context_ms=left_ms if args.tokenize_left_context_ms is None
                         else args.tokenize_left_context_ms,
@@ -106,12 +117,12 @@ def _chat(args: argparse.Namespace) -> None:
             _chat_files(args, assistant, live, view)
             return
         rate = DeviceStreams.output_rate(args.output_device, assistant.sample_rate)
-    except (AudioDeviceError, VadModelError) as exc:
+    except (AudioDeviceError, VadModelError, TurnModelError) as exc:
         raise UserError(str(exc)) from None
     speaker = SpeakerOutput(assistant.sample_rate, rate)
     try:
         session = LiveSession(assistant, speaker, live, ui=view)
-    except VadModelError as exc:
+    except (VadModelError, TurnModelError) as exc:
         raise UserError(str(exc)) from None
     streams = DeviceStreams(session.mic, speaker, args.input_device, args.output_device)
     _chat_live(session, streams, view, AudioDeviceError)
@@ -219,9 +230,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--output-wav", help="with --input-wav: write what the speaker played, aligned with the input")
     p.add_argument("--realtime", action="store_true", help="with --input-wav: pace the file in real time "
                                                            "(default: as fast as the model allows)")
-    p.add_argument("--vad-threshold", type=float, default=0.5, help="Silero speech probability threshold")
-    p.add_argument("--start-ms", type=int, default=96, help="speech needed to start an utterance")
-    p.add_argument("--end-ms", type=int, default=640, help="silence that ends an utterance (hangover)")
+    p.add_argument("--vad-threshold", type=float, help="Silero speech probability threshold (default: the device "
+                                                        "profile's [endpoint], else 0.5)")
+    p.add_argument("--start-ms", type=int, help="speech needed to start an utterance (default: profile's, else 96)")
+    p.add_argument("--end-ms", type=int, help="silence that ends an utterance, the hangover (default: profile's, "
+                                              "else 640)")
+    p.add_argument("--turn-detector", choices=("on", "off"),
+                   help="Smart Turn judges each short pause; 'finished' ends the turn before the hangover "
+                        "(default: the device profile's endpoint.turn_detector)")
     p.add_argument("--prefill-chunk-ms", type=int, default=0,
                    help="incremental prefill chunk (default: the device profile's, else 640)")
     p.add_argument("--tokenize-left-context-ms", type=int, default=None,

@@ -150,11 +150,14 @@ def _compare(paths: list[str], chart: Path) -> None:
 def _profiles(args: argparse.Namespace) -> None:
     from bcaudio.runtime.package.profiles import load_profile, shipped_profiles
 
-    rows = [("name", "provider", "threads", "flow steps", "first audio", "RTF", "description")]
+    rows = [("name", "provider", "threads", "flow steps", "end of turn", "felt latency", "RTF", "description")]
     for name in sorted(shipped_profiles()):
         p = load_profile(name)
         rows.append((name, p.session.provider, str(p.session.intra_op_threads or "auto"),
-                     str(p.generation.flow_steps), f"<= {p.budget.first_audio_ms:g} ms", f"< {p.budget.rtf:g}",
+                     str(p.generation.flow_steps),
+                     f"detector after {p.endpoint.turn_pause_ms} ms, else {p.endpoint.end_ms} ms"
+                     if p.endpoint.turn_detector else f"hangover {p.endpoint.end_ms} ms",
+                     f"<= {p.budget.felt_ms:g} ms", f"< {p.budget.rtf:g}",
                      p.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -166,6 +169,6 @@ def _profiles(args: argparse.Namespace) -> None:
 
         profile = resolve_profile(args.device_profile, print)
         print(f"\n{profile.name} ({profile.source})")
-        for section in ("session", "generation", "budget", "match"):
+        for section in ("session", "generation", "endpoint", "budget", "match"):
             print(f"  {section}: {asdict(getattr(profile, section))}")
         print(f"  recipe: {profile.recipe}")

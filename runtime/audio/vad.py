@@ -8,13 +8,13 @@ small onnxruntime session next to the model package's sessions.
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from bcaudio.runtime.audio.wheel_models import find_wheel_file
 
 VAD_RATE = 16000
 FRAME = 512  # samples per Silero step at 16 kHz (32 ms)
@@ -31,21 +31,7 @@ class VadModelError(RuntimeError):
 
 def find_vad_model() -> Path:
     """``$BCAUDIO_VAD_MODEL``, else ``silero_vad/data/silero_vad.onnx`` of the installed ``silero-vad`` wheel."""
-    explicit = os.environ.get(MODEL_ENV)
-    if explicit:
-        if not Path(explicit).is_file():
-            raise VadModelError(f"{MODEL_ENV}={explicit}: no such file; {INSTALL_HINT}")
-        return Path(explicit)
-    try:
-        dist = importlib.metadata.distribution("silero-vad")
-    except importlib.metadata.PackageNotFoundError:
-        raise VadModelError(f"Silero VAD is not installed: {INSTALL_HINT}") from None
-    for file in dist.files or ():
-        if file.as_posix() == "silero_vad/data/silero_vad.onnx":
-            path = Path(str(dist.locate_file(file)))
-            if path.is_file():
-                return path
-    raise VadModelError(f"silero-vad {dist.version} has no silero_vad/data/silero_vad.onnx; {INSTALL_HINT}")
+    return find_wheel_file("silero-vad", "silero_vad/data/silero_vad.onnx", MODEL_ENV, INSTALL_HINT, VadModelError)
 
 
 class SileroVad:
@@ -94,6 +80,9 @@ class EndpointSettings:
     ``end_ms`` of consecutive non-speech frames end it (the hangover: a pause between words is
     shorter). ``pre_roll_ms`` of audio before the start is kept, since the first syllable's onset
     scores below the threshold. Below ``threshold`` but above ``release`` counts as still speaking.
+    With ``turn_detector``, ``turn_pause_ms`` of non-speech is a pause the Smart Turn classifier
+    judges (``"pause"``): finished (probability above ``turn_threshold``) ends the utterance there,
+    otherwise the hangover still applies. A device profile's ``[endpoint]`` section sets these.
     """
 
     threshold: float = 0.5
@@ -101,13 +90,17 @@ class EndpointSettings:
     start_ms: int = 96
     end_ms: int = 640
     pre_roll_ms: int = 256
+    turn_detector: bool = False
+    turn_pause_ms: int = 192
+    turn_threshold: float = 0.5
 
     def frames(self, ms: int) -> int:
         return max(1, -(-ms // FRAME_MS))
 
 
 class Endpointer:
-    """Speech start / end decisions from per-frame probabilities, with start and end hangovers."""
+    """Speech start / end decisions from per-frame probabilities, with start and end hangovers, and the
+    short pause at which a turn detector is asked (``"pause"``, once per pause)."""
 
     def __init__(self, settings: EndpointSettings | None = None) -> None:
         self.settings = settings or EndpointSettings()
@@ -117,8 +110,17 @@ class Endpointer:
     def reset(self) -> None:
         self.speaking, self._run = False, 0
 
+    @property
+    def pausing(self) -> bool:
+        """Inside an utterance, in a run of non-speech frames (a pause the detector may have been asked about)."""
+        return self.speaking and self._run > 0
+
+    def finish(self) -> None:
+        """End the utterance now (the turn detector said it is finished)."""
+        self.speaking, self._run = False, 0
+
     def update(self, prob: float) -> str | None:
-        """``"start"`` or ``"end"`` when this frame changes the state, else None."""
+        """``"start"``, ``"pause"`` or ``"end"`` when this frame changes the state, else None."""
         s = self.settings
         if not self.speaking:
             self._run = self._run + 1 if prob >= s.threshold else 0
@@ -130,6 +132,8 @@ class Endpointer:
         if self._run >= s.frames(s.end_ms):
             self.speaking, self._run = False, 0
             return "end"
+        if s.turn_detector and self._run == s.frames(s.turn_pause_ms):
+            return "pause"
         return None
 
 

@@ -5,7 +5,10 @@ callback, or the file driver calling that same callback): it runs the VAD on 32 
 speech start / end, cuts the utterance into prefill chunks, and on barge-in stops the speaker at
 once. The *worker* owns the model: it tokenizes each chunk and prefills it while the user is still
 speaking, so at end of speech only the last chunk and the assistant prompt remain, then streams
-the answer's segments to the speaker.
+the answer's segments to the speaker. With a turn detector, a third thread judges each short pause
+(Smart Turn): the listener ends the utterance on the first frame after a "finished" verdict, unless
+the user spoke again; otherwise the hangover ends it. Every turn reports the latency the user felt:
+from the last voiced sample of the utterance (found on its audio) to the first answer sample out.
 
 Barge-in keeps the history honest. Every answer segment is queued with a mark, and the speaker
 reports a mark once all its samples went to the device. On interruption the worker cuts the KV
@@ -35,8 +38,11 @@ from enum import StrEnum
 import numpy as np
 
 from bcaudio.runtime.audio.devices import BLOCK_MS, MIC_RATE, MicInput, SpeakerOutput
+from bcaudio.runtime.audio.end_of_turn import pre_roll_frames
 from bcaudio.runtime.audio.files import AudioInputError
+from bcaudio.runtime.audio.turn_detector import SmartTurn
 from bcaudio.runtime.audio.vad import FRAME, Endpointer, EndpointSettings, SileroVad
+from bcaudio.runtime.audio.voicing import last_voiced_sample
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.speech_loop import AudioSegment, ContextFull, StreamJoiner, TextDelta, TurnEnd
 from bcaudio.runtime.live.incremental_tokens import IncrementalTokenizer, whole_codes
@@ -68,7 +74,10 @@ class LiveSettings:
 
 @dataclass
 class TurnReport:
-    """One exchange as the user experienced it: ``latency`` is end of speech -> first answer sample out."""
+    """One exchange as the user experienced it: ``latency`` is the endpointer's end-of-speech decision -> first
+    answer sample out; ``felt`` adds the wait before that decision, from the last voiced sample of the user's
+    audio (``voicing.last_voiced_sample``), so it is what the person waited; ``ended_by`` says whether the
+    hangover or the turn detector decided."""
 
     index: int
     user_seconds: float
@@ -77,6 +86,8 @@ class TurnReport:
     interrupted: bool
     played_segments: int
     segments: int
+    felt: float | None = None
+    ended_by: str = ""
 
 
 @dataclass
@@ -111,6 +122,8 @@ class _Answer:
     user_end: int  # after the user's last audio code, before <audio_end>
     t_end: float  # when the endpointer decided the user had finished
     user_seconds: float
+    voice_gap: float | None  # seconds from the last voiced sample to that decision
+    ended_by: str
     boundaries: list[int] = field(default_factory=list)  # after each segment's last frame
     texts: list[str] = field(default_factory=list)  # the text spoken by each segment
     pending_text: str = ""
@@ -122,10 +135,15 @@ class LiveSession:
     """One live conversation on a ``VoiceAssistant``; audio in through ``on_audio``, out through ``speaker``."""
 
     def __init__(self, assistant: VoiceAssistant, speaker: SpeakerOutput, settings: LiveSettings | None = None,
-                 vad: SileroVad | None = None, ui: Callable[[UiEvent], None] = lambda _: None) -> None:
+                 vad: SileroVad | None = None, ui: Callable[[UiEvent], None] = lambda _: None,
+                 turn_detector: SmartTurn | None = None) -> None:
         self.assistant, self.loop, self.speaker = assistant, assistant.loop, speaker
         self.settings = settings or LiveSettings()
         self.vad = None if self.settings.push_to_talk else (vad or SileroVad())
+        ep = self.settings.endpoint
+        self.turn_detector = None
+        if ep.turn_detector and self.vad is not None:
+            self.turn_detector = turn_detector or SmartTurn(threshold=ep.turn_threshold)
         self.endpointer = Endpointer(self.settings.endpoint)
         self.ui = ui
         self.phase = Phase.LISTENING
@@ -134,7 +152,7 @@ class LiveSession:
         self._lock = threading.Lock()
         self._pending = np.zeros(0, dtype=np.float32)
         ep = self.settings.endpoint
-        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(ep.frames(ep.pre_roll_ms), ep.frames(ep.start_ms)))
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_frames(ep))
         self._utterance: list[np.ndarray] | None = None
         self._unsent: list[np.ndarray] = []
         self._pressed = False
@@ -148,6 +166,15 @@ class LiveSession:
         self.speaker.on_first_sample = self._first_sample
         self._worker = threading.Thread(target=self._work, name="bcaudio-live-worker", daemon=True)
         self._worker.start()
+        # the turn detector runs on its own thread: the listener must not block, the worker is prefilling
+        self._asks: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue()
+        self._pause_id = 0
+        self._open_pause: int | None = None  # the pause the user is in, if the detector was asked about it
+        self._finished_pause: int | None = None  # the last pause the detector judged a finished turn
+        self._judge_thread = None
+        if self.turn_detector is not None:
+            self._judge_thread = threading.Thread(target=self._judge, name="bcaudio-turn-detector", daemon=True)
+            self._judge_thread.start()
 
     # ----- listener side -----
 
@@ -172,7 +199,7 @@ class LiveSession:
         """Push-to-talk released: end of speech."""
         if self._pressed:
             self._pressed = False
-            self._end_utterance()
+            self._end_utterance("push-to-talk")
 
     def interrupt(self) -> None:
         """Abandon whatever is in flight (a lost device): an utterance is dropped, an answer cut as by barge-in,
@@ -205,10 +232,43 @@ class LiveSession:
             self._unsent.append(frame)
             if sum(f.size for f in self._unsent) >= self.settings.chunk_samples:
                 self._send_chunk()
+        if self._utterance is not None and self.turn_detector is not None:
+            change = self._turn_verdict(change)
         if change == "start":
             self._start_utterance()
         elif change == "end":
-            self._end_utterance()
+            self._end_utterance("hangover")
+        elif change == "turn_detector":
+            self._end_utterance("turn_detector")
+
+    def _turn_verdict(self, change: str | None) -> str | None:
+        """Ask the detector at a short pause; end the utterance once it judged this pause a finished turn."""
+        if not self.endpointer.pausing:
+            self._open_pause = None  # speech resumed: an answer about the pause no longer applies
+            return change
+        if change == "pause":
+            self._pause_id += 1
+            self._open_pause = self._pause_id
+            self._asks.put((self._pause_id, np.concatenate(self._utterance)))
+        elif change is None and self._open_pause is not None and self._finished_pause == self._open_pause:
+            self.endpointer.finish()
+            return "turn_detector"
+        return change
+
+    def _judge(self) -> None:
+        while True:
+            ask = self._asks.get()
+            try:
+                if ask is None:
+                    return
+                pause, audio = ask
+                if self.turn_detector.finished(audio):
+                    self._finished_pause = pause
+            except Exception as exc:  # the hangover still ends the turn; say why the detector did not
+                self.errors.append(f"turn detector: {type(exc).__name__}: {exc}")
+                self._notice(f"turn detector failed ({type(exc).__name__}: {exc}); the hangover ends turns")
+            finally:
+                self._asks.task_done()
 
     def _send_chunk(self) -> None:
         audio = np.concatenate(self._unsent)
@@ -232,19 +292,23 @@ class LiveSession:
         self._utterance = list(self._pre_roll)
         self._unsent = list(self._pre_roll)
         self._pre_roll.clear()
+        self._open_pause = None
         self._commands.put(("start",))
         self._set_phase(Phase.HEARING)
         while sum(f.size for f in self._unsent) >= self.settings.chunk_samples:
             self._send_chunk()
 
-    def _end_utterance(self) -> None:
+    def _end_utterance(self, by: str) -> None:
         if self._utterance is None:
             return
+        t_end = time.perf_counter()
         audio = np.concatenate(self._unsent) if self._unsent else np.zeros(0, np.float32)
-        seconds = sum(f.size for f in self._utterance) / MIC_RATE
+        heard = np.concatenate(self._utterance)
+        voiced = last_voiced_sample(heard)
+        gap = None if voiced is None else (heard.size - voiced) / MIC_RATE
         self._utterance, self._unsent = None, []
         self._set_phase(Phase.THINKING)
-        self._commands.put(("end", audio, time.perf_counter(), seconds))
+        self._commands.put(("end", audio, t_end, heard.size / MIC_RATE, gap, by))
 
     def _poll_playback(self) -> None:
         """The answer is over once generated and played out: report it and listen again."""
@@ -266,8 +330,9 @@ class LiveSession:
             self._set_phase(Phase.SPEAKING)
 
     def _report(self, answer: _Answer, interrupted: bool, played: int) -> None:
+        felt = None if answer.latency is None or answer.voice_gap is None else answer.latency + answer.voice_gap
         report = TurnReport(answer.index, answer.user_seconds, "".join(answer.texts[:played]).strip(),
-                            answer.latency, interrupted, played, len(answer.boundaries))
+                            answer.latency, interrupted, played, len(answer.boundaries), felt, answer.ended_by)
         self.reports.append(report)
         self.ui(TurnDone(report))
 
@@ -276,7 +341,7 @@ class LiveSession:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every queued command (and any answer being generated) is done; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._commands.unfinished_tasks:
+        while self._commands.unfinished_tasks or self._asks.unfinished_tasks:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
@@ -285,8 +350,8 @@ class LiveSession:
     @property
     def idle(self) -> bool:
         """Nothing heard, computed or played is pending."""
-        return (self._commands.unfinished_tasks == 0 and self._utterance is None and not self.speaker.busy
-                and self._answer is None)
+        return (self._commands.unfinished_tasks == 0 and self._asks.unfinished_tasks == 0 and self._utterance is None
+                and not self.speaker.busy and self._answer is None)
 
     def close(self) -> None:
         """Stop playback and the worker; the conversation's state stays readable."""
@@ -294,6 +359,9 @@ class LiveSession:
         self._cancel.set()
         self._commands.put(("quit",))
         self._worker.join(timeout=10)
+        if self._judge_thread is not None:
+            self._asks.put(None)
+            self._judge_thread.join(timeout=10)
 
     def _work(self) -> None:
         while True:
@@ -340,9 +408,9 @@ class LiveSession:
         elif kind == "chunk":
             self.loop.add_user_audio(self._tokens.push(command[1]))
         elif kind == "end":
-            _, tail, t_end, seconds = command
+            _, tail, t_end, seconds, gap, by = command
             self.loop.add_user_audio(self._tokens.push(tail))  # none when the tail holds less than one code
-            self._respond(t_end, seconds)
+            self._respond(t_end, seconds, gap, by)
         elif kind == "barge":
             self._barge(continue_user=command[1])
         elif kind == "drop":
@@ -351,9 +419,9 @@ class LiveSession:
     def _offset(self) -> int:
         return len(self.loop.context) - self.loop.turn_starts[-1]
 
-    def _respond(self, t_end: float, seconds: float) -> None:
+    def _respond(self, t_end: float, seconds: float, gap: float | None, by: str) -> None:
         self._turns += 1
-        answer = _Answer(self._turns, self.speaker.begin_turn(), self._offset(), t_end, seconds)
+        answer = _Answer(self._turns, self.speaker.begin_turn(), self._offset(), t_end, seconds, gap, by)
         with self._lock:
             self._answer = answer
         if not self._cancel.is_set():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bcaudio.config import StreamSettings
+from bcaudio.runtime.audio.vad import EndpointSettings
 from bcaudio.runtime.package.manifest import GRAPHS
 from bcaudio.runtime.package.sessions import PROVIDERS, SessionSettings
 
@@ -44,7 +45,9 @@ class GenerationSettings:
 
 @dataclass
 class Budget:
-    first_audio_ms: float = 1000.0
+    """``felt_ms``: last voiced sample of the user's speech -> first answer sample out (what a person waits)."""
+
+    felt_ms: float = 1000.0
     rtf: float = 1.0
 
 
@@ -69,6 +72,7 @@ class DeviceProfile:
     budget: Budget
     match: Match
     source: str = ""
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
 
 def _typed(cls: type, raw: Any, where: str) -> Any:
@@ -89,7 +93,7 @@ def _typed(cls: type, raw: Any, where: str) -> Any:
 
 def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DeviceProfile:
     where = source or name
-    allowed = {"description", "match", "session", "recipe", "generation", "budget"}
+    allowed = {"description", "match", "session", "recipe", "generation", "budget", "endpoint"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ProfileError(f"{where}: unknown section(s) {unknown}; known: {', '.join(sorted(allowed))}")
@@ -106,7 +110,13 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
         name=name, description=str(raw.get("description", "")), session=session, recipe=dict(recipe),
         generation=_typed(GenerationSettings, raw.get("generation", {}), f"{where}: generation"),
         budget=_typed(Budget, raw.get("budget", {}), f"{where}: budget"),
-        match=_typed(Match, raw.get("match", {}), f"{where}: match"), source=source)
+        match=_typed(Match, raw.get("match", {}), f"{where}: match"), source=source,
+        endpoint=_typed(EndpointSettings, raw.get("endpoint", {}), f"{where}: endpoint"))
+    ep = profile.endpoint
+    if not (0 < ep.release <= ep.threshold < 1 and 0 < ep.turn_threshold < 1) \
+            or min(ep.start_ms, ep.end_ms, ep.turn_pause_ms) < 1 or ep.pre_roll_ms < 0:
+        raise ProfileError(f"{where}: endpoint needs 0 < release <= threshold < 1, 0 < turn_threshold < 1, "
+                           "start_ms, end_ms and turn_pause_ms >= 1, pre_roll_ms >= 0")
     gen = profile.generation
     if gen.flow_steps < 1 or min(gen.stream_chunk_frames, gen.stream_first_chunk_frames) < 0 \
             or gen.stream_left_context_frames < 1:

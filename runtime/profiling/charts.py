@@ -41,29 +41,64 @@ def _title(report: dict[str, Any]) -> str:
 
 
 def timeline_chart(report: dict[str, Any], path: str | Path) -> Path:
-    """One turn, a row per stage on a time axis; the gaps are ``other``. Marks first token and first audio."""
+    """One turn on the felt-latency clock (0 = the last voiced sample): the user's speech, the wait for the
+    end-of-turn decision, the turn detector's runs, a row per stage (prefill while the user spoke paler), and
+    below, the seconds of audio queued ahead of the speaker."""
     plt = _pyplot()
     tl = report["timeline"]
-    rows = [s for s in STAGES if s != "other"]
-    fig, ax = plt.subplots(figsize=(11, 3.6), dpi=120)
-    for y, stage in enumerate(rows):
-        bars = [(s["start_ms"], s["end_ms"] - s["start_ms"]) for s in tl["spans"] if s["stage"] == stage]
-        ax.broken_barh(bars, (y - 0.38, 0.76), facecolors=COLORS[stage])
-    # first token and first audio are often close: their labels go on two heights
-    for at, name, style, align, height in ((tl["ttft_ms"], "first token", ":", "left", 1.01),
-                                           (tl["first_audio_ms"], "first audio", "--", "left", 1.08),
-                                           (tl["total_ms"], "turn end", "-", "right", 1.01)):
+    zero = tl["voice_end_ms"]  # ms from the decision
+    rows = ["user speech", "wait for end of turn", "turn detector"] + [s for s in STAGES if s != "other"]
+    fig, (ax, buf) = plt.subplots(2, 1, figsize=(11, 5.2), dpi=120, sharex=True,
+                                  gridspec_kw={"height_ratios": [3.2, 1.2]})
+
+    def bar(y: int, start: float, end: float, color: str, alpha: float = 1.0) -> None:
+        ax.broken_barh([(start - zero, end - start)], (y - 0.38, 0.76), facecolors=color, alpha=alpha)
+
+    bar(0, tl["speech_start_ms"], zero, "#999999")
+    bar(1, zero, 0.0, "#f0c05a")
+    for run in tl["detector"]:
+        finished = run["probability"] > report["profile"]["endpoint"]["turn_threshold"]
+        bar(2, run["start_ms"], run["end_ms"], "#e377c2" if finished else "#f7b6d2")  # dark: "finished"
+    for y, stage in enumerate(rows[3:], start=3):
+        for span in tl["while_speaking"]:
+            if span["stage"] == stage:
+                bar(y, span["start_ms"], span["end_ms"], COLORS[stage], alpha=0.45)
+        for span in tl["spans"]:
+            if span["stage"] == stage:
+                bar(y, span["start_ms"], span["end_ms"], COLORS[stage])
+    first_out = tl["playback"]["start_ms"] if "playback" in tl else None
+    marks = ((0.0, f"end of turn ({tl['ended_by']})", "-.", 1.01), (tl["ttft_ms"], "first token", ":", 1.08),
+             (first_out, "first sample out", "--", 1.15), (tl["total_ms"], "turn end", "-", 1.22))
+    for at, name, style, height in marks:
         if at is not None:
-            ax.axvline(at, color="black", linestyle=style, linewidth=1)
-            ax.text(at, height, f" {name} {at:.0f} ms ", fontsize=7, va="bottom", ha=align,
+            ax.axvline(at - zero, color="black", linestyle=style, linewidth=1)
+            buf.axvline(at - zero, color="black", linestyle=style, linewidth=1)
+            ax.text(at - zero, height, f" {name} {at - zero:.0f} ms ", fontsize=7, va="bottom", ha="left",
                     transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(rows)), rows)
     ax.invert_yaxis()
-    ax.set_xlim(0, tl["total_ms"] * 1.08)
-    ax.set_xlabel("ms from the end of the user's input (gaps: other)")
-    ax.set_title(f"Turn {tl['turn'] + 1} timeline: {_title(report)}", fontsize=9, pad=26)
+    felt = f"felt latency {tl['felt_ms']:.0f} ms" if tl["felt_ms"] is not None else "no answer audio"
+    ax.set_title(f"Turn {tl['turn'] + 1}: {felt}; {_title(report)}", fontsize=9, pad=44)
     ax.grid(axis="x", alpha=0.3)
+    if "playback" in tl:
+        pb = tl["playback"]
+        xs = [p[0] - zero for p in pb["points"]]
+        buf.step(xs, [p[1] for p in pb["points"]], where="post", color="#1f77b4")
+        buf.fill_between(xs, [p[1] for p in pb["points"]], step="post", alpha=0.25, color="#1f77b4")
+        least = pb["min_buffer_s"]
+        label = (f"least queued {least:.2f} s" if least is not None else "one piece") + (
+            f", ran dry {pb['underrun_ms']:.0f} ms" if pb["underrun_ms"] > 0 else "")
+        buf.text(0.01, 0.85, label, transform=buf.transAxes, fontsize=7)
+    buf.set_ylabel("queued s", fontsize=8)
+    buf.set_xlim(tl["speech_start_ms"] - zero, (max(tl["total_ms"], _playback_end(tl)) - zero) * 1.04)
+    buf.set_xlabel("ms from the last voiced sample of the user's speech (gaps: other)")
+    buf.grid(alpha=0.3)
     return _save(fig, plt, path)
+
+
+def _playback_end(tl: dict[str, Any]) -> float:
+    """When the speaker has played everything (ms from the decision), or 0 without playback."""
+    return tl["playback"]["points"][-1][0] if "playback" in tl else 0.0
 
 
 def stage_chart(report: dict[str, Any], path: str | Path) -> Path:
@@ -84,7 +119,7 @@ def stage_chart(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def compare_chart(reports: Sequence[dict[str, Any]], labels: Sequence[str], path: str | Path) -> Path:
-    """Turn composition per report (stacked stage medians), first audio and RTF against each budget."""
+    """Turn composition per report (stacked stage medians), felt latency and RTF against each budget."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 0.8 * len(reports) + 2.4), dpi=120,
                              gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
@@ -97,11 +132,10 @@ def compare_chart(reports: Sequence[dict[str, Any]], labels: Sequence[str], path
     axes[0].set_yticks(list(ys), labels)
     axes[0].set_xlabel("ms per turn (stage medians)")
     axes[0].legend(fontsize=7, ncol=len(STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    for ax, key, budget_key, xlabel in ((axes[1], "first_audio_ms", "first_audio_ms", "first audio (ms)"),
-                                        (axes[2], "rtf", "rtf", "real-time factor")):
+    for ax, key, xlabel in ((axes[1], "felt_ms", "felt latency (ms)"), (axes[2], "rtf", "real-time factor")):
         values = [r["summary"][key]["median"] or 0.0 for r in reports]
-        budgets = [r["profile"]["budget"][budget_key] for r in reports]
-        ok = [r["verdict"]["first_audio_ok" if key == "first_audio_ms" else "rtf_ok"] for r in reports]
+        budgets = [r["profile"]["budget"][key] for r in reports]
+        ok = [r["verdict"]["felt_ok" if key == "felt_ms" else "rtf_ok"] for r in reports]
         ax.barh(ys, values, color=["#55a868" if good else "#c44e52" for good in ok])
         ax.scatter(budgets, list(ys), marker="|", s=400, color="black", zorder=3)
         ax.set_yticks(list(ys), [""] * len(reports))

@@ -26,11 +26,15 @@ import numpy as np
 import onnxruntime as ort
 
 from bcaudio.errors import UserError
+from bcaudio.runtime.audio.end_of_turn import pre_roll_frames
+from bcaudio.runtime.audio.turn_detector import SmartTurn, TurnModelError
+from bcaudio.runtime.audio.vad import FRAME, SileroVad, VadModelError
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.speech_loop import AudioSegment, ChooseCode, SpeechLoop, TextDelta, TurnEnd
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile, detect_device
 from bcaudio.runtime.package.sessions import PackageSessions
+from bcaudio.runtime.profiling.felt import Heard, Playback, hear, playback, worker_schedule
 from bcaudio.runtime.profiling.spoken_input import SpokenInput
 
 STAGES = ("encoder", "llm_prefill", "llm_decode", "audio_head", "flow", "vocoder", "other")
@@ -112,7 +116,8 @@ class ProfilingBackend(OrtBackend):
 
 @dataclass
 class TurnMeasure:
-    """One measured voice turn; times in ms from the end of the user's input."""
+    """One measured voice turn; times in ms from the end-of-turn decision, as the live session takes it
+    (``felt``: the simulated surroundings of the turn)."""
 
     index: int
     context_tokens: int  # positions already in the KV cache when the turn began
@@ -139,6 +144,20 @@ class TurnMeasure:
     fed_while_speaking: int = 0  # positions prefilled before end of speech (live prefill)
     text_tokens_to_first_audio: int | None = None  # the first text round: the model decides its length
     frames_to_first_audio: int | None = None  # the first segment's frames, or its first streamed window's
+    heard: Heard | None = None  # the utterance, its last voiced sample and the detector's runs
+    backlog_ms: float = 0.0  # prefill of chunks sent while speaking still running at the decision
+    speaking_spans: list[Span] = field(default_factory=list)  # graph runs while the user spoke, s from the decision
+    playback: Playback | None = None
+
+    @property
+    def voice_gap_ms(self) -> float:
+        """Last voiced sample -> end-of-turn decision: the hangover or the pause the turn detector judged."""
+        return self.heard.voice_gap_ms if self.heard else 0.0
+
+    @property
+    def felt_ms(self) -> float | None:
+        """Last voiced sample of the user's speech -> first answer sample out of the player."""
+        return None if self.playback is None else self.voice_gap_ms + self.playback.start_ms
 
     @property
     def rtf(self) -> float | None:
@@ -277,6 +296,12 @@ class Profiler:
                                         stream=profile.generation.stream(), log=log)
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
         self.assistant.sessions.run_observers.append(self.recorder.observe)
+        try:  # the live session's endpointing decides where the user's turn ends, so felt latency is its
+            self.vad = SileroVad()
+            ep = profile.endpoint
+            self.detector = SmartTurn(threshold=ep.turn_threshold) if ep.turn_detector else None
+        except (VadModelError, TurnModelError) as exc:
+            raise UserError(str(exc)) from None
         self.new_conversation()
 
     def new_conversation(self) -> None:
@@ -296,26 +321,39 @@ class Profiler:
         return [f"{g}: package {graphs[g].precision}, profile {want}" for g, want in self.profile.recipe.items()
                 if g in graphs and graphs[g].precision != want]
 
-    def turn(self, audio16k: np.ndarray, index: int, progress: Callable[[str], None] | None = None) -> TurnMeasure:
-        """One voice turn from the end of the user's input to the turn's end event."""
+    def hear(self, audio16k: np.ndarray) -> Heard:
+        """The utterance the live session would cut from ``audio16k`` (followed by silence), and where."""
+        a = self.assistant
+        return hear(a.prepare(audio16k, a.cfg.frontend.sampling_rate), self.vad, self.profile.endpoint, self.detector)
+
+    def turn(self, audio16k: np.ndarray, index: int, progress: Callable[[str], None] | None = None,
+             heard: Heard | None = None) -> TurnMeasure:
+        """One voice turn from the end-of-turn decision to the turn's end event.
+
+        ``audio16k`` is followed by silence and cut where the live endpointer (and turn detector) would end
+        the utterance; that cut is what the model hears (``heard``: already cut by ``hear``)."""
         a, rec = self.assistant, self.recorder
         rate = a.cfg.frontend.sampling_rate
+        heard = heard or self.hear(audio16k)
         context = a.backend.position
         rec.reset()
         first_text = first_audio = None
         samples, pieces, text_tokens, stop = 0, 0, 0, ""
-        spoken, to_first = None, (None, None)
+        spoken, to_first, speaking = None, (None, None), []
+        arrivals: list[float] = []
+        sizes: list[int] = []
         if self.live_prefill:
             gen = self.profile.generation
-            spoken = SpokenInput(a, audio16k, gen.prefill_chunk_ms, gen.tokenize_left_context_ms)
+            spoken = SpokenInput(a, heard.audio, gen.prefill_chunk_ms, gen.tokenize_left_context_ms)
             spoken.while_speaking()
+            speaking = list(rec.spans)
             rec.reset()  # what was fed while the user spoke is not part of the timed turn
             start = time.perf_counter()
             spoken.end_of_speech()
             events = a.loop.guarded_answer()
         else:
             start = time.perf_counter()
-            events = a.respond(audio16k, rate)
+            events = a.respond(heard.audio, rate)
         for event in events:
             now = time.perf_counter()
             if isinstance(event, TextDelta):
@@ -325,6 +363,8 @@ class Profiler:
                 if first_audio is None:  # N text tokens were sampled: N - 1 fed, then <audiogen_start>
                     first_audio, to_first = now, (rec.decode_tokens - rec.frames, rec.frames)
                 samples, pieces = samples + event.waveform.size, pieces + 1
+                arrivals.append((now - start) * 1000)
+                sizes.append(event.waveform.size)
             elif isinstance(event, TurnEnd):
                 stop = event.reason
             if progress is not None:
@@ -341,8 +381,11 @@ class Profiler:
         for span in rec.spans:
             counts[span.stage] += 1
         crossfade = a.cfg.generation.crossfade_samples * max(0, pieces - 1)
+        backlog, speaking_spans = self._while_speaking(spoken, heard, speaking)
+        fade = a.cfg.generation.crossfade_samples
+        durations = [max(0, n - (fade if i + 1 < len(sizes) else 0)) / a.sample_rate for i, n in enumerate(sizes)]
         return TurnMeasure(
-            index=index, context_tokens=context, input_seconds=audio16k.size / rate, total_ms=(end - start) * 1000,
+            index=index, context_tokens=context, input_seconds=heard.audio.size / rate, total_ms=(end - start) * 1000,
             ttft_ms=ms(first_token), first_text_event_ms=ms(first_text), first_audio_ms=ms(first_audio),
             answer_audio_s=max(0, samples - crossfade) / a.sample_rate, text_tokens=text_tokens,
             prefill_tokens=rec.prefill_tokens, decode_tokens=rec.decode_tokens, audio_frames=rec.frames,
@@ -352,7 +395,27 @@ class Profiler:
             counts=counts, spans=list(rec.spans), start=start,
             encoded_seconds=spoken.last_window_seconds if spoken else None,
             fed_while_speaking=spoken.fed if spoken else 0, text_tokens_to_first_audio=to_first[0],
-            frames_to_first_audio=to_first[1])
+            frames_to_first_audio=to_first[1], heard=heard, backlog_ms=backlog * 1000,
+            speaking_spans=speaking_spans, playback=playback([t + backlog * 1000 for t in arrivals], durations))
+
+    def _while_speaking(self, spoken: SpokenInput | None, heard: Heard, spans: list[Span]
+                        ) -> tuple[float, list[Span]]:
+        """The chunks fed while the user spoke, placed where a worker fed in real time runs them (seconds from
+        the decision), and the backlog: how long after the decision the last of them was still running."""
+        if spoken is None or not spoken.chunk_times:
+            return 0.0, []
+        ep = self.profile.endpoint
+        pre_roll = pre_roll_frames(ep) * FRAME / self.assistant.cfg.frontend.sampling_rate
+        chunk = spoken.chunk_samples / self.assistant.cfg.frontend.sampling_rate
+        available = [heard.start_s + max((k + 1) * chunk, pre_roll) for k in range(len(spoken.chunk_times))]
+        starts = worker_schedule(available, [t1 - t0 for t0, t1 in spoken.chunk_times])
+        placed = []
+        for span in spans:
+            k = next((k for k, (_, t1) in enumerate(spoken.chunk_times) if span.start <= t1), len(starts) - 1)
+            shift = starts[k] - spoken.chunk_times[k][0]
+            placed.append(Span(span.stage, span.start + shift, span.end + shift))
+        t0, t1 = spoken.chunk_times[-1]
+        return max(0.0, starts[-1] + t1 - t0), placed
 
     def run(self, audio16k: np.ndarray, turns: int, warmup: int = 1,
             progress: Progress | None = None) -> list[TurnMeasure]:
@@ -378,7 +441,9 @@ class Profiler:
             growth = self.assistant.backend.position - before
             measures.append(m)
             fa = f"{m.first_audio_ms:.0f} ms" if m.first_audio_ms is not None else "none"
+            felt = f"{m.felt_ms:.0f} ms" if m.felt_ms is not None else "none"
             rtf = f"{m.rtf:.2f}" if m.rtf is not None else "n/a"
-            show(f"turn {i + 1}/{turns}: {m.total_ms / 1000:.2f} s, first audio {fa}, RTF {rtf}, "
+            show(f"turn {i + 1}/{turns}: {m.total_ms / 1000:.2f} s, felt latency {felt} (end of turn by "
+                 f"{m.heard.ended_by} {m.voice_gap_ms:.0f} ms after the voice), first audio {fa}, RTF {rtf}, "
                  f"{m.answer_audio_s:.2f} s of answer audio", True)
         return measures

@@ -8,6 +8,8 @@ audio, measured from end of speech, is the chat's.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from bcaudio.runtime.generation.assistant import VoiceAssistant
@@ -25,6 +27,8 @@ class SpokenInput:
         self.chunks = [self.audio[s:s + size] for s in range(0, self.audio.size, size)]
         self.tokens = IncrementalTokenizer(assistant.tokenize, assistant.cfg, whole_codes(left_context_ms, rate))
         self.fed = 0  # positions fed while speaking
+        self.chunk_times: list[tuple[float, float]] = []  # perf_counter start and end of each chunk fed while speaking
+        self.chunk_samples = size
 
     @property
     def seconds(self) -> float:
@@ -42,7 +46,9 @@ class SpokenInput:
         before = len(loop.context)
         loop.start_user_audio()
         for chunk in self.chunks[:-1]:
+            t0 = time.perf_counter()
             loop.add_user_audio(self.tokens.push(chunk))
+            self.chunk_times.append((t0, time.perf_counter()))
         self.fed = len(loop.context) - before
 
     def end_of_speech(self) -> None:
