@@ -1,15 +1,21 @@
 """Export of the HiFT vocoder as one graph.
 
-I/O contract (B batch, T mel frames at 50 Hz, S = T * samples_per_frame; all float32, B, T, S dynamic):
+I/O contract (B batch, T mel frames at 50 Hz, S = T * samples_per_frame, H = nb_harmonics + 1; float32
+unless said; B, T, S dynamic):
 
-  mel       (B, num_mels, T)               log-mel from the flow decoder
-  noise     (B, nb_harmonics + 1, S)       standard normal, drawn by runtime.vocoder_noise.source_noise
-  waveform  (B, S)                         24 kHz, clamped to +-audio_limit
+  mel             (B, num_mels, T)   log-mel from the flow decoder
+  noise           (B, H, S)          standard normal (runtime/generation/vocoder_noise.py: source_noise)
+  harmonic_phase  (B, H)             radians, the harmonics' random phases (there: harmonic_phases)
+  start_phase     (B, H)             cycles, the segment's cumulative source phase at the start of
+  start_frame     (B,) int64         this window frame (0 and 0 for a whole segment; runtime/generation/source_phase.py)
+  waveform        (B, S)             24 kHz, clamped to +-audio_limit
+  frame_phase     (B, H, T)          cycles in [0, 1), the cumulative source phase after each frame
 
 TorchScript export (``export_module``, ``dynamo=False``): it is many times faster
 to export than dynamo, keeps the dynamic_axes names, and the graph has no
 data-dependent shapes that would need dynamo. Weight norm stays in the graph as
 a few ops per conv on constants; constant folding turns it into plain weights.
+The source's phase arithmetic is float64 inside the graph (see ``SourceModule``).
 """
 
 from __future__ import annotations
@@ -22,22 +28,33 @@ import torch
 from bcaudio.config import ModelConfig
 from bcaudio.export.onnx_io import export_module
 from bcaudio.export.vocoder import HiFTVocoder
-from bcaudio.runtime.generation.vocoder_noise import source_noise
+from bcaudio.runtime.generation.vocoder_noise import harmonic_phases, source_noise
 
-VOCODER_INPUTS = ["mel", "noise"]
-VOCODER_OUTPUTS = ["waveform"]
+VOCODER_INPUTS = ["mel", "noise", "harmonic_phase", "start_phase", "start_frame"]
+VOCODER_OUTPUTS = ["waveform", "frame_phase"]
 
 
 def vocoder_example_inputs(cfg: ModelConfig, frames: int, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
-    """Random inputs; the mel sits in a log-mel-like range so a real F0 predictor sees voiced and unvoiced frames."""
+    """Random inputs; the mel sits in a log-mel-like range so a real F0 predictor sees voiced and unvoiced
+    frames, and the phase is taken up at a frame inside the window with a phase other than 0."""
     rng = np.random.default_rng(seed)
     mel = rng.normal(-5.0, 2.0, (batch, cfg.vocoder.num_mels, frames)).astype(np.float32)
-    return {"mel": mel, "noise": source_noise(cfg.vocoder, batch, frames, seed=int(rng.integers(2**31)))}
+    harmonics = cfg.vocoder.nb_harmonics + 1
+    return {"mel": mel, "noise": source_noise(cfg.vocoder, batch, frames, seed=int(rng.integers(2**31))),
+            "harmonic_phase": harmonic_phases(cfg.vocoder, batch, seed=int(rng.integers(2**31))),
+            "start_phase": rng.uniform(0.0, 1.0, (batch, harmonics)).astype(np.float32),
+            "start_frame": rng.integers(0, frames, batch).astype(np.int64)}
+
+
+def vocoder_args(feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    """The feeds as the torch module's positional arguments."""
+    return [torch.from_numpy(feeds[name]) for name in VOCODER_INPUTS]
 
 
 def export_vocoder(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
     """Trace at batch 2 and more than one frame, so neither is baked in as a constant."""
-    args = [torch.from_numpy(v) for v in vocoder_example_inputs(cfg, frames=8, seed=0).values()]
-    axes = {"mel": {0: "batch", 2: "frames"}, "noise": {0: "batch", 2: "samples"},
-            "waveform": {0: "batch", 1: "samples"}}
+    args = vocoder_args(vocoder_example_inputs(cfg, frames=8, seed=0))
+    axes = {"mel": {0: "batch", 2: "frames"}, "noise": {0: "batch", 2: "samples"}, "harmonic_phase": {0: "batch"},
+            "start_phase": {0: "batch"}, "start_frame": {0: "batch"}, "waveform": {0: "batch", 1: "samples"},
+            "frame_phase": {0: "batch", 2: "frames"}}
     return export_module(module, args, Path(path), VOCODER_INPUTS, VOCODER_OUTPUTS, axes, opset)

@@ -11,6 +11,7 @@ from bcaudio.export.audio_head import DepthKV
 from bcaudio.export.flow_reference import flow_mel
 from bcaudio.export.reference import Reference
 from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import ChooseCode
 
 
@@ -52,10 +53,16 @@ class TorchBackend:
         return codes
 
     @torch.no_grad()
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
+                       phase: SourcePhase | None = None) -> np.ndarray:
         states = self.ref.detokenizer(torch.as_tensor(codes)[None], self.ref.bridge)
         z, source = self.noise.window(segment, first_code, len(codes))
         mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z), self.flow_steps,
                        self.cfg.flow.cfg_rate)
-        wave = self.ref.vocoder(mel, torch.as_tensor(source))
+        first_frame = first_code * self.cfg.bridge.avg_pooler
+        track = phase or SourcePhase(self.cfg.vocoder.nb_harmonics + 1)
+        start = {k: torch.as_tensor(v) for k, v in track.feeds(first_frame).items()}
+        wave, frame_phase = self.ref.vocoder(mel, torch.as_tensor(source), torch.as_tensor(self.noise.phases(segment)),
+                                             start["start_phase"], start["start_frame"])
+        track.record(first_frame, frame_phase[0].numpy())
         return wave[0].numpy()

@@ -22,7 +22,7 @@ from bcaudio.export.export_audio_head import audio_head_io_names
 from bcaudio.export.export_flow import flow_estimator_example_inputs
 from bcaudio.export.export_flow_prenet import CodesToMu, codes_to_mu_example_inputs
 from bcaudio.export.export_llm import llm_example_inputs
-from bcaudio.export.export_vocoder import vocoder_example_inputs
+from bcaudio.export.export_vocoder import vocoder_args, vocoder_example_inputs
 from bcaudio.export.flow_reference import torch_cfg_estimator
 from bcaudio.export.reference import Reference
 from bcaudio.metrics import max_abs, rel_l2, snr_db
@@ -192,8 +192,8 @@ def _flow_estimator(ref: Reference, s: PackageSessions, _: np.ndarray | None) ->
 @torch.no_grad()
 def _vocoder(ref: Reference, s: PackageSessions, _: np.ndarray | None) -> GraphReport:
     feeds = vocoder_example_inputs(ref.cfg, frames=40, seed=9)
-    want = ref.vocoder(*(torch.from_numpy(feeds[n]) for n in ("mel", "noise"))).numpy()
-    (got,) = s.run("vocoder", feeds)
+    want = ref.vocoder(*vocoder_args(feeds))[0].numpy()
+    got = s.run("vocoder", feeds)[0]
     max_abs, rel = errors(got, want)
     return GraphReport("vocoder", max_abs, rel, "SNR dB", snr_db(got, want))
 

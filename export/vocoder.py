@@ -1,9 +1,11 @@
-"""CosyVoice2's HiFT vocoder (HiFi-GAN + neural source-filter + inverse STFT), written for ONNX export.
+"""The HiFT vocoder (HiFi-GAN + neural source-filter + inverse STFT) as the published Baichuan-Audio code
+builds it (``cosy24k_vocoder``: CosyVoice2's weights, the original NSF sine source), written for ONNX export.
 
 Parameter names and the arithmetic follow CosyVoice's ``HiFTGenerator`` so its
-``hift.pt`` state dict loads as-is (spec §11, §13). Two changes make it export:
+``hift.pt`` state dict loads as-is (spec §11, §13). Three changes make it export and stream:
 the sine source's random phases and noise are inputs (see ``HiFTVocoder.forward``
-and ``bcaudio.runtime.generation.vocoder_noise``), and the STFT pair is built from
+and ``bcaudio.runtime.generation.vocoder_noise``), its cumulative phase is carried in and out
+(so a streamed segment keeps one continuous source), and the STFT pair is built from
 convolutions (``bcaudio.export.stft``). Weight norm is computed in ``forward``
 from ``weight_g`` / ``weight_v``, the names ``torch.nn.utils.weight_norm`` stores.
 """
@@ -113,14 +115,17 @@ class F0Predictor(nn.Module):
 
 
 class SourceModule(nn.Module):
-    """HiFT's SourceModuleHnNSF with SineGen2, CosyVoice2's choice at 24 kHz; the noise is an argument.
+    """HiFT's SourceModuleHnNSF with the original NSF sine generator, as the published Baichuan-Audio
+    vocoder builds it (spec §11; CosyVoice2's ``SineGen2`` is not what that code runs).
 
-    SineGen2 integrates each harmonic's phase once per mel frame and upsamples it linearly
-    (``F.interpolate``, ``align_corners=False``) to the sample rate. Its random initial phase is
-    added at sample 0 only, which that frame-rate resampling never reads, so it has no effect and
-    is not an input. The interpolation runs in float64 and the phase is wrapped before ``sin``: the
-    float32 original loses about 0.03 rad after a few seconds, which would make two correct
-    implementations (torch, onnxruntime) disagree by more than their own rounding.
+    The published code nearest-upsamples f0 to the sample rate and takes one fp32 cumulative sum
+    over the whole segment, whose rounding grows with its length (the tool
+    ``tools/source_phase_precision.py`` measures it). Here f0 is constant within a mel frame, so
+    the same sum is written per frame: whole cycles dropped from each frame's advance, a cumulative
+    sum over frames and a linear ramp inside each frame, all in float64, wrapped to [0, 1) before
+    ``sin``. The phase is carried in, so a window of a segment continues the segment's phase: at
+    the start of frame ``start_frame`` it is ``start_phase``, and ``frame_phase`` returns it after
+    every frame for the next window to pick up (``bcaudio.runtime.generation.source_phase``).
     """
 
     def __init__(self, cfg: VocoderConfig) -> None:
@@ -128,26 +133,37 @@ class SourceModule(nn.Module):
         self.cfg = cfg
         self.l_linear = nn.Linear(cfg.nb_harmonics + 1, 1)
 
-    def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """f0 (B, T) Hz per mel frame, noise (B, H + 1, T * S) -> excitation (B, 1, T * S)."""
+    def forward(self, f0: torch.Tensor, noise: torch.Tensor, harmonic_phase: torch.Tensor,
+                start_phase: torch.Tensor, start_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f0 (B, T) Hz per mel frame, noise (B, H, T * S), harmonic_phase (B, H) radians, start_phase (B, H)
+        cycles, start_frame (B,) -> (excitation (B, 1, T * S), frame_phase (B, H, T) cycles after each frame)."""
         cfg = self.cfg
-        up = cfg.samples_per_frame
-        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=torch.float64)[None, :, None]
-        rad = torch.remainder(f0.double()[:, None, :] * harmonics / cfg.sampling_rate, 1.0)  # cycles per sample
-        cycles = torch.cumsum(rad, dim=-1) * up  # (B, H + 1, T): phase at each frame, in cycles
-        frames = rad.shape[-1]
-        src = ((torch.arange(frames * up, dtype=torch.float64) + 0.5) / up - 0.5).clamp(min=0.0)
-        lo = torch.floor(src)
-        weight = src - lo
-        lo = lo.long()
-        hi = torch.clamp(lo + 1, max=frames - 1)
-        phase = cycles.index_select(-1, lo) * (1.0 - weight) + cycles.index_select(-1, hi) * weight
-        sines = cfg.sine_amp * torch.sin(2 * math.pi * (phase - torch.floor(phase)).float())
-        f0_up = f0[:, None, :, None].expand(-1, -1, -1, up).flatten(2)  # nearest upsampling, (B, 1, T * S)
+        theta, frame_phase = self.phase(f0, harmonic_phase, start_phase, start_frame)
+        sines = cfg.sine_amp * torch.sin(theta).float()
+        f0_up = f0[:, None, :, None].expand(-1, -1, -1, cfg.samples_per_frame).flatten(2)  # nearest upsampling
         uv = (f0_up > cfg.voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.noise_std + (1 - uv) * cfg.sine_amp / 3
         sines = sines * uv + noise_amp * noise
-        return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2)
+        return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2), frame_phase
+
+    def phase(self, f0: torch.Tensor, harmonic_phase: torch.Tensor, start_phase: torch.Tensor,
+              start_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (each harmonic's phase in radians, float64 (B, H, T * S), frame_phase float32 (B, H, T))."""
+        cfg = self.cfg
+        up = cfg.samples_per_frame
+        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=torch.float64)[None, :, None]
+        step = f0.double()[:, None, :] * harmonics / cfg.sampling_rate  # (B, H, T): cycles per sample
+        advance = step * up
+        advance = advance - torch.floor(advance)  # a frame's advance, whole cycles dropped
+        after = torch.cumsum(advance, dim=-1)  # after each frame, relative to the window's start
+        before = after - advance
+        anchor = start_frame.view(-1, 1, 1).expand(-1, before.shape[1], 1)
+        offset = start_phase.double()[:, :, None] - torch.gather(before, 2, anchor)
+        ramp = torch.arange(1, up + 1, dtype=torch.float64)  # the sum is inclusive: sample j has advanced j + 1
+        cycles = ((before + offset)[..., None] + step[..., None] * ramp).flatten(2)  # (B, H, T * S)
+        theta = 2 * math.pi * (cycles - torch.floor(cycles)) + harmonic_phase.double()[:, :, None]
+        frame_phase = after + offset
+        return theta, (frame_phase - torch.floor(frame_phase)).float()
 
 
 class HiFTVocoder(nn.Module):
@@ -183,16 +199,24 @@ class HiFTVocoder(nn.Module):
         self.stft = STFT(n_fft, cfg.istft_hop)
         self.istft = ISTFT(n_fft, cfg.istft_hop)
 
-    def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Waveform (B, T * samples_per_frame) in [-audio_limit, audio_limit].
+    def forward(self, mel: torch.Tensor, noise: torch.Tensor, harmonic_phase: torch.Tensor,
+                start_phase: torch.Tensor, start_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (waveform (B, T * samples_per_frame) in [-audio_limit, audio_limit], frame_phase (B, H, T)).
 
-        mel:   (B, num_mels, T) float32 log-mel at 50 Hz.
-        noise: (B, nb_harmonics + 1, T * samples_per_frame) float32, standard normal; scaled here
-               by noise_std where voiced and sine_amp / 3 where unvoiced
-               (``bcaudio.runtime.generation.vocoder_noise.source_noise`` draws it).
+        mel:            (B, num_mels, T) float32 log-mel at 50 Hz.
+        noise:          (B, H, T * samples_per_frame) float32 standard normal (H = nb_harmonics + 1), scaled
+                        here by noise_std where voiced and sine_amp / 3 where unvoiced.
+        harmonic_phase: (B, H) float32 radians, the harmonics' random initial phases (the first is 0).
+        start_phase:    (B, H) float32 cycles, the segment's cumulative source phase at the start of
+        start_frame:    (B,) int64, a frame of this window (0 and 0 for a whole segment).
+        ``bcaudio.runtime.generation.vocoder_noise`` draws the random inputs; frame_phase is the
+        cumulative phase (cycles in [0, 1)) after each frame, which the next window of a streamed
+        segment starts from.
         """
         cfg = self.cfg
-        source = self.stft(self.m_source(self.f0_predictor(mel), noise)[:, 0])
+        excitation, frame_phase = self.m_source(self.f0_predictor(mel), noise, harmonic_phase, start_phase,
+                                                start_frame)
+        source = self.stft(excitation[:, 0])
         x = self.conv_pre(mel)
         kernels = len(cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
@@ -208,4 +232,4 @@ class HiFTVocoder(nn.Module):
         magnitude = torch.exp(x[:, :self.bins]).clamp(max=MAX_MAGNITUDE)
         angle = torch.sin(x[:, self.bins:])  # HiFT's redundant sin, kept for parity
         wave = self.istft(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
-        return wave.clamp(-cfg.audio_limit, cfg.audio_limit)
+        return wave.clamp(-cfg.audio_limit, cfg.audio_limit), frame_phase

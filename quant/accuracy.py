@@ -23,7 +23,8 @@ from bcaudio.config import ModelConfig
 from bcaudio.metrics import rel_l2, snr_db
 from bcaudio.quant.recipes import FP32, QuantError
 from bcaudio.runtime.generation.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
-from bcaudio.runtime.generation.vocoder_noise import source_noise
+from bcaudio.runtime.generation.source_phase import SourcePhase
+from bcaudio.runtime.generation.vocoder_noise import harmonic_phases, source_noise
 from bcaudio.runtime.package.llm_state import LlmState
 from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 
@@ -257,8 +258,10 @@ def _vocoder(s: Pair, probe: _Probe) -> dict[str, float]:
     cfg = probe.cfg
     frames = 40
     mel = probe.rng.normal(-5.0, 2.0, (1, cfg.vocoder.num_mels, frames)).astype(np.float32)
-    noise = source_noise(cfg.vocoder, 1, frames, seed=9)
-    (got,), (want,) = (sess.run(None, {"mel": mel, "noise": noise}) for sess in s)
+    feeds = {"mel": mel, "noise": source_noise(cfg.vocoder, 1, frames, seed=9),
+             "harmonic_phase": harmonic_phases(cfg.vocoder, 1, seed=9),
+             **SourcePhase(cfg.vocoder.nb_harmonics + 1).feeds(0)}
+    got, want = (sess.run(["waveform"], feeds)[0] for sess in s)
     return {"snr_db": snr_db(got, want)}
 
 

@@ -81,8 +81,8 @@ class Recording:
     def audio_frame(self, hidden, choose):
         return self.inner.audio_frame(hidden, choose)
 
-    def decode_segment(self, codes, segment, first_code=0):
-        return self.inner.decode_segment(codes, segment, first_code)
+    def decode_segment(self, codes, segment, first_code=0, phase=None):
+        return self.inner.decode_segment(codes, segment, first_code, phase)
 
 
 def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
@@ -168,6 +168,24 @@ def test_corrupt_package_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> 
     (bad / MANIFEST).write_text("{")
     with pytest.raises(ManifestError, match="corrupt JSON"):
         load_manifest(bad)
+
+
+def test_a_package_of_the_sinegen2_format_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """Format 2 packages feed the vocoder (mel, noise) only: their graph has no phase inputs, so they must be
+    re-exported rather than fail inside onnxruntime."""
+    import shutil
+
+    _, pkg = tiny
+    old = tmp_path / "old"
+    shutil.copytree(pkg, old)
+    raw = json.loads((pkg / MANIFEST).read_text())
+    assert raw["format_version"] == 3
+    assert [i["name"] for i in raw["graphs"]["vocoder"]["inputs"]] == ["mel", "noise", "harmonic_phase",
+                                                                      "start_phase", "start_frame"]
+    raw["format_version"] = 2
+    (old / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="format version 2, this bcaudio reads 3; re-export the package"):
+        load_manifest(old)
 
 
 def test_a_long_conversation_overflows_the_context_without_crashing(tiny: tuple[Path, Path],

@@ -8,6 +8,7 @@ import pytest
 
 from bcaudio.config import ModelConfig, StreamSettings
 from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import crossfade_join
 
 CROSSFADE = 240
@@ -17,9 +18,11 @@ def positional_decoder(cfg: ModelConfig, calls: list[tuple[int, int]]):
     """A decoder whose output depends only on the global sample index: windows must join to the whole."""
     code_samples = cfg.bridge.avg_pooler * cfg.vocoder.samples_per_frame
 
-    def decode(codes: np.ndarray, first: int) -> np.ndarray:
+    def decode(codes: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
         calls.append((first, len(codes)))
-        n = cfg.decoded_frames(len(codes)) * cfg.vocoder.samples_per_frame
+        frames = cfg.decoded_frames(len(codes))
+        phase.record(first * cfg.bridge.avg_pooler, np.zeros((phase.boundaries.shape[0], frames)))
+        n = frames * cfg.vocoder.samples_per_frame
         index = first * code_samples + np.arange(n)
         return np.sin(index * 0.0137).astype(np.float32)
 
@@ -39,7 +42,7 @@ def test_windows_join_to_the_whole_segment(tiny_cfg: ModelConfig, chunk: int, fi
     calls: list[tuple[int, int]] = []
     decode = positional_decoder(tiny_cfg, calls)
     codes = np.zeros((frames, tiny_cfg.bridge.num_codebooks), np.int64)
-    whole = decode(codes, 0)
+    whole = decode(codes, 0, SourcePhase(tiny_cfg.vocoder.nb_harmonics + 1))
     calls.clear()
     stream = SegmentStream(decode, StreamSettings(chunk, first, left, holdback), CROSSFADE, tiny_cfg)
     pieces = stream_segment(stream, codes)

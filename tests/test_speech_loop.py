@@ -51,9 +51,12 @@ class Scripted:
             out.append(choose(i, logits))
         return out
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0, phase=None) -> np.ndarray:
         self.decoded.append(len(codes))
-        return np.ones(self.cfg.decoded_frames(len(codes)) * self.cfg.vocoder.samples_per_frame, dtype=np.float32)
+        frames = self.cfg.decoded_frames(len(codes))
+        if phase is not None:  # as a vocoder does: the source phase after each frame, for the next window
+            phase.record(first_code * self.cfg.bridge.avg_pooler, np.zeros((phase.boundaries.shape[0], frames)))
+        return np.ones(frames * self.cfg.vocoder.samples_per_frame, dtype=np.float32)
 
     def reset(self) -> None:
         self.fed.append(-1)  # marks a re-prefill

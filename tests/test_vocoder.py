@@ -1,4 +1,5 @@
-"""HiFT vocoder: conv-based STFT pair vs torch, the reference module's behaviour and key names, ONNX parity."""
+"""HiFT vocoder: conv-based STFT pair vs torch, the reference module's behaviour and key names, ONNX parity, and the
+NSF sine source (torch and ONNX) against a numpy transcription of the published algorithm, whole and streamed."""
 
 from __future__ import annotations
 
@@ -10,14 +11,25 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bcaudio.config import ModelConfig, VocoderConfig
-from bcaudio.export.export_vocoder import export_vocoder, vocoder_example_inputs
+from bcaudio.config import ModelConfig, StreamSettings, VocoderConfig
+from bcaudio.export.export_vocoder import (
+    VOCODER_INPUTS,
+    VOCODER_OUTPUTS,
+    export_vocoder,
+    vocoder_args,
+    vocoder_example_inputs,
+)
 from bcaudio.export.stft import ISTFT, STFT
 from bcaudio.export.vocoder import HiFTVocoder
 from bcaudio.presets import get_preset
-from bcaudio.runtime.generation.vocoder_noise import source_noise
+from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.source_phase import SourcePhase
+from bcaudio.runtime.generation.speech_loop import crossfade_join
+from bcaudio.runtime.generation.vocoder_noise import harmonic_phases, source_noise
 
 VOICED_HZ = 200.0  # well above voiced_threshold, so the harmonic source is active
+CROSSFADE = 240
 
 
 @pytest.mark.parametrize(("n_fft", "hop", "length"), [(16, 4, 960), (64, 16, 1001)])
@@ -51,7 +63,7 @@ def _vocoder(cfg: ModelConfig, f0_hz: float) -> HiFTVocoder:
 
 def _run(module: HiFTVocoder, feeds: dict[str, np.ndarray]) -> torch.Tensor:
     with torch.no_grad():
-        return module(*(torch.from_numpy(feeds[n]) for n in ("mel", "noise")))
+        return module(*vocoder_args(feeds))[0]
 
 
 def test_source_noise_shapes_and_seed() -> None:
@@ -128,33 +140,173 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     path = tmp_path / "vocoder.onnx"
     export_vocoder(module, cfg, path)
     graph = onnx.load(str(path)).graph
-    assert [i.name for i in graph.input] == ["mel", "noise"]
-    assert [o.name for o in graph.output] == ["waveform"]
+    assert [i.name for i in graph.input] == VOCODER_INPUTS == ["mel", "noise", "harmonic_phase", "start_phase",
+                                                               "start_frame"]
+    assert [o.name for o in graph.output] == VOCODER_OUTPUTS == ["waveform", "frame_phase"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for frames in (7, 23):
         feeds = vocoder_example_inputs(cfg, frames=frames, seed=frames)
-        (got,) = session.run(None, feeds)
-        want = _run(module, feeds).numpy()
+        got, got_phase = session.run(None, feeds)
+        with torch.no_grad():
+            want, want_phase = (t.numpy() for t in module(*vocoder_args(feeds)))
         assert got.shape == want.shape == (2, frames * 480)
+        assert got_phase.shape == want_phase.shape == (2, cfg.vocoder.nb_harmonics + 1, frames)
         assert np.abs(got - want).max() <= 1e-4
+        assert np.abs(_wrap(got_phase - want_phase)).max() <= 1e-6
 
 
-def test_source_is_sinegen2_phase_integrated_per_frame_and_linearly_upsampled() -> None:
-    """Against a direct numpy transcription of SineGen2 (F.interpolate semantics written out)."""
-    cfg = get_preset("tiny").vocoder
-    module = _vocoder(get_preset("tiny"), 0.0).m_source
-    f0 = np.array([[0.0, 120.0, 180.0, 250.0, 5.0]])  # unvoiced, voiced frames, then below the threshold
-    up, h = cfg.samples_per_frame, np.arange(1, cfg.nb_harmonics + 2)
-    rad = (f0[:, None, :] * h[None, :, None] / cfg.sampling_rate) % 1
-    cycles = np.cumsum(rad, axis=-1) * up
-    src = np.maximum((np.arange(5 * up) + 0.5) / up - 0.5, 0)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, 4)
-    phase = cycles[..., lo] * (1 - (src - lo)) + cycles[..., hi] * (src - lo)
-    uv = np.repeat(f0 > cfg.voiced_threshold, up, axis=-1)[:, None]
-    noise = np.random.default_rng(0).standard_normal((1, cfg.nb_harmonics + 1, 5 * up)).astype(np.float32)
-    sines = cfg.sine_amp * np.sin(2 * np.pi * phase) * uv + np.where(uv, cfg.noise_std, cfg.sine_amp / 3) * noise
+# ----- the NSF sine source (spec §11) -----
+
+def _wrap(cycles: np.ndarray) -> np.ndarray:
+    return (cycles + 0.5) % 1.0 - 0.5
+
+
+def nsf_source(cfg: VocoderConfig, f0: np.ndarray, phases: np.ndarray, noise: np.ndarray, weight: np.ndarray,
+               bias: np.ndarray) -> np.ndarray:
+    """The published algorithm written out per sample in float64: f0 (B, T) nearest-upsampled, one cumulative
+    sum over the segment's samples, mod 1, the random phases, uv, noise, then Linear(H -> 1) + tanh."""
+    f0_up = np.repeat(f0.astype(np.float64), cfg.samples_per_frame, axis=-1)[:, None, :]  # (B, 1, N)
+    k = np.arange(1, cfg.nb_harmonics + 2, dtype=np.float64)[None, :, None]
+    theta = 2 * np.pi * (np.cumsum(f0_up * k / cfg.sampling_rate, axis=-1) % 1.0) + phases[:, :, None]
+    uv = f0_up > cfg.voiced_threshold
+    source = cfg.sine_amp * np.sin(theta) * uv + np.where(uv, cfg.noise_std, cfg.sine_amp / 3) * noise
+    return np.tanh(np.einsum("bhn,h->bn", source, weight[0].astype(np.float64)) + bias[0])
+
+
+def f0_contour(frames: int, seed: int) -> np.ndarray:
+    """(1, frames) Hz: voiced stretches gliding between 80 and 400 Hz, unvoiced gaps, a frame just under the
+    voicing threshold."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / 50.0
+    f0 = 200 + 120 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6)) + 60 * np.sin(2 * np.pi * 1.7 * t)
+    f0[(np.arange(frames) // 37) % 4 == 3] = 0.0
+    f0[frames // 2] = 9.5
+    return f0[None].astype(np.float32)
+
+
+def _f0_from_mel(cfg: ModelConfig) -> HiFTVocoder:
+    """A tiny vocoder whose F0 predictor returns mel channel 0 as f0 (identity convs on channel 0, the other
+    channels zero; ELU keeps non-negative values), so a test gives the graph's source any f0 it likes."""
+    torch.manual_seed(0)
+    module = HiFTVocoder(cfg.vocoder).eval()
     with torch.no_grad():
-        want = np.tanh(sines.transpose(0, 2, 1) @ module.l_linear.weight.numpy().T + module.l_linear.bias.numpy())
-        got = module(torch.tensor(f0, dtype=torch.float32), torch.from_numpy(noise))
-    assert np.abs(got.numpy()[0, 0] - want[0, :, 0]).max() < 1e-5
+        for conv in module.f0_predictor.condnet[::2]:
+            conv.weight_v.zero_()
+            conv.weight_v[:, 0, 1] = 1.0  # every channel's direction is the centre tap of channel 0 ...
+            conv.weight_g.zero_()
+            conv.weight_g[0] = 1.0  # ... and only channel 0 keeps a non-zero norm
+            conv.bias.zero_()
+        module.f0_predictor.classifier.weight.zero_()
+        module.f0_predictor.classifier.weight[0, 0] = 1.0
+        module.f0_predictor.classifier.bias.zero_()
+    return module
+
+
+@pytest.fixture(scope="module")
+def source_vocoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[HiFTVocoder, ort.InferenceSession]:
+    """``_f0_from_mel``'s vocoder and its exported graph with the source excitation (the merge's tanh,
+    (B, S, 1)) as one more output."""
+    cfg = get_preset("tiny")
+    module = _f0_from_mel(cfg)
+    path = tmp_path_factory.mktemp("source") / "vocoder.onnx"
+    export_vocoder(module, cfg, path)
+    model = onnx.load(str(path))
+    (tanh,) = [n for n in model.graph.node if n.op_type == "Tanh" and n.name.startswith("/m_source/")]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tanh.output[0], onnx.TensorProto.FLOAT, None))
+    return module, ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _mel_for(cfg: ModelConfig, f0: np.ndarray, seed: int) -> np.ndarray:
+    mel = np.random.default_rng(seed).normal(-5.0, 2.0, (1, cfg.vocoder.num_mels, f0.shape[-1])).astype(np.float32)
+    mel[:, 0] = f0
+    return mel
+
+
+@pytest.mark.parametrize("random_phases", [True, False])
+def test_nsf_source_matches_numpy_over_10_s(source_vocoder: tuple[HiFTVocoder, ort.InferenceSession],
+                                            random_phases: bool) -> None:
+    cfg = get_preset("tiny")
+    vc = cfg.vocoder
+    module, session = source_vocoder
+    frames = 500  # 10 s
+    f0 = f0_contour(frames, seed=3)
+    harmonics = vc.nb_harmonics + 1
+    phases = (harmonic_phases(vc, 1, seed=4) if random_phases else np.zeros((1, harmonics), np.float32))
+    noise = source_noise(vc, 1, frames, seed=5)
+    weight, bias = (t.detach().numpy() for t in (module.m_source.l_linear.weight, module.m_source.l_linear.bias))
+    want = nsf_source(vc, f0, phases, noise, weight, bias)
+    start = {"start_phase": np.zeros((1, harmonics), np.float32), "start_frame": np.zeros(1, np.int64)}
+    feeds = {"mel": _mel_for(cfg, f0, seed=6), "noise": noise, "harmonic_phase": phases, **start}
+    with torch.no_grad():
+        assert torch.equal(module.f0_predictor(torch.from_numpy(feeds["mel"])), torch.from_numpy(f0))
+        got_torch = module.m_source(torch.from_numpy(f0), *vocoder_args(feeds)[1:])[0][:, 0].numpy()
+    _, _, got_onnx = session.run(None, feeds)
+    assert got_torch.shape == got_onnx[..., 0].shape == want.shape == (1, frames * 480)
+    assert np.abs(got_torch - want).max() <= 1e-4
+    assert np.abs(got_onnx[..., 0] - want).max() <= 1e-4
+    uv = np.repeat(f0 > vc.voiced_threshold, 480, axis=-1)
+    assert 0.5 < uv.mean() < 0.9  # both branches of the source are exercised
+
+
+def test_streamed_source_equals_the_whole_segments(source_vocoder: tuple[HiFTVocoder, ort.InferenceSession],
+                                                   tiny_cfg: ModelConfig) -> None:
+    """Windows as the speech loop streams a segment, each taking up the phase from the one before: their
+    excitations joined are the whole segment's (given the same f0, which the window's own mel supplies)."""
+    cfg = tiny_cfg
+    _, session = source_vocoder
+    codes = np.zeros((40, cfg.bridge.num_codebooks), np.int64)
+    frames = cfg.decoded_frames(len(codes))
+    f0 = f0_contour(frames, seed=7)
+    mel = _mel_for(cfg, f0, seed=8)
+    noise = NoiseSource(cfg, seed=9)
+    per_code = cfg.bridge.avg_pooler
+    calls: list[int] = []
+
+    def excitation(window: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
+        calls.append(first)
+        n = cfg.decoded_frames(len(window))
+        first_frame = first * per_code
+        feeds = {"mel": mel[..., first_frame:first_frame + n], "noise": noise.window(0, first, len(window))[1],
+                 "harmonic_phase": noise.phases(0), **phase.feeds(first_frame)}
+        _, frame_phase, source = session.run(None, feeds)
+        phase.record(first_frame, frame_phase[0])
+        return source[0, :, 0]
+
+    whole = excitation(codes, 0, SourcePhase(cfg.vocoder.nb_harmonics + 1))
+    calls.clear()
+    for settings in (StreamSettings(8, 0, 6, 4800), StreamSettings(12, 6, 2, 4800), StreamSettings(5, 0, 6, 960)):
+        stream = SegmentStream(excitation, settings, CROSSFADE, cfg)
+        pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
+        joined = crossfade_join([*pieces, stream.finish(codes)], CROSSFADE)
+        assert len(calls) > 3 and any(first > 0 for first in calls)
+        assert joined.shape == whole.shape
+        assert np.abs(joined - whole).max() <= 1e-5
+        calls.clear()
+    # without the carried phase every window restarts its harmonics at 0, and the joins do not match
+    restart = SegmentStream(excitation, StreamSettings(8, 0, 6, 4800), CROSSFADE, cfg)
+    restart.phase = Forgetful(cfg.vocoder.nb_harmonics + 1)
+    pieces = [p for k in range(1, len(codes) + 1) if (p := restart.add(codes[:k])) is not None]
+    assert np.abs(crossfade_join([*pieces, restart.finish(codes)], CROSSFADE) - whole).max() > 0.01
+
+
+class Forgetful(SourcePhase):
+    def feeds(self, first_frame: int) -> dict[str, np.ndarray]:
+        return {k: np.zeros_like(v) for k, v in super().feeds(first_frame).items()}
+
+
+def test_source_phase_track_takes_up_the_anchor_frame() -> None:
+    track = SourcePhase(3)
+    feeds = track.feeds(0)
+    assert feeds["start_phase"].shape == (1, 3) and not feeds["start_phase"].any() and feeds["start_frame"] == [0]
+    track.record(0, np.tile(np.arange(1, 11, dtype=np.float32) / 20, (3, 1)))  # 10 frames decoded
+    track.take_up_at(6)  # the next window starts at frame 4 and takes the phase up at frame 6
+    feeds = track.feeds(4)
+    assert feeds["start_frame"] == [2] and np.allclose(feeds["start_phase"], 6 / 20)
+    track.record(4, np.full((3, 8), 0.9, np.float32))  # its frames 2.. (segment 6..) replace the old ones
+    assert track.boundaries.shape == (3, 13) and np.allclose(track.boundaries[:, 6], 6 / 20)
+    assert np.allclose(track.boundaries[:, 7:], 0.9)
+    with pytest.raises(ValueError, match="outside"):
+        track.take_up_at(13)
+    track.take_up_at(3)
+    with pytest.raises(ValueError, match="cannot take up"):
+        track.feeds(4)

@@ -21,6 +21,7 @@ import soundfile as sf
 from bcaudio.config import StreamSettings
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import crossfade_join
 
 BLOCK_S = 0.32
@@ -33,9 +34,9 @@ def snr_db(got: np.ndarray, want: np.ndarray) -> float:
 def timed(decode_segment: Callable[..., np.ndarray], log: list[tuple[int, float]]) -> Callable[..., np.ndarray]:
     """Segment 0's window decoder that logs (codes, ms) per window."""
 
-    def decode(window: np.ndarray, first: int) -> np.ndarray:
+    def decode(window: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
         start = time.perf_counter()
-        wave = decode_segment(window, 0, first)
+        wave = decode_segment(window, 0, first, phase)
         log.append((len(window), (time.perf_counter() - start) * 1000))
         return wave
 

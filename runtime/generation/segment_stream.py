@@ -8,6 +8,8 @@ and the window's new audio is played, less its last ``holdback_samples``: the vo
 convolutions look ahead, so the end of a window waits for the next one, which starts
 ``crossfade`` samples earlier and is joined with the same crossfade as segments are. The cost is
 bounded: each code is decoded at most ``1 + left / chunk`` times, never the growing prefix.
+The vocoder's sine source is one signal over the segment: each window takes up its cumulative
+phase where the window's piece starts, from the window before (``source_phase``).
 
 Not exact. The detokenizer's GroupNorm normalises over the whole window (see
 ``export/detokenizer.py``), causal attention in the detokenizer and pre-net sees only the window,
@@ -22,8 +24,10 @@ from collections.abc import Callable
 import numpy as np
 
 from bcaudio.config import ModelConfig, StreamSettings
+from bcaudio.runtime.generation.source_phase import SourcePhase
 
-Decode = Callable[[np.ndarray, int], np.ndarray]  # (codes, index of codes[0] in the segment) -> waveform
+# (codes, index of codes[0] in the segment, the segment's source phase) -> waveform
+Decode = Callable[[np.ndarray, int, SourcePhase], np.ndarray]
 
 
 class SegmentStream:
@@ -33,7 +37,9 @@ class SegmentStream:
 
     def __init__(self, decode: Decode, settings: StreamSettings, crossfade: int, cfg: ModelConfig) -> None:
         self.decode, self.settings, self.crossfade = decode, settings, crossfade
-        self.code_samples = cfg.bridge.avg_pooler * cfg.vocoder.samples_per_frame
+        self.frame_samples = cfg.vocoder.samples_per_frame
+        self.code_samples = cfg.bridge.avg_pooler * self.frame_samples
+        self.phase = SourcePhase(cfg.vocoder.nb_harmonics + 1)
         self.done = 0  # codes whose window has been decoded
         self.played_to = 0  # segment sample where the last piece ended (its crossfade tail included)
         self.last: tuple[int, np.ndarray] | None = None  # (first sample, waveform) of the last window
@@ -50,7 +56,7 @@ class SegmentStream:
         if len(codes) == 0:
             return np.zeros(0, np.float32)
         if self.done == 0:
-            return self.decode(codes, 0)  # never streamed: the reference's whole-segment decode
+            return self.decode(codes, 0, self.phase)  # never streamed: the reference's whole-segment decode
         if len(codes) == self.done and self.last is not None:  # the last window already saw the last code
             base, wave = self.last
             return wave[self._start() - base:]
@@ -62,7 +68,8 @@ class SegmentStream:
     def _window(self, codes: np.ndarray, final: bool) -> np.ndarray:
         start = self._start()
         first = max(0, min(self.done - self.settings.left_context_frames, start // self.code_samples))
-        wave = self.decode(codes[first:], first)
+        self.phase.take_up_at(start // self.frame_samples)
+        wave = self.decode(codes[first:], first, self.phase)
         base = first * self.code_samples
         end = base + wave.size if final else max(start, base + wave.size - self.settings.holdback_samples)
         self.done, self.played_to, self.last = len(codes), end, (base, wave)

@@ -18,6 +18,7 @@ import numpy as np
 from bcaudio.config import GenerationConfig, ModelConfig, SamplingParams
 from bcaudio.runtime.generation.sampling import sample_token
 from bcaudio.runtime.generation.segment_stream import SegmentStream
+from bcaudio.runtime.generation.source_phase import SourcePhase
 
 ChooseCode = Callable[[int, np.ndarray], int]
 
@@ -32,9 +33,12 @@ class Backend(Protocol):
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         """Run the audio head on ``hidden``; ``choose(i, logits_i)`` picks codebook i's code."""
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
+                       phase: SourcePhase | None = None) -> np.ndarray:
         """(frames, num_codebooks) codes -> 24 kHz waveform; ``codes[0]`` is code ``first_code`` of answer
-        segment ``segment`` (which decides the noise: a window of a segment gets the segment's noise)."""
+        segment ``segment`` (which decides the noise: a window of a segment gets the segment's noise).
+        ``phase`` carries the vocoder source's phase between the windows of a streamed segment (it takes up
+        the phase where it says and records this window's); None for a whole segment, which starts at 0."""
 
     def reset(self) -> None:
         """Forget the conversation (empty KV cache, position 0): the loop re-prefills what it keeps."""
@@ -253,8 +257,9 @@ class SpeechLoop:
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
-        stream = SegmentStream(lambda codes, first: self.backend.decode_segment(codes, segment, first),
-                               self.gen.stream, self.gen.crossfade_samples, self.cfg)
+        stream = SegmentStream(
+            lambda codes, first, phase: self.backend.decode_segment(codes, segment, first, phase),
+            self.gen.stream, self.gen.crossfade_samples, self.cfg)
         codes = np.zeros((params.max_new_tokens, len(sizes)), dtype=np.int64)  # the frames, filled row by row
         n = played = 0  # frames made; frames covered by the pieces so far
 

@@ -16,7 +16,7 @@ from typing import Any
 from bcaudio.config import ConfigError, ModelConfig
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: the vocoder takes (mel, noise); SineGen2 has no phase input
+FORMAT_VERSION = 3  # 3: the vocoder's NSF source takes harmonic phases and a carried phase, returns frame_phase
 GRAPHS = ("audio_tokenizer", "llm", "audio_head", "flow_prenet", "flow_estimator", "vocoder")
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import ChooseCode
 from bcaudio.runtime.package.llm_state import LlmState
 from bcaudio.runtime.package.sessions import PackageSessions
@@ -69,11 +70,17 @@ class OrtBackend:
             prev = np.array([code], dtype=np.int64)
         return codes
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
+                       phase: SourcePhase | None = None) -> np.ndarray:
         (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
         z, source = self.noise.window(segment, first_code, len(codes))
         mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
         estimator = onnx_cfg_pair(lambda feeds: self.s.run("flow_estimator", feeds)[0])
         mel = euler_cfg_solve(estimator, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
-        (wave,) = self.s.run("vocoder", {"mel": mel.astype(np.float32), "noise": source})
+        first_frame = first_code * self.cfg.bridge.avg_pooler
+        track = phase or SourcePhase(self.cfg.vocoder.nb_harmonics + 1)
+        wave, frame_phase = self.s.run("vocoder", {
+            "mel": mel.astype(np.float32), "noise": source, "harmonic_phase": self.noise.phases(segment),
+            **track.feeds(first_frame)})
+        track.record(first_frame, frame_phase[0])
         return wave[0]

@@ -30,6 +30,7 @@ from bcaudio.runtime.audio.end_of_turn import pre_roll_frames
 from bcaudio.runtime.audio.turn_detector import SmartTurn, TurnModelError
 from bcaudio.runtime.audio.vad import FRAME, SileroVad, VadModelError
 from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import AudioSegment, ChooseCode, SpeechLoop, TextDelta, TurnEnd
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile, detect_device
@@ -109,9 +110,10 @@ class ProfilingBackend(OrtBackend):
         self.recorder.frames += 1
         return super().audio_frame(hidden, choose)
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
+                       phase: SourcePhase | None = None) -> np.ndarray:
         self.recorder.segments += 1
-        return super().decode_segment(codes, segment, first_code)
+        return super().decode_segment(codes, segment, first_code, phase)
 
 
 @dataclass
