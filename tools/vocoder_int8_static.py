@@ -24,6 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.package.manifest import load_manifest
 
 
@@ -35,7 +36,8 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def vocoder_inputs(pkg: Path, windows: int, codes: int, steps: int, threads: int) -> list[dict[str, np.ndarray]]:
-    """(mel, noise) of ``windows`` random code windows, decoded by the package's flow graphs."""
+    """The vocoder feeds of ``windows`` random code windows (mel decoded by the package's flow graphs, each
+    a whole segment: its source phase starts at 0)."""
     cfg = load_manifest(pkg, verify=False).model_config()
     prenet, estimator = session(pkg / "flow_prenet.onnx", threads), session(pkg / "flow_estimator.onnx", threads)
     noise = NoiseSource(cfg, seed=0)
@@ -49,7 +51,8 @@ def vocoder_inputs(pkg: Path, windows: int, codes: int, steps: int, threads: int
         mask = np.ones((1, 1, mu.shape[-1]), np.float32)
         mel = euler_cfg_solve(onnx_cfg_pair(lambda f: estimator.run(None, f)[0]), z, mu, mask, steps,
                               cfg.flow.cfg_rate)
-        feeds.append({"mel": mel.astype(np.float32), "noise": source})
+        feeds.append({"mel": mel.astype(np.float32), "noise": source, "harmonic_phase": noise.phases(w),
+                      **SourcePhase(cfg.vocoder.nb_harmonics + 1).feeds(0)})
     return feeds
 
 
