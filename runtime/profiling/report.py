@@ -190,8 +190,8 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
         biggest = max(STAGES, key=lambda s: stages[s]["share"])
         share, scope = stages[biggest]["share"], "of the turn"
     fmt_rtf = f"{rtf:.2f}" if rtf is not None else "n/a (no answer audio)"
-    fmt_felt = (f"{felt:.0f} ms = {gap:.0f} ms to the end-of-turn decision + {felt - gap:.0f} ms to the first "
-                f"sample out (first audio {first:.0f} ms)" if felt is not None and first is not None else "none")
+    fmt_felt = (f"{felt:.0f} ms (medians: the end-of-turn decision {gap:.0f} ms after the last voiced sample, "
+                f"first audio {first:.0f} ms after the decision)" if felt is not None and first is not None else "none")
     head = "meets" if rtf_ok and felt_ok else "does NOT meet"
     action = "biggest stage to fix" if not (rtf_ok and felt_ok) else "biggest stage"
     line = (f"{head} the {profile['name']} budget: felt latency {fmt_felt} ({'<=' if felt_ok else 'not <='} "

@@ -1,0 +1,87 @@
+"""Decode-stage levers measured side by side: felt latency, first audio, RTF and the least playback buffer.
+
+Every variant is a change of the device profile's generation settings (first streamed window, later
+windows, flow steps) on one open package: turns run round-robin, the order rotated every round, each in a
+fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the profile's endpointing), so the
+load of a shared machine falls on all variants alike. Medians per variant and their ratios to the first.
+
+    python tools/latency_levers.py --model PKG [--device-profile cpu-2core] [--input speech.wav] [--rounds 3] \
+        [--variants "base;first=4;chunk=25;steps=4;first=4,chunk=25"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bcaudio.benchmarks.turn import TurnFigures, incremental_turn
+from bcaudio.runtime.package.profiles import resolve_profile
+from bcaudio.runtime.profiling.profiler import Profiler, speech_input
+
+KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "left": "stream_left_context_frames",
+        "steps": "flow_steps"}
+
+
+def parse_variant(spec: str) -> dict[str, int]:
+    """``base`` or ``first=4,chunk=25``: generation settings over the profile's."""
+    if spec == "base":
+        return {}
+    out = {}
+    for part in spec.split(","):
+        key, value = part.split("=")
+        out[KEYS[key]] = int(value)
+    return out
+
+
+def apply(profiler: Profiler, base: object, changes: dict[str, int]) -> None:
+    gen = dataclasses.replace(base.generation, **changes)
+    profiler.profile = dataclasses.replace(base, generation=gen)
+    loop_gen = profiler.assistant.loop.gen
+    profiler.assistant.loop.gen = dataclasses.replace(loop_gen, stream=gen.stream())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--device-profile", default="cpu-2core")
+    ap.add_argument("--input", help="speech file (default: the profiler's espeak-ng sentence)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default="base;first=4;chunk=25;steps=4;first=4,chunk=25")
+    args = ap.parse_args()
+    base = resolve_profile(args.device_profile, print)
+    profiler = Profiler(args.model, base, log=lambda _: None, live_prefill=True)
+    original = profiler.assistant.loop.gen
+    with tempfile.TemporaryDirectory() as tmp:
+        audio, source = speech_input(args.input, 16000, Path(tmp))
+    variants = args.variants.split(";")
+    incremental_turn(profiler, audio)  # warm-up
+    results: dict[str, list[TurnFigures]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            profiler.assistant.loop.gen = original
+            apply(profiler, base, parse_variant(v))
+            results[v].append(incremental_turn(profiler, audio))
+            t = results[v][-1]
+            print(f"round {r + 1} {v}: felt {t.felt_ms:.0f} ms, first audio {t.first_audio_ms:.0f} ms, RTF {t.rtf:.2f}",
+                  flush=True)
+
+    def med(v: str, key: str) -> float:
+        values = [getattr(t, key) for t in results[v]]
+        return float(np.median([x for x in values if x is not None])) if any(x is not None for x in values) else np.nan
+
+    print(f"\ninput: {source}; profile {base.name}; {args.rounds} rounds, variants interleaved\n")
+    print("| variant | felt ms | first audio ms | RTF | least buffer s | ended by | felt / first audio / RTF vs "
+          f"{variants[0]} |")
+    print("|---|---|---|---|---|---|---|")
+    for v in variants:
+        ratios = " / ".join(f"{med(v, k) / med(variants[0], k):.2f}" for k in ("felt_ms", "first_audio_ms", "rtf"))
+        print(f"| {v} | {med(v, 'felt_ms'):.0f} | {med(v, 'first_audio_ms'):.0f} | {med(v, 'rtf'):.2f} | "
+              f"{med(v, 'min_buffer_s'):.2f} | {results[v][0].ended_by} | {ratios} |")
+
+
+if __name__ == "__main__":
+    main()
