@@ -5,4 +5,5 @@ generation/ the generation loop, sampling, noise, flow solver, streamed segments
 audio/      audio files, microphone and speaker, voice activity detection
 live/       a live conversation (endpointing, incremental prefill, barge-in)
 profiling/  the latency profiler, its reports and charts
+serve/      `bcaudio serve`: many WebSocket clients on one loaded model, the kiosk page
 """

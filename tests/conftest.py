@@ -40,3 +40,14 @@ def speech_16k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     audio, rate = sf.read(path, dtype="float32")
     assert rate == 16000
     return audio
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` package (seed 1) shared by the modules that only need one to run (server, page, README)."""
+    from bcaudio.export.checkpoint import init_checkpoint
+    from bcaudio.export.package import export_package
+
+    root = tmp_path_factory.mktemp("tiny-package")
+    export_package(init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1), root / "pkg", progress=lambda _: None)
+    return root / "pkg"

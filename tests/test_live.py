@@ -44,7 +44,7 @@ def pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def greedy(pkg: Path) -> VoiceAssistant:
-    assistant = VoiceAssistant(pkg, log=lambda _: None)
+    assistant = VoiceAssistant(pkg, None, log=lambda _: None)
     assistant.loop.gen = assistant.cfg.generation.greedy()
     return assistant
 

@@ -174,7 +174,7 @@ def test_int8_saturation_trap(tmp_path: Path) -> None:
 def test_quantized_package_runs_a_greedy_turn(quantized: dict[str, Path], speech_16k: np.ndarray) -> None:
     pkg = quantized["mixed"]
     cfg = load_manifest(pkg).model_config()
-    assistant = VoiceAssistant(pkg, generation=cfg.generation.greedy(), log=QUIET)
+    assistant = VoiceAssistant(pkg, None, generation=cfg.generation.greedy(), log=QUIET)
     result = collect(assistant.respond(speech_16k[:32000], 16000), 240)
     assert result.reason and (result.text_ids or result.segments)
     for segment in result.segments:

@@ -40,7 +40,7 @@ def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_
     ref = load_checkpoint(ckpt)
     codec = TextCodec(ckpt / "tokenizer.json")
     want = collect(reference_events(ref, codec, "respond", speech_16k, None, seed=0, greedy=True), 240)
-    assistant = VoiceAssistant(pkg, generation=ref.cfg.generation.greedy(), log=lambda _: None)
+    assistant = VoiceAssistant(pkg, None, generation=ref.cfg.generation.greedy(), log=lambda _: None)
     got = collect(assistant.respond(speech_16k, 16000), 240)
     assert np.array_equal(assistant.tokenize(speech_16k), reference_codes(ref, speech_16k))
     assert got.text_ids == want.text_ids and got.reason == want.reason
@@ -55,7 +55,7 @@ def test_seeded_sampling_is_reproducible_and_multi_turn_keeps_the_cache(tiny: tu
     _, pkg = tiny
     runs = []
     for _ in range(2):
-        a = VoiceAssistant(pkg, seed=5, log=lambda _: None)
+        a = VoiceAssistant(pkg, None, seed=5, log=lambda _: None)
         first = collect(a.respond(speech_16k, 16000), 240)
         position = a.backend.position
         second = collect(a.respond(speech_16k[:16000], 16000), 240)
@@ -88,7 +88,7 @@ class Recording:
 def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
     """Two turns on one KV cache end with the same logits as the whole conversation fed at once."""
     ckpt, pkg = tiny
-    a = VoiceAssistant(pkg, generation=load_config(ckpt).generation.greedy(), log=lambda _: None)
+    a = VoiceAssistant(pkg, None, generation=load_config(ckpt).generation.greedy(), log=lambda _: None)
     recorder = Recording(a.backend)
     a.loop.backend = recorder
     collect(a.respond(speech_16k[:24000], 16000), 240)
@@ -135,7 +135,7 @@ sys.exit(rc)
 def test_bad_audio_gets_a_clear_message(tiny: tuple[Path, Path], audio: np.ndarray, rate: int,
                                         pattern: str) -> None:
     _, pkg = tiny
-    a = VoiceAssistant(pkg, log=lambda _: None)
+    a = VoiceAssistant(pkg, None, log=lambda _: None)
     with pytest.raises(AudioInputError, match=pattern):
         list(a.respond(audio, rate))
 
@@ -144,7 +144,7 @@ def test_any_rate_and_stereo_input_is_accepted(tiny: tuple[Path, Path], speech_1
     import soxr
 
     _, pkg = tiny
-    a = VoiceAssistant(pkg, log=lambda _: None)
+    a = VoiceAssistant(pkg, None, log=lambda _: None)
     stereo44 = np.stack([soxr.resample(speech_16k, 16000, 44100)] * 2, axis=1)
     assert abs(len(a.prepare(stereo44, 44100)) - len(speech_16k)) <= 2
 
@@ -191,7 +191,7 @@ def test_a_package_of_the_sinegen2_format_is_refused(tiny: tuple[Path, Path], tm
 def test_a_long_conversation_overflows_the_context_without_crashing(tiny: tuple[Path, Path],
                                                                     speech_16k: np.ndarray) -> None:
     _, pkg = tiny
-    a = VoiceAssistant(pkg, context_tokens=400, log=lambda _: None)
+    a = VoiceAssistant(pkg, None, context_tokens=400, log=lambda _: None)
     for _ in range(4):
         assert collect(a.respond(speech_16k, 16000), 240).reason in ("eos", "max_rounds")
         assert a.backend.position == len(a.loop.context) <= 400
@@ -205,7 +205,7 @@ def test_io_binding_path_equals_the_plain_path(tiny: tuple[Path, Path], speech_1
     greedy = load_config(ckpt).generation.greedy()
     results = []
     for binding in (False, True):
-        a = VoiceAssistant(pkg, generation=greedy, log=lambda _: None)
+        a = VoiceAssistant(pkg, None, generation=greedy, log=lambda _: None)
         a.backend = a.loop.backend = OrtBackend(a.sessions, io_binding=binding)
         results.append(collect(a.respond(speech_16k, 16000), 240))
         assert a.backend.io_binding is binding
@@ -223,9 +223,9 @@ def test_streamed_turn_keeps_the_tokens_and_equals_the_torch_reference(tiny: tup
     codec = TextCodec(ckpt / "tokenizer.json")
     stream = StreamSettings(chunk_frames=4)
     gen = dataclasses.replace(ref.cfg.generation.greedy(), stream=stream)
-    whole = collect(VoiceAssistant(pkg, generation=ref.cfg.generation.greedy(), log=lambda _: None)
+    whole = collect(VoiceAssistant(pkg, None, generation=ref.cfg.generation.greedy(), log=lambda _: None)
                     .respond(speech_16k, 16000), 240)
-    got = collect(VoiceAssistant(pkg, generation=gen, log=lambda _: None).respond(speech_16k, 16000), 240)
+    got = collect(VoiceAssistant(pkg, None, generation=gen, log=lambda _: None).respond(speech_16k, 16000), 240)
     ref.cfg.generation = gen
     want = collect(reference_events(ref, codec, "respond", speech_16k, None, seed=0, greedy=True), 240)
     assert got.text_ids == whole.text_ids == want.text_ids

@@ -21,7 +21,7 @@ from bcaudio.runtime.live.incremental_tokens import tokenize_in_chunks, whole_co
 
 def greedy_answer(package: str, codes: np.ndarray) -> list[int]:
     """Text ids of a fresh greedy answer to ``codes``."""
-    assistant = VoiceAssistant(package, log=lambda _: None)
+    assistant = VoiceAssistant(package, None, log=lambda _: None)
     assistant.loop.gen = assistant.cfg.generation.greedy()
     return collect(assistant.loop.respond(codes), 0).text_ids
 
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="320,640,960,1280", help="prefill chunks in ms")
     parser.add_argument("--contexts", default="0,320,640", help="tokenizer left contexts in ms")
     args = parser.parse_args()
-    assistant = VoiceAssistant(args.model, log=lambda _: None)
+    assistant = VoiceAssistant(args.model, None, log=lambda _: None)
     audio, rate = sf.read(args.input, dtype="float32", always_2d=True)
     audio = assistant.prepare(audio, rate)
     whole = assistant.tokenize(audio)

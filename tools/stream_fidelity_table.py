@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--contexts", default="2,6", help="left_context_frames values")
     parser.add_argument("--flow-steps", type=int, default=10)
     args = parser.parse_args()
-    assistant = VoiceAssistant(args.model, flow_steps=args.flow_steps, log=lambda _: None)
+    assistant = VoiceAssistant(args.model, None, flow_steps=args.flow_steps, log=lambda _: None)
     audio, rate = sf.read(args.input, dtype="float32", always_2d=True)
     codes = assistant.tokenize(assistant.prepare(audio, rate))[:args.frames]
     cfg, backend = assistant.cfg, assistant.backend

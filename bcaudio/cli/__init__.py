@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bcaudio.cli.chat import add_parser as add_chat_parsers
 
     add_chat_parsers(sub)
+    from bcaudio.cli.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     try:
         from bcaudio.cli.quant import add_parser as add_quant_parser
     except ImportError:  # runtime-only install: no onnx, no `quantize`

@@ -110,7 +110,8 @@ def _chat(args: argparse.Namespace) -> None:
                         tokenize_left_context_ms=left_ms if args.tokenize_left_context_ms is None
                         else args.tokenize_left_context_ms,
                         push_to_talk=args.push_to_talk, barge_in=not args.no_barge_in)
-    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
+    assistant = VoiceAssistant(args.model, None, settings=settings, seed=args.seed, flow_steps=flow_steps,
+                               context_tokens=context,
                                stream=stream, log=log)
     try:
         if args.input_wav:

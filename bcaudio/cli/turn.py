@@ -24,7 +24,8 @@ def _runtime_turn(args: argparse.Namespace) -> None:
         settings = profile.session
         flow_steps, context = profile.generation.flow_steps, profile.generation.context_tokens
     stream = stream_settings(profile, getattr(args, "stream_chunk_frames", None))
-    assistant = VoiceAssistant(args.model, settings, seed=args.seed, flow_steps=flow_steps, context_tokens=context,
+    assistant = VoiceAssistant(args.model, None, settings=settings, seed=args.seed, flow_steps=flow_steps,
+                               context_tokens=context,
                                stream=stream, log=log)
     if args.command == "speak":
         events = assistant.speak(args.text)

@@ -13,6 +13,7 @@ from bcaudio.runtime.audio.files import AudioInputError, to_mono_rate
 from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
 from bcaudio.runtime.package.ort_backend import OrtBackend
+from bcaudio.runtime.package.profiles import DeviceProfile, resolve_profile
 from bcaudio.runtime.package.sessions import PackageSessions, SessionSettings
 from bcaudio.runtime.package.text_codec import TextCodec
 
@@ -23,21 +24,41 @@ CLIP_LEVEL = 0.999
 class VoiceAssistant:
     """One conversation on one package; each call continues it (the KV cache of earlier turns is reused)."""
 
-    def __init__(self, package: str | Path, settings: SessionSettings | None = None, seed: int = 0,
-                 generation: GenerationConfig | None = None, flow_steps: int | None = None,
+    def __init__(self, package: str | Path, device_profile: str | DeviceProfile | None = "auto", *,
+                 system_prompt: str | None = None, seed: int = 0, generation: GenerationConfig | None = None,
+                 settings: SessionSettings | None = None, flow_steps: int | None = None,
                  context_tokens: int | None = None, stream: StreamSettings | None = None,
-                 log: Callable[[str], None] = print) -> None:
-        """``stream`` (a device profile's) overrides ``generation.stream``: how segments are decoded in windows."""
+                 log: Callable[[str], None] = print, sessions: PackageSessions | None = None,
+                 codec: TextCodec | None = None) -> None:
+        """``device_profile`` (a shipped name, a .toml path, ``auto`` for this machine, or None for the package's own
+        defaults) gives threads, flow steps, context and segment streaming, so what is deployed is what was profiled;
+        ``settings``, ``flow_steps``, ``context_tokens`` and ``stream`` override it one by one. ``sessions`` and
+        ``codec`` let several conversations share one loaded package (``bcaudio serve``)."""
         self.package = Path(package)
-        self.sessions = PackageSessions(self.package, settings, log=log)
+        self.profile = resolve_profile(device_profile, log) if isinstance(device_profile, str) else device_profile
+        if self.profile is not None:
+            gen = self.profile.generation
+            settings = settings or self.profile.session
+            flow_steps, context_tokens = flow_steps or gen.flow_steps, context_tokens or gen.context_tokens
+            stream = gen.stream() if stream is None else stream
+        self.sessions = sessions or PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
         self.log = log
-        self.codec = TextCodec(self.package / "tokenizer.json")
+        self.codec = codec or TextCodec(self.package / "tokenizer.json")
         self.backend = OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps)
+        generation = generation or self.cfg.generation
         if stream is not None:
-            generation = dataclasses.replace(generation or self.cfg.generation, stream=stream)
+            generation = dataclasses.replace(generation, stream=stream)
+        if system_prompt is not None:
+            generation = dataclasses.replace(generation, system_prompt=system_prompt)
         self.loop = SpeechLoop(self.cfg, self.backend, self.codec, seed=seed, generation=generation,
                                max_context=context_tokens)
+
+    def reset(self) -> None:
+        """Forget the conversation (the next customer): the next turn starts again from the system prompt, on a
+        KV cache back at its initial size; the loaded sessions stay."""
+        self.loop.truncate(0)
+        self.backend.reset()
 
     @property
     def sample_rate(self) -> int:

@@ -309,9 +309,13 @@ class SpeechLoop:
     # Incremental form of ``respond``: a live front end prefills the user's audio while they speak,
     # so at end of speech only the last chunk and the assistant prompt remain.
 
-    def start_user_audio(self) -> None:
-        """Feed the turn prefix and ``<audio_start>``."""
-        self._feed(self._turn_prefix() + [self.tok.audio_start])
+    def start_user_audio(self, asr: bool = False) -> None:
+        """Feed the turn prefix and ``<audio_start>``; with ``asr`` the ASR prompt instead (``transcribe``'s)."""
+        if asr:
+            self.turn_starts.append(len(self.context))
+            self._feed(self.codec.encode(self.gen.asr_prompt) + [self.tok.audio_start])
+        else:
+            self._feed(self._turn_prefix() + [self.tok.audio_start])
 
     def add_user_audio(self, codes: np.ndarray) -> None:
         """Feed (frames, K) codes of the user's speech as ``<audio_pad>`` positions."""
@@ -344,6 +348,24 @@ class SpeechLoop:
     def guarded_answer(self) -> Iterator[Event]:
         """``answer`` with the turn timings and a context overflow ending as ``TurnEnd``, as ``respond`` gives."""
         return self._guarded(self.answer())
+
+    def guarded_answer_text(self) -> Iterator[Event]:
+        """The incremental form of ``respond_text``: close the user's audio, answer in text only."""
+
+        def run() -> Iterator[Event]:
+            logits, _ = self._feed([self.tok.audio_end, self.tok.assistant])
+            yield from self._plain_text(logits, self.gen.text_only)
+
+        return self._guarded(run())
+
+    def guarded_transcript(self) -> Iterator[Event]:
+        """The incremental form of ``transcribe`` (the audio was started with ``start_user_audio(asr=True)``)."""
+
+        def run() -> Iterator[Event]:
+            logits, _ = self._feed([self.tok.audio_end])
+            yield from self._plain_text(logits, self.gen.asr)
+
+        return self._guarded(run())
 
     # Barge-in: the history keeps what the user actually heard, so the next turn sees the same conversation.
 

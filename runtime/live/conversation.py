@@ -62,6 +62,9 @@ class LiveSettings:
     tokenize_left_context_ms: int = 640  # a device profile's generation.tokenize_left_context_ms
     push_to_talk: bool = False  # press() / release() mark the utterance; no VAD
     barge_in: bool = True  # off for open speakers without echo cancellation (the mic hears the answer)
+    mode: str = "respond"  # what an utterance gets: "respond" (text + speech), "text" (text only), "asr" (transcript)
+
+    MODES = ("respond", "text", "asr")
 
     @property
     def chunk_samples(self) -> int:
@@ -129,6 +132,7 @@ class _Answer:
     pending_text: str = ""
     latency: float | None = None
     done: bool = False
+    base: int | None = None  # a spoken text (``say``): the context before it, where a cut with nothing heard goes
 
 
 class LiveSession:
@@ -221,7 +225,7 @@ class LiveSession:
             self.vad.reset()
 
     def _frame(self, frame: np.ndarray) -> None:
-        self._poll_playback()
+        self.poll_playback()
         change = None
         if self.vad is not None:
             change = self.endpointer.update(self.vad.frame(frame))
@@ -298,6 +302,24 @@ class LiveSession:
         while sum(f.size for f in self._unsent) >= self.settings.chunk_samples:
             self._send_chunk()
 
+    def end_utterance(self, by: str = "front_end") -> None:
+        """End the utterance now, as the endpointer would (a front end's commit, or its limit on one turn's audio)."""
+        self._end_utterance(by)
+
+    def say(self, text: str) -> None:
+        """Speak ``text`` (TTS) as the next answer; call it while listening (the speech loop's ``speak``)."""
+        self._set_phase(Phase.THINKING)
+        self._commands.put(("say", text, time.perf_counter()))
+
+    def run_on_worker(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker between commands: the worker owns the model, so settings change there."""
+        self._commands.put(("call", fn))
+
+    def reset_conversation(self) -> None:
+        """The next customer: stop what is in flight and forget the whole conversation."""
+        self.interrupt()
+        self._commands.put(("reset",))
+
     def _end_utterance(self, by: str) -> None:
         if self._utterance is None:
             return
@@ -310,8 +332,9 @@ class LiveSession:
         self._set_phase(Phase.THINKING)
         self._commands.put(("end", audio, t_end, heard.size / MIC_RATE, gap, by))
 
-    def _poll_playback(self) -> None:
-        """The answer is over once generated and played out: report it and listen again."""
+    def poll_playback(self) -> None:
+        """The answer is over once generated and played out: report it and listen again. Every microphone frame
+        polls; a front end whose audio pauses (push-to-talk over a network) calls it on a timer."""
         with self._lock:
             answer = self._answer
             over = (answer is not None and answer.done and self.phase in (Phase.THINKING, Phase.SPEAKING)
@@ -397,13 +420,22 @@ class LiveSession:
 
     def _handle(self, command: tuple) -> None:
         kind = command[0]
-        if self._dropped and kind != "start":
+        if self._dropped and kind not in ("start", "say", "call", "reset"):
             return  # the rest of a dropped turn
-        if kind == "start":
+        if kind == "call":
+            command[1]()
+        elif kind == "reset":
+            self.assistant.reset()
+            self._tokens.reset()
+            self._continue_user, self._dropped = False, False
+        elif kind == "say":
+            self._dropped = False
+            self._say(command[1], command[2])
+        elif kind == "start":
             self._dropped = False
             self._tokens.reset()
             if not self._continue_user:
-                self.loop.start_user_audio()
+                self.loop.start_user_audio(asr=self.settings.mode == "asr")
             self._continue_user = False
         elif kind == "chunk":
             self.loop.add_user_audio(self._tokens.push(command[1]))
@@ -425,7 +457,19 @@ class LiveSession:
         with self._lock:
             self._answer = answer
         if not self._cancel.is_set():
-            self._stream(answer, self.loop.guarded_answer())
+            answers = {"respond": self.loop.guarded_answer, "text": self.loop.guarded_answer_text,
+                       "asr": self.loop.guarded_transcript}
+            self._stream(answer, answers[self.settings.mode]())
+        answer.done = True
+
+    def _say(self, text: str, t_start: float) -> None:
+        self._turns += 1
+        answer = _Answer(self._turns, self.speaker.begin_turn(), 0, t_start, 0.0, None, "text",
+                         base=len(self.loop.context))
+        with self._lock:
+            self._answer = answer
+        if not self._cancel.is_set():
+            self._stream(answer, self.loop.speak(text))
         answer.done = True
 
     def _stream(self, answer: _Answer, events: Iterator) -> None:
@@ -461,7 +505,9 @@ class LiveSession:
             return
         played = sum(1 for turn, _ in self._played_marks() if turn == answer.turn)
         start = self.loop.turn_starts[-1]
-        if played == 0:
+        if played == 0 and answer.base is not None:
+            self.loop.truncate(answer.base)
+        elif played == 0:
             self.loop.truncate(start + answer.user_end if continue_user else start)
             self._continue_user = continue_user
         elif not (answer.done and played == len(answer.boundaries)):

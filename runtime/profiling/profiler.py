@@ -294,7 +294,8 @@ class Profiler:
         (``SpokenInput``), and time the turn from end of speech; otherwise the whole utterance is tokenized
         and prefilled inside the timed turn."""
         self.profile, self.seed, self.log, self.live_prefill = profile, seed, log, live_prefill
-        self.assistant = VoiceAssistant(package, profile.session, seed=seed, flow_steps=profile.generation.flow_steps,
+        self.assistant = VoiceAssistant(package, None, settings=profile.session, seed=seed,
+                                        flow_steps=profile.generation.flow_steps,
                                         stream=profile.generation.stream(), log=log)
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
         self.assistant.sessions.run_observers.append(self.recorder.observe)

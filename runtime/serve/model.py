@@ -1,0 +1,46 @@
+"""What every connection of a server shares: the package loaded once, its device profile, one compute queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bcaudio.runtime.audio.vad import find_vad_model
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.live.conversation import LiveSettings
+from bcaudio.runtime.package.profiles import DeviceProfile, resolve_profile
+from bcaudio.runtime.package.sessions import PackageSessions
+from bcaudio.runtime.package.text_codec import TextCodec
+from bcaudio.runtime.serve.scheduler import ComputeScheduler, Lane, LanedSessions
+
+
+class SharedModel:
+    """The ONNX Runtime sessions and tokenizer of one package, opened once; each connection gets its own
+    ``VoiceAssistant`` (conversation, KV cache, noise) on them, its runs queued on the one ``ComputeScheduler``."""
+
+    def __init__(self, package: str | Path, device_profile: str | DeviceProfile | None = "auto",
+                 log: Callable[[str], None] = print, vad_model: str | Path | None = None) -> None:
+        self.package, self.log = Path(package), log
+        self.profile = resolve_profile(device_profile, log) if isinstance(device_profile, str) else device_profile
+        self.vad_model = Path(vad_model) if vad_model else find_vad_model()
+        self.sessions = PackageSessions(self.package, self.profile.session if self.profile else None, log=log)
+        self.cfg = self.sessions.cfg
+        self.codec = TextCodec(self.package / "tokenizer.json")
+        self.scheduler = ComputeScheduler()
+
+    def assistant(self, lane: Lane, seed: int = 0) -> VoiceAssistant:
+        """A fresh conversation whose every graph run goes through ``lane``."""
+        return VoiceAssistant(self.package, self.profile, seed=seed, sessions=LanedSessions(self.sessions, lane),
+                              codec=self.codec, log=self.log)
+
+    def live_settings(self) -> LiveSettings:
+        """Incremental prefill sized by the device profile, as ``bcaudio chat`` sizes it."""
+        defaults = LiveSettings()
+        if self.profile is None:
+            return defaults
+        gen = self.profile.generation
+        return LiveSettings(prefill_chunk_ms=gen.prefill_chunk_ms,
+                            tokenize_left_context_ms=gen.tokenize_left_context_ms)
+
+    def close(self) -> None:
+        self.scheduler.stop()
