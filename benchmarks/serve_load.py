@@ -172,17 +172,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, *extra: str, device_profile: str = "auto") -> subprocess.Popen:
-    """``bcaudio serve`` in a child process, returned once /healthz answers."""
+def start_server(model: str, port: int, *extra: str, device_profile: str = "auto",
+                 log: Path | None = None) -> subprocess.Popen:
+    """``bcaudio serve`` in a child process logging to ``log`` (default /tmp/bcaudio-serve-PORT.log), returned once
+    /healthz answers."""
     import urllib.request
 
+    log = log or Path(f"/tmp/bcaudio-serve-{port}.log")
     cmd = [str(Path(sys.executable).parent / "bcaudio"), "serve", "--model", model, "--port", str(port),
            "--device-profile", device_profile, *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"bcaudio serve exited: {proc.stdout.read()[-2000:]}")
+            raise RuntimeError(f"bcaudio serve exited: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                 return proc

@@ -29,10 +29,15 @@ def pkg(tiny_package: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(pkg: Path):
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-log") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(pkg: Path, server_log: Path):
     port = free_port()
     proc = start_server(str(pkg), port, "--max-sessions", "8", "--token", TOKEN, "--max-message-bytes", "65536",
-                        "--log-format", "json")
+                        "--log-format", "json", log=server_log)
     yield proc, port
     proc.terminate()
     proc.wait(timeout=30)
@@ -104,7 +109,7 @@ def test_protocol_faults_get_an_error_and_the_session_keeps_working(server, ques
         assert 0 < t["first_text_ms"] <= t["generated_ms"] and t["first_audio_ms"] <= t["generated_ms"]
 
 
-def test_wrong_token_is_refused_and_logged(server) -> None:
+def test_wrong_token_is_refused_and_logged(server, server_log: Path) -> None:
     proc, port = server
     with connect(port, token="wrong-token-wrong-token") as ws:
         event = json.loads(ws.recv(timeout=10))
@@ -114,6 +119,10 @@ def test_wrong_token_is_refused_and_logged(server) -> None:
         assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1008
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'bcaudio_refused_connections_total{reason="unauthorized"} 1.0' in metrics
+    lines = [json.loads(line) for line in server_log.read_text().splitlines() if line.startswith("{")]
+    refused = [r for r in lines if r.get("code") == "unauthorized"]
+    assert refused and refused[0]["level"] == "warning" and refused[0]["client"].startswith("127.0.0.1:")
+    assert TOKEN not in server_log.read_text()
 
 
 def test_bad_origin_is_refused(server) -> None:
@@ -197,3 +206,92 @@ def test_non_loopback_bind_needs_tls_and_token(pkg: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--certfile/--keyfile (TLS) and --token" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def speak(ws, question: np.ndarray, tail_seconds: float = 1.5) -> None:
+    audio = np.concatenate([question, np.zeros(int(tail_seconds * 16000), np.int16)])
+    for i in range(0, audio.size, 1600):
+        ws.send(append(audio[i:i + 1600]))
+
+
+def test_text_and_asr_modes_answer_in_text_only(server, question: np.ndarray) -> None:
+    _, port = server
+    with connect(port) as ws:
+        ws.recv(timeout=30)
+        for mode in ("text", "asr"):
+            ws.send(json.dumps({"type": "session.update", "session": {"mode": mode}}))
+            assert recv_until(ws, "session.updated")[-1]["session"]["mode"] == mode
+            speak(ws, question)
+            events = recv_until(ws, "response.done")
+            kinds = {e["type"] for e in events}
+            assert "response.audio.delta" not in kinds and events[-1]["status"] == "completed", mode
+            deltas = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+            assert events[-1]["text"] == deltas.strip() and events[-1]["timings"]["first_audio_ms"] is None
+
+
+def test_push_to_talk_commit_ends_the_utterance(server, question: np.ndarray) -> None:
+    _, port = server
+    with connect(port) as ws:
+        ws.recv(timeout=30)
+        ws.send(json.dumps({"type": "session.update", "session": {"turn_detection": None}}))
+        recv_until(ws, "session.updated")
+        for i in range(0, question.size, 1600):  # no silence after it: only the commit ends it
+            ws.send(append(question[i:i + 1600]))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        events = recv_until(ws, "response.done")
+        stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+        assert abs(stopped["audio_ms"] - 1000 * question.size / 16000) < 200
+        assert events[-1]["status"] == "completed" and events[-1]["timings"]["vad_hangover_ms"] == 0
+
+
+def test_barge_in_keeps_only_what_was_heard(server, question: np.ndarray) -> None:
+    _, port = server
+    with connect(port) as ws:
+        ws.recv(timeout=30)
+        ws.send(json.dumps({"type": "session.update", "session": {"mode": "tts"}}))
+        recv_until(ws, "session.updated")
+        ws.send(json.dumps({"type": "response.create", "text": "Good morning. The museum opens at nine, the cafe "
+                            "at ten, and the garden at eleven. Tickets are at the desk."}))
+        events = recv_until(ws, "response.audio.delta")
+        time.sleep(1.5)  # the client "plays" what has been sent so far
+        ws.send(json.dumps({"type": "response.cancel"}))
+        events += recv_until(ws, "response.done")
+        done = events[-1]
+        texts = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+        # pieces sent but not yet played when the cancel came are not kept; the kept text is a prefix of the sent
+        assert done["status"] == "cancelled" and 0 < done["played_segments"] < done["segments"]
+        assert done["text"] and texts.startswith(done["text"])
+
+
+def test_idle_sessions_are_closed_and_long_utterances_cut(pkg: Path, question: np.ndarray, tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_server(str(pkg), port, "--idle-timeout", "8", "--max-turn-seconds", "2", log=tmp_path / "log")
+    try:
+        with websockets_sync.connect(f"ws://127.0.0.1:{port}/v1/realtime", open_timeout=30) as ws:
+            ws.recv(timeout=30)
+            speak(ws, question)
+            events = recv_until(ws, "response.done")
+            cut = [e for e in events if e["type"] == "error"]
+            assert cut and cut[0]["error"]["code"] == "turn_too_long"
+            stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+            assert stopped["audio_ms"] <= 2200
+            assert recv_until(ws, "error", timeout=20)[-1]["error"]["code"] == "idle_timeout"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be 0-65535"),
+    (["--max-sessions", "0"], "--max-sessions must be 1-256"),
+    (["--token", "short"], "--token must be at least 16 characters"),
+    (["--certfile", "/nonexistent.pem", "--keyfile", "/nonexistent.key"], "--certfile /nonexistent.pem: no such file"),
+    (["--certfile", "/nonexistent.pem"], "--certfile and --keyfile go together"),
+])
+def test_bad_serve_arguments_are_one_line_before_any_work(pkg: Path, args: list[str], message: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from bcaudio.cli import main
+
+    assert main(["serve", "--model", str(pkg), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
