@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             results = run_load(url, question, n, args.turns, args.realtime)
             row = summarize(results, time.perf_counter() - start)
-            row.update(process_stats(proc.pid))
+            row.update(process_stats(proc.pid), load_average=os.getloadavg()[0])  # a shared machine says so
             rows.append(row)
             print(json.dumps(row))
     finally:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 LOGGER = "bcaudio.serve"
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query, and a browser sends the token there: never log it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN.sub(r"\1***", message), ()
+        return True
 
 
 class JsonLines(logging.Formatter):
@@ -24,6 +36,7 @@ class JsonLines(logging.Formatter):
 def setup_logging(fmt: str = "plain", stream=sys.stderr) -> logging.Logger:
     """The server's and uvicorn's loggers to ``stream`` in ``fmt`` (``plain`` or ``json``)."""
     handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactTokens())
     handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for name in (LOGGER, "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
