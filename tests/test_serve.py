@@ -105,7 +105,10 @@ def test_protocol_faults_get_an_error_and_the_session_keeps_working(server, ques
         done = events[-1]
         assert done["status"] == "completed" and "response.audio.delta" in kinds
         t = done["timings"]
-        assert t["vad_hangover_ms"] == 640 and t["felt_first_audio_ms"] == pytest.approx(640 + t["first_audio_ms"])
+        assert t["vad_hangover_ms"] == 640 and done["ended_by"] in ("hangover", "turn_detector")
+        if done["ended_by"] == "hangover":  # the profile's Smart Turn may end it sooner, at a pause it judges final
+            assert 640 <= t["voice_gap_ms"] < 1500  # the hangover plus the tail the VAD still took for speech
+        assert t["felt_first_audio_ms"] == pytest.approx(t["voice_gap_ms"] + t["first_audio_ms"], abs=0.1)
         assert 0 < t["first_text_ms"] <= t["generated_ms"] and t["first_audio_ms"] <= t["generated_ms"]
 
 

@@ -54,8 +54,14 @@ def _serve(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise UserError(f"the server needs the serve extra ({exc.name} is missing): pip install 'bcaudio[serve]'"
                         ) from None
+    from bcaudio.runtime.audio.turn_detector import TurnModelError
+    from bcaudio.runtime.audio.vad import VadModelError
+
     log = setup_logging(args.log_format)
-    model = SharedModel(args.model, args.device_profile, log=log.info)
+    try:
+        model = SharedModel(args.model, args.device_profile, log=log.info)
+    except (VadModelError, TurnModelError) as exc:
+        raise UserError(str(exc)) from None
     limits = Limits(max_message_bytes=args.max_message_bytes, max_turn_seconds=args.max_turn_seconds,
                     idle_timeout=args.idle_timeout)
     options = ServeOptions(max_sessions=args.max_sessions, token=args.token, allowed_origins=args.allow_origin,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bcaudio.runtime.audio.vad import FRAME_MS, EndpointSettings, SileroVad
+from bcaudio.runtime.audio.vad import FRAME_MS, SileroVad
 from bcaudio.runtime.live.conversation import (
     AssistantText,
     LiveSession,
@@ -32,7 +32,6 @@ from bcaudio.runtime.live.conversation import (
 )
 from bcaudio.runtime.serve.model import SharedModel
 from bcaudio.runtime.serve.protocol import (
-    DEFAULT_VAD,
     INPUT_RATE,
     Limits,
     ProtocolError,
@@ -40,6 +39,7 @@ from bcaudio.runtime.serve.protocol import (
     apply_update,
     decode_pcm16,
     encode_pcm16,
+    vad_config,
 )
 from bcaudio.runtime.serve.remote_speaker import RemoteSpeaker
 
@@ -93,8 +93,9 @@ class Connection:
         self.assistant = model.assistant(self.lane, seed=self.id)
         self.base_live = model.live_settings()
         self.speaker = RemoteSpeaker(self._send_audio, self.assistant.sample_rate)
-        self.config = SessionConfig(instructions=self.assistant.loop.gen.system_prompt,
-                                    turn_detection=dict(DEFAULT_VAD))
+        ep = self.base_live.endpoint
+        vad = vad_config(ep.threshold, ep.pre_roll_ms, ep.end_ms, ep.turn_detector)
+        self.config = SessionConfig(instructions=self.assistant.loop.gen.system_prompt, turn_detection=vad)
         self._base_gen = self.assistant.loop.gen
         self._lock = threading.Lock()
         self._response: _Response | None = None
@@ -108,15 +109,18 @@ class Connection:
 
     def _live_session(self) -> LiveSession:
         td = self.config.turn_detection
-        endpoint = EndpointSettings()
+        endpoint = self.base_live.endpoint
         if td is not None:
-            endpoint = EndpointSettings(threshold=td["threshold"], release=min(0.35, td["threshold"] * 0.7),
-                                        end_ms=td["silence_duration_ms"], pre_roll_ms=td["prefix_padding_ms"])
+            endpoint = dataclasses.replace(endpoint, threshold=td["threshold"],
+                                           release=min(endpoint.release, td["threshold"]),
+                                           end_ms=td["silence_duration_ms"], pre_roll_ms=td["prefix_padding_ms"],
+                                           turn_detector=td["turn_detector"])
         mode = "text" if self.config.mode == "respond" and not self.config.voice else self.config.mode
         settings = dataclasses.replace(self.base_live, endpoint=endpoint, push_to_talk=td is None,
                                        mode="respond" if mode == "tts" else mode)
         vad = SileroVad(self.model.vad_model) if td is not None else None
-        return LiveSession(self.assistant, self.speaker, settings, vad=vad, ui=self._ui)
+        detector = self.model.turn_detector() if td is not None and td["turn_detector"] else None
+        return LiveSession(self.assistant, self.speaker, settings, vad=vad, ui=self._ui, turn_detector=detector)
 
     def created(self) -> None:
         self.emit({"type": "session.created", "session": self.config.public(), "limits": self.limits.public(),
@@ -156,7 +160,7 @@ class Connection:
         if self.session.phase == Phase.HEARING:
             self._utterance_samples += samples.size
             if self._utterance_samples > self.limits.max_turn_seconds * INPUT_RATE:
-                self.session.end_utterance()
+                self.session.end_utterance("turn_limit")
                 self.emit_error("turn_too_long", f"an utterance is at most {self.limits.max_turn_seconds:g} s; "
                                 "it was ended there and is being answered")
         self.session.on_audio(samples)
@@ -169,7 +173,7 @@ class Connection:
                 self.session.release()
             return
         if self.session.phase == Phase.HEARING:
-            self.session.end_utterance()
+            self.session.end_utterance("commit")
 
     def cancel(self) -> None:
         with self._lock:
@@ -310,16 +314,18 @@ class Connection:
         first_audio = since_end(response.first_audio)
         generated = None if response.last_output is None else response.last_output - response.t_end
         answer_seconds = response.audio_samples / self.assistant.sample_rate
-        timings = {"vad_hangover_ms": response.hangover_ms, "first_text_ms": since_end(response.first_text),
-                   "first_audio_ms": first_audio, "generated_ms": since_end(response.last_output),
-                   "total_ms": since_end(time.perf_counter()),
-                   "felt_first_audio_ms": None if first_audio is None else round(response.hangover_ms + first_audio,
-                                                                                1),
-                   "user_audio_ms": round(1000 * response.user_seconds), "answer_audio_ms":
-                       round(1000 * answer_seconds)}
+        # the wait before the end-of-speech decision, measured from the last voiced sample found on the audio
+        gap = None if report.felt is None or report.latency is None else round(1000 * (report.felt - report.latency))
+        felt = None if first_audio is None else round(first_audio + (response.hangover_ms if gap is None else gap), 1)
+        timings = {"vad_hangover_ms": response.hangover_ms, "voice_gap_ms": gap,
+                   "first_text_ms": since_end(response.first_text), "first_audio_ms": first_audio,
+                   "generated_ms": since_end(response.last_output), "total_ms": since_end(time.perf_counter()),
+                   "felt_first_audio_ms": felt, "user_audio_ms": round(1000 * response.user_seconds),
+                   "answer_audio_ms": round(1000 * answer_seconds)}
         rtf = generated / answer_seconds if generated is not None and answer_seconds else None
         spoken = self.config.voice and self.config.mode in ("respond", "tts")
         text = report.text if spoken else "".join(response.text).strip()  # text modes: what was shown was "heard"
         self.emit({"type": "response.done", "response_id": response.id, "status": status, "text": text,
-                   "played_segments": report.played_segments, "segments": report.segments, "timings": timings})
+                   "played_segments": report.played_segments, "segments": report.segments,
+                   "ended_by": report.ended_by, "timings": timings})
         self.on_turn(TurnSummary(status, timings, rtf))

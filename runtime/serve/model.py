@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from bcaudio.runtime.audio.turn_detector import SmartTurn
 from bcaudio.runtime.audio.vad import find_vad_model
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.live.conversation import LiveSettings
@@ -23,10 +25,22 @@ class SharedModel:
         self.package, self.log = Path(package), log
         self.profile = resolve_profile(device_profile, log) if isinstance(device_profile, str) else device_profile
         self.vad_model = Path(vad_model) if vad_model else find_vad_model()
+        self._turn_lock = threading.Lock()
+        self._turn_detector: SmartTurn | None = None
+        if self.profile is not None and self.profile.endpoint.turn_detector:
+            self.turn_detector()  # refused now, with the install hint, rather than at a client's first pause
         self.sessions = PackageSessions(self.package, self.profile.session if self.profile else None, log=log)
         self.cfg = self.sessions.cfg
         self.codec = TextCodec(self.package / "tokenizer.json")
         self.scheduler = ComputeScheduler()
+
+    def turn_detector(self) -> SmartTurn:
+        """The Smart Turn classifier, opened on first use and shared: it keeps no state between calls."""
+        with self._turn_lock:
+            if self._turn_detector is None:
+                threshold = self.profile.endpoint.turn_threshold if self.profile else 0.5
+                self._turn_detector = SmartTurn(threshold=threshold)
+            return self._turn_detector
 
     def assistant(self, lane: Lane, seed: int = 0) -> VoiceAssistant:
         """A fresh conversation whose every graph run goes through ``lane``."""
@@ -39,7 +53,7 @@ class SharedModel:
         if self.profile is None:
             return defaults
         gen = self.profile.generation
-        return LiveSettings(prefill_chunk_ms=gen.prefill_chunk_ms,
+        return LiveSettings(self.profile.endpoint, prefill_chunk_ms=gen.prefill_chunk_ms,
                             tokenize_left_context_ms=gen.tokenize_left_context_ms)
 
     def close(self) -> None:

@@ -105,7 +105,15 @@ class SessionConfig:
                 "sampling": {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}}
 
 
-DEFAULT_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 256, "silence_duration_ms": 640}
+DEFAULT_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 256, "silence_duration_ms": 640,
+               "turn_detector": False}
+
+
+def vad_config(threshold: float, prefix_padding_ms: int, silence_duration_ms: int, turn_detector: bool
+               ) -> dict[str, Any]:
+    """``turn_detection`` as the protocol shows it (the device profile's ``[endpoint]`` gives the defaults)."""
+    return {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": prefix_padding_ms,
+            "silence_duration_ms": silence_duration_ms, "turn_detector": turn_detector}
 
 
 def apply_update(config: SessionConfig, update: Any, limits: Limits) -> SessionConfig:
@@ -137,24 +145,30 @@ def apply_update(config: SessionConfig, update: Any, limits: Limits) -> SessionC
             raise ProtocolError("invalid_session", '"voice" is true or false')
         new.voice = update["voice"]
     if "turn_detection" in update:
-        new.turn_detection = _turn_detection(update["turn_detection"])
+        new.turn_detection = _turn_detection(update["turn_detection"], config.turn_detection or DEFAULT_VAD)
     if "sampling" in update:
         _sampling(new, update["sampling"])
     return new
 
 
-def _turn_detection(value: Any) -> dict[str, Any] | None:
+def _turn_detection(value: Any, base: dict[str, Any]) -> dict[str, Any] | None:
+    """Settings not given keep ``base``'s (the current ones)."""
     if value is None:
         return None
     if not isinstance(value, dict) or value.get("type") != "server_vad":
         raise ProtocolError("invalid_session", 'turn_detection is null (push-to-talk) or {"type": "server_vad", ...}')
-    out = dict(DEFAULT_VAD)
+    out = dict(base)
     for key, value_ in value.items():
         if key == "type":
             continue
         if key not in DEFAULT_VAD:
             raise ProtocolError("invalid_session", f"unknown turn_detection setting {key!r}; known: "
                                 f"{', '.join(k for k in DEFAULT_VAD if k != 'type')}")
+        if key == "turn_detector":
+            if not isinstance(value_, bool):
+                raise ProtocolError("invalid_session", "turn_detection.turn_detector is true or false")
+            out[key] = value_
+            continue
         ok = (0 < value_ < 1) if key == "threshold" else (isinstance(value_, int) and 32 <= value_ <= 5000)
         if isinstance(value_, bool) or not isinstance(value_, int | float) or not ok:
             raise ProtocolError("invalid_session", f"turn_detection.{key} = {value_!r} is out of range "
