@@ -20,15 +20,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bcaudio.config import ConfigError, GenerationConfig, ModelConfig, from_plain
+from bcaudio.config.official import vocoder_widths
 from bcaudio.export.random_init import random_tensor
 from bcaudio.export.reference import MAIN_PARTS, PARTS, Reference, build_part, is_ignored, part_of
-from bcaudio.export.text_tokenizer import save_text_tokenizer
+from bcaudio.export.tokenizer_files import save_published_tokenizer
 
 CONFIG = "config.json"
 GENERATION = "generation_config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-VOCODER_FILES = ("hift.safetensors", "hift.pt")
+HIFT_FILE = "hift.pt"
+VOCODER_FILES = (HIFT_FILE, "hift.safetensors")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 Progress = Callable[[str], None]
@@ -50,19 +52,23 @@ def expected_shapes(cfg: ModelConfig, part: str) -> dict[str, tuple[int, ...]]:
 
 
 def init_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                    shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Progress = _quiet) -> Path:
-    """Write a random checkpoint of ``cfg`` to ``out`` in the official layout."""
+                    shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Progress = _quiet,
+                    parts: Iterable[str] = MAIN_PARTS) -> Path:
+    """Write a random checkpoint of ``cfg`` to ``out`` in the official layout; ``parts`` limits the weights to
+    some parts (tests that export one graph at 7B width need not wait for the rest)."""
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / CONFIG)
     (out / GENERATION).write_text(json.dumps(generation_file(cfg), indent=2, ensure_ascii=False) + "\n")
     shapes: dict[str, tuple[int, ...]] = {}
-    for part in MAIN_PARTS:
+    for part in parts:
         shapes.update(expected_shapes(cfg, part))
     files = _write_shards(shapes, out, seed, dtype, shard_bytes, progress)
     progress(f"wrote {len(shapes)} tensors in {len(files)} shard(s)")
-    vocoder = {k: random_tensor(k, s, seed).to(dtype) for k, s in expected_shapes(cfg, "vocoder").items()}
-    save_file(vocoder, str(out / VOCODER_FILES[0]), metadata={"format": "pt"})
-    save_text_tokenizer(cfg, out)
+    # as published: HiFT is its own fp32 torch state dict (weight_g / weight_v pairs), hift.pt
+    vocoder = {k: random_tensor(k, s, seed) for k, s in expected_shapes(cfg, "vocoder").items()}
+    torch.save(vocoder, out / ".hift.pt.partial")
+    (out / ".hift.pt.partial").replace(out / HIFT_FILE)
+    save_published_tokenizer(cfg, out)
     progress(f"checkpoint {cfg.preset} (seed {seed}) written to {out}")
     return out
 
@@ -111,8 +117,9 @@ def _flush(tensors: dict[str, torch.Tensor], out: Path, index: int, progress: Pr
 # ----- loading -----
 
 
-def load_config(ckpt: Path) -> ModelConfig:
-    """config.json plus generation defaults from generation_config.json (spec defaults when absent)."""
+def load_config(ckpt: Path, vocoder: Path | None = None) -> ModelConfig:
+    """config.json plus generation defaults from generation_config.json (spec defaults when absent), with the
+    HiFT widths read from the vocoder's state dict (``vocoder``, else the one beside the checkpoint) when found."""
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: not a folder; pass the checkpoint folder (make one with `bcaudio init`)")
     cfg = ModelConfig.load(ckpt / CONFIG)
@@ -121,11 +128,14 @@ def load_config(ckpt: Path) -> ModelConfig:
         raw = json.loads(gen_path.read_text())
         if "bcaudio" in raw:
             cfg.generation = from_plain(GenerationConfig, raw["bcaudio"], f"{gen_path.name}: bcaudio")
+    found = vocoder if vocoder is not None else next((ckpt / n for n in VOCODER_FILES if (ckpt / n).is_file()), None)
+    if found is not None and Path(found).is_file():
+        vocoder_widths(cfg.vocoder, vocoder_shapes(Path(found)))
     return cfg.validate()
 
 
-def _weight_files(ckpt: Path) -> dict[str, Path]:
-    """Tensor name -> file, from the index when sharded."""
+def weight_files(ckpt: Path) -> dict[str, Path]:
+    """Tensor name -> file, from the index when sharded (every shard it names must exist)."""
     if (ckpt / INDEX).exists():
         try:
             weight_map = json.loads((ckpt / INDEX).read_text())["weight_map"]
@@ -153,22 +163,51 @@ def _read(files: dict[str, Path], keys: Iterable[str]) -> dict[str, torch.Tensor
     return out
 
 
-def _vocoder_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+def vocoder_path(ckpt: Path, vocoder: Path | None = None) -> Path:
+    """The HiFT state dict: ``vocoder`` when given, else ``hift.pt`` / ``hift.safetensors`` beside the checkpoint."""
+    if vocoder is not None:
+        if not Path(vocoder).is_file():
+            raise CheckpointError(f"--vocoder {vocoder}: no such file; pass the hift.pt of the official code "
+                                  "repository (third_party/cosy24k_vocoder/hift.pt)")
+        return Path(vocoder)
     for name in VOCODER_FILES:
-        path = ckpt / name
-        if path.exists() and name.endswith(".safetensors"):
-            with safe_open(str(path), "pt") as f:
-                return {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
-        if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return {k: v.to(torch.float32) for k, v in state.items()}
-    raise CheckpointError(f"{ckpt}: no vocoder state dict ({' or '.join(VOCODER_FILES)})")
+        if (ckpt / name).is_file():
+            return ckpt / name
+    raise CheckpointError(f"{ckpt}: no vocoder ({' or '.join(VOCODER_FILES)}); put hift.pt of the official code "
+                          "repository (third_party/cosy24k_vocoder/) beside the checkpoint, or pass --vocoder PATH")
 
 
-def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str) -> None:
-    """One clear line for the first missing, unexpected or mis-shaped key."""
+def _vocoder_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or non-torch file
+        raise CheckpointError(f"{path}: not a readable torch state dict ({type(exc).__name__}); re-download it") \
+            from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors; pass HiFT's hift.pt")
+    return {k: v.to(torch.float32) for k, v in state.items()}
+
+
+def vocoder_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the vocoder's tensors (from the header for safetensors)."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: tuple(v.shape) for k, v in _vocoder_tensors(path).items()}
+
+
+def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str,
+               required: Iterable[str] | None = None) -> None:
+    """One clear line for the first missing, unexpected or mis-shaped key; only keys in ``required`` (all of
+    ``expected`` by default) must be present, every present one must have its expected shape."""
+    needed = set(expected if required is None else required)
     for key, shape in expected.items():
         if key not in found:
+            if key not in needed:
+                continue
             raise CheckpointError(f"{where}: missing tensor {key} (expected shape {list(shape)})")
         if tuple(found[key]) != shape:
             raise CheckpointError(f"{where}: tensor {key} has shape {list(found[key])}, "
@@ -179,7 +218,20 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
                                   "not part of any known module (wrong model family or config?)")
 
 
-def _file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+def check_weights(ckpt: Path, cfg: ModelConfig, parts: Iterable[str]) -> dict[str, Path]:
+    """The weight files, checked from their headers against ``cfg``: every tensor of ``parts`` present, nothing
+    unknown, nothing mis-shaped; -> tensor name -> file."""
+    files = weight_files(ckpt)
+    expected = {}
+    for part in MAIN_PARTS:
+        expected.update(expected_shapes(cfg, part))
+    required = [k for k in expected if part_of(k) in set(parts)]
+    check_keys(expected, file_shapes(files), str(ckpt), required)
+    return files
+
+
+def file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the safetensors headers only (no tensor data is read)."""
     shapes = {}
     for path in sorted(set(files.values())):
         with safe_open(str(path), "pt") as f:
@@ -188,11 +240,13 @@ def _file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_checkpoint(ckpt: Path, parts: Iterable[str] | None = None, progress: Progress = _quiet) -> Reference:
-    """Load the requested parts (all by default) into fp32 reference modules."""
+def load_checkpoint(ckpt: Path, parts: Iterable[str] | None = None, progress: Progress = _quiet,
+                    vocoder: Path | None = None) -> Reference:
+    """Load the requested parts (all by default) into fp32 reference modules; ``vocoder``: the HiFT state
+    dict when it is not beside the checkpoint."""
     ckpt = Path(ckpt)
     try:
-        cfg = load_config(ckpt)
+        cfg = load_config(ckpt, vocoder)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     wanted = list(PARTS) if parts is None else list(parts)
@@ -202,18 +256,18 @@ def load_checkpoint(ckpt: Path, parts: Iterable[str] | None = None, progress: Pr
     modules: dict[str, nn.Module] = {}
     main = [p for p in wanted if p != "vocoder"]
     if main:
-        files = _weight_files(ckpt)
+        files = check_weights(ckpt, cfg, main)
         expected = {}
-        for part in MAIN_PARTS:
+        for part in main:
             expected.update(expected_shapes(cfg, part))
-        check_keys(expected, _file_shapes(files), str(ckpt))
         for part in main:
             keys = [k for k in expected if part_of(k) == part]
             modules[part] = _materialize(part, cfg, _read(files, keys))
             progress(f"loaded {part}: {len(keys)} tensors")
     if "vocoder" in wanted:
-        state = _vocoder_tensors(ckpt)
-        check_keys(expected_shapes(cfg, "vocoder"), {k: tuple(v.shape) for k, v in state.items()}, f"{ckpt} vocoder")
+        path = vocoder_path(ckpt, vocoder)
+        state = _vocoder_tensors(path)
+        check_keys(expected_shapes(cfg, "vocoder"), {k: tuple(v.shape) for k, v in state.items()}, str(path))
         modules["vocoder"] = _materialize("vocoder", cfg, state)
         progress("loaded vocoder")
     return Reference(cfg, modules).eval()

@@ -23,16 +23,16 @@ weights live in the branches of an ``If`` tree on ``position``, so every MatMul 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import onnx
 from torch import nn
 
 from bcaudio.config import ModelConfig
 from bcaudio.export.audio_head import AudioHead
 from bcaudio.export.audio_head_graph import build_audio_head_graph
-from bcaudio.export.external_data import ExternalData
-from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, save_model
+from bcaudio.export.deferred import Rewrite, write_graph
+from bcaudio.export.weights import StateDictWeights, Weights
 
 # 21: the int4 recipe's GatherBlockQuantized (code tables) needs it; writing it directly spares the
 # quantizer an opset conversion, which cannot serialize a graph past 2 GB (7B: 6 GB of weights).
@@ -46,16 +46,19 @@ def audio_head_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
     return ["hidden", "running", "prev_code", "position", *past], ["logits", "running_out", *present]
 
 
-def export_audio_head(head: AudioHead, tables: nn.ModuleList, cfg: ModelConfig, path: Path,
-                      opset: int = AUDIO_HEAD_OPSET) -> list[Path]:
-    """Write the graph at ``opset`` or AUDIO_HEAD_OPSET, whichever is newer; weights past the protobuf
-    limit are streamed to one external-data file while the graph is built."""
-    opset = max(opset, AUDIO_HEAD_OPSET)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weight_bytes = 4 * (sum(p.numel() for p in head.parameters()) + sum(t.weight.numel() for t in tables))
-    if weight_bytes < EXTERNAL_DATA_THRESHOLD:
-        return save_model(build_audio_head_graph(head, tables, cfg, opset), path)
-    with ExternalData(path.with_name(path.name + ".data")) as external:
-        model = build_audio_head_graph(head, tables, cfg, opset, external)
-    onnx.save_model(model, str(path))
-    return [path, external.path]
+def _quiet(_: str) -> None:
+    pass
+
+
+def export_audio_head(head: AudioHead | Weights, tables: nn.ModuleList | None, cfg: ModelConfig, path: Path,
+                      opset: int = AUDIO_HEAD_OPSET, rewrite: Rewrite | None = None,
+                      progress: Callable[[str], None] = _quiet) -> list[Path]:
+    """Write the graph at ``opset`` or AUDIO_HEAD_OPSET, whichever is newer, from a module and the llm's code
+    tables, or from checkpoint :class:`Weights` (``tables`` None); weights are read and written one at a time
+    (through ``rewrite``, a quantizer, when given), to one external-data file past the protobuf limit."""
+    if isinstance(head, nn.Module):
+        tensors = {"audio_head." + k: v for k, v in head.state_dict().items()}
+        tensors.update({f"model.audio_embed_layers.{i}.weight": t.weight for i, t in enumerate(tables)})
+        head = StateDictWeights(tensors)
+    model, deferred = build_audio_head_graph(head, cfg, max(opset, AUDIO_HEAD_OPSET))
+    return write_graph(model, deferred, path, rewrite, progress, "audio_head")

@@ -29,23 +29,27 @@ is how the speech loop uses it (truncation moves both).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from bcaudio.config import ModelConfig
-from bcaudio.export.external_data import ExternalData
+from bcaudio.export.deferred import Deferred, Rewrite, Thunk, write_graph
 from bcaudio.export.llm import BaichuanLLM
-from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, save_model
+from bcaudio.export.weights import Weights, module_weights
 
 MS_DOMAIN = "com.microsoft"
-INLINE_BYTES = 1024
 # 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
 # onnx cannot convert a graph holding contrib operators to a newer opset later.
 FAST_LLM_OPSET = 21
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def fast_llm_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
@@ -59,27 +63,23 @@ def fast_llm_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
 class _Graph:
     """Nodes and initializers under construction; names are unique by construction.
 
-    With ``external`` set, each weight goes to the data file the moment it is made and only its
-    reference stays in memory: peak memory is the torch module plus one tensor, not 3x the graph
-    (which is what building the protobuf and then saving it with external data costs: 10.5 GB for
-    the 2.6 GB small llm, far too much for the 7B).
+    Weights are :class:`~bcaudio.export.deferred.Deferred` placeholders: each is read from the
+    checkpoint only when :func:`~bcaudio.export.deferred.write_graph` writes it, so building the
+    graph of a 7B llm holds no weight at all, and writing it one tensor at a time.
     """
 
-    def __init__(self, external: ExternalData | None) -> None:
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.value_info: list[onnx.ValueInfoProto] = []
-        self.external = external
+        self.deferred = Deferred()
 
     def declare(self, name: str, width: int) -> None:
         """Type a contrib operator's output: onnx's shape inference cannot, and the quantizers need every type."""
         self.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "new", width]))
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        # small constants (axes, split sizes) stay inline: shape inference reads them
-        self.initializers.append(self.external.write(name, array) if self.external is not None
-                                 and array.nbytes >= INLINE_BYTES else numpy_helper.from_array(array, name))
+    def weight(self, name: str, value: np.ndarray | Thunk) -> str:
+        self.initializers.append(self.deferred.tensor(name, value))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, domain: str = "", **attrs: object
@@ -90,10 +90,6 @@ class _Graph:
         return outs
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).cpu().numpy()
-
-
 def _rotary_caches(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin of (max positions, D/2), fp32 as Qwen2 computes them (rotate-half layout)."""
     c = cfg.llm
@@ -102,14 +98,15 @@ def _rotary_caches(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
 
 
-def _embedding(g: _Graph, llm: BaichuanLLM) -> str:
+def _embedding(g: _Graph, w: Weights, cfg: ModelConfig) -> str:
     """Text or audio embedding per position: audio frames sum one row of each codebook's table."""
-    tables = [_np(t.weight) for t in llm.model.audio_embed_layers]
-    offsets = np.cumsum([0] + [t.shape[0] for t in tables[:-1]]).astype(np.int64)
-    g.weight("embed_tokens", _np(llm.model.embed_tokens.weight))
-    g.weight("audio_embed", np.concatenate(tables))
+    sizes = [n + 1 for n in cfg.bridge.codebook_sizes]  # each table has an EOS row
+    offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    g.weight("embed_tokens", lambda: w.get("model.embed_tokens.weight"))
+    g.weight("audio_embed", lambda: np.concatenate([w.get(f"model.audio_embed_layers.{k}.weight")
+                                                    for k in range(len(sizes))]))
     g.weight("audio_offsets", offsets)
-    g.weight("audio_pad_id", np.array(llm.audio_pad_id, dtype=np.int64))
+    g.weight("audio_pad_id", np.array(cfg.tokens.audio_pad, dtype=np.int64))
     g.weight("reduce_codebooks", np.array([2], dtype=np.int64))
     g.op("Gather", ["embed_tokens", "input_ids"], "text_embeds")
     g.op("Add", ["audio_codes", "audio_offsets"], "audio_rows")
@@ -120,13 +117,17 @@ def _embedding(g: _Graph, llm: BaichuanLLM) -> str:
     return g.op("Where", ["is_audio_3d", "audio_embeds", "text_embeds"], "embeds")[0]
 
 
-def _layer(g: _Graph, cfg: ModelConfig, i: int, layer: torch.nn.Module, residual: str, normed: str) -> str:
+def _transposed(w: Weights, *keys: str) -> Thunk:
+    """The MatMul weight (in, out) of torch Linear weights (out, in), several concatenated along out."""
+    return lambda: np.concatenate([w.get(k) for k in keys]).T if len(keys) > 1 else w.get(keys[0]).T
+
+
+def _layer(g: _Graph, w: Weights, cfg: ModelConfig, i: int, residual: str, normed: str) -> str:
     """One decoder layer from its input norm's output; -> the MLP output (the next norm adds the residual)."""
     c, eps = cfg.llm, cfg.llm.rms_norm_eps
-    attn = layer.self_attn
-    p = f"layers.{i}"
-    g.weight(f"{p}.qkv.weight", _np(attn.W_pack.weight).T)
-    g.weight(f"{p}.qkv.bias", _np(attn.W_pack.bias))
+    p, key = f"layers.{i}", f"model.layers.{i}"
+    g.weight(f"{p}.qkv.weight", _transposed(w, f"{key}.self_attn.W_pack.weight"))
+    g.weight(f"{p}.qkv.bias", lambda: w.get(f"{key}.self_attn.W_pack.bias"))
     g.op("MatMul", [normed, f"{p}.qkv.weight"], f"{p}.qkv_mm")
     g.op("Add", [f"{p}.qkv_mm", f"{p}.qkv.bias"], f"{p}.qkv")
     q_size, kv_size = c.heads * c.head_dim, c.kv_heads * c.head_dim
@@ -137,41 +138,41 @@ def _layer(g: _Graph, cfg: ModelConfig, i: int, layer: torch.nn.Module, residual
          [f"{p}.attn", f"present_key.{i}", f"present_value.{i}"], domain=MS_DOMAIN,
          num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1, rotary_interleaved=0)
     g.declare(f"{p}.attn", q_size)
-    g.weight(f"{p}.o_proj.weight", _np(attn.o_proj.weight).T)
+    g.weight(f"{p}.o_proj.weight", _transposed(w, f"{key}.self_attn.o_proj.weight"))
     g.op("MatMul", [f"{p}.attn", f"{p}.o_proj.weight"], f"{p}.attn_out")
-    g.weight(f"{p}.post_attention_layernorm.weight", _np(layer.post_attention_layernorm.weight))
+    g.weight(f"{p}.post_attention_layernorm.weight", lambda: w.get(f"{key}.post_attention_layernorm.weight"))
     g.op("SkipSimplifiedLayerNormalization", [f"{p}.attn_out", residual, f"{p}.post_attention_layernorm.weight"],
          [f"{p}.mlp_in", "", "", f"{p}.residual"], domain=MS_DOMAIN, epsilon=eps)
     g.declare(f"{p}.mlp_in", c.hidden_size)
     g.declare(f"{p}.residual", c.hidden_size)
-    mlp = layer.mlp
-    g.weight(f"{p}.gate_up.weight", np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T)
+    g.weight(f"{p}.gate_up.weight", _transposed(w, f"{key}.mlp.gate_proj.weight", f"{key}.mlp.up_proj.weight"))
     g.op("MatMul", [f"{p}.mlp_in", f"{p}.gate_up.weight"], f"{p}.gate_up")
     g.weight(f"{p}.gate_up_split", np.array([c.intermediate_size] * 2, dtype=np.int64))
     g.op("Split", [f"{p}.gate_up", f"{p}.gate_up_split"], [f"{p}.gate", f"{p}.up"], axis=-1)
     g.op("Sigmoid", [f"{p}.gate"], f"{p}.gate_sigmoid")
     g.op("Mul", [f"{p}.gate", f"{p}.gate_sigmoid"], f"{p}.gate_silu")
     g.op("Mul", [f"{p}.gate_silu", f"{p}.up"], f"{p}.act")
-    g.weight(f"{p}.down_proj.weight", _np(mlp.down_proj.weight).T)
+    g.weight(f"{p}.down_proj.weight", _transposed(w, f"{key}.mlp.down_proj.weight"))
     return g.op("MatMul", [f"{p}.act", f"{p}.down_proj.weight"], f"{p}.mlp_out")[0]
 
 
-def _build(llm: BaichuanLLM, cfg: ModelConfig, external: ExternalData | None) -> _Graph:
+def _build(w: Weights, cfg: ModelConfig) -> _Graph:
     c, eps = cfg.llm, cfg.llm.rms_norm_eps
-    g = _Graph(external)
+    g = _Graph()
     cos, sin = _rotary_caches(cfg)
     g.weight("rotary_cos", cos)
     g.weight("rotary_sin", sin)
-    residual = _embedding(g, llm)
-    g.weight("layers.0.input_layernorm.weight", _np(llm.model.layers[0].input_layernorm.weight))
+    residual = _embedding(g, w, cfg)
+    g.weight("layers.0.input_layernorm.weight", lambda: w.get("model.layers.0.input_layernorm.weight"))
     normed = g.op("SimplifiedLayerNormalization", [residual, "layers.0.input_layernorm.weight"], "layers.0.normed",
                   axis=-1, epsilon=eps, stash_type=1)[0]
     g.declare(normed, c.hidden_size)
-    for i, layer in enumerate(llm.model.layers):
-        out = _layer(g, cfg, i, layer, residual, normed)
+    for i in range(c.layers):
+        out = _layer(g, w, cfg, i, residual, normed)
         last = i + 1 == c.layers
         gamma = "norm.weight" if last else f"layers.{i + 1}.input_layernorm.weight"
-        g.weight(gamma, _np(llm.model.norm.weight if last else llm.model.layers[i + 1].input_layernorm.weight))
+        key = "model.norm.weight" if last else f"model.layers.{i + 1}.input_layernorm.weight"
+        g.weight(gamma, lambda key=key: w.get(key))
         normed = "hidden_states" if last else f"layers.{i + 1}.normed"
         g.op("SkipSimplifiedLayerNormalization", [out, f"layers.{i}.residual", gamma],
              [normed, "", "", f"layers.{i + 1}.residual_in"], domain=MS_DOMAIN, epsilon=eps)
@@ -181,7 +182,7 @@ def _build(llm: BaichuanLLM, cfg: ModelConfig, external: ExternalData | None) ->
             g.declare(normed, c.hidden_size)
     g.weight("last_index", np.array([-1], dtype=np.int64))
     g.op("Gather", ["hidden_states", "last_index"], "last_hidden", axis=1)
-    g.weight("lm_head.weight", _np(llm.lm_head.weight).T)
+    g.weight("lm_head.weight", _transposed(w, "lm_head.weight"))
     g.op("MatMul", ["last_hidden", "lm_head.weight"], "last_logits")
     g.weight("squeeze_axes", np.array([1], dtype=np.int64))
     g.op("Squeeze", ["last_logits", "squeeze_axes"], "logits")
@@ -209,15 +210,16 @@ def _model(g: _Graph, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
     return model
 
 
-def export_fast_llm(llm: BaichuanLLM, cfg: ModelConfig, path: Path, opset: int = FAST_LLM_OPSET) -> list[Path]:
-    """Write the graph at ``opset`` or FAST_LLM_OPSET, whichever is newer (the package default is older)."""
-    opset = max(opset, FAST_LLM_OPSET)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weight_bytes = 4 * sum(p.numel() for p in llm.parameters())
-    with torch.no_grad():
-        if weight_bytes < EXTERNAL_DATA_THRESHOLD:
-            return save_model(_model(_build(llm, cfg, None), cfg, opset), path)
-        with ExternalData(path.with_name(path.name + ".data")) as external:
-            model = _model(_build(llm, cfg, external), cfg, opset)
-        onnx.save_model(model, str(path))
-        return [path, external.path]
+def build_fast_llm(w: Weights, cfg: ModelConfig, opset: int = FAST_LLM_OPSET) -> tuple[onnx.ModelProto, Deferred]:
+    """The graph with its weights still deferred (see :func:`bcaudio.export.deferred.write_graph`)."""
+    g = _build(w, cfg)
+    return _model(g, cfg, max(opset, FAST_LLM_OPSET)), g.deferred
+
+
+def export_fast_llm(llm: BaichuanLLM | Weights, cfg: ModelConfig, path: Path, opset: int = FAST_LLM_OPSET,
+                    rewrite: Rewrite | None = None, progress: Callable[[str], None] = _quiet) -> list[Path]:
+    """Write the graph at ``opset`` or FAST_LLM_OPSET, whichever is newer (the package default is older);
+    ``rewrite`` quantizes it tensor by tensor as it is written."""
+    w = module_weights(llm) if isinstance(llm, torch.nn.Module) else llm
+    model, deferred = build_fast_llm(w, cfg, opset)
+    return write_graph(model, deferred, path, rewrite, progress, "llm")

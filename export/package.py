@@ -1,8 +1,17 @@
-"""``bcaudio export``: a checkpoint -> a model package (ONNX graphs + tokenizer + manifest.json)."""
+"""``bcaudio export``: a checkpoint -> a model package (ONNX graphs + tokenizer + manifest.json).
+
+Every input is checked before any graph is written (config, shards and their headers, the
+vocoder, the tokenizer). Then one graph at a time: the llm and the audio head are built from
+the weights and written tensor by tensor, read lazily from the checkpoint (and, with a recipe,
+quantized as they are written: :mod:`bcaudio.quant.streamed`), so memory grows with one layer,
+not with the model; the other graphs load only their own parts, are exported and freed.
+"""
 
 from __future__ import annotations
 
-import shutil
+import gc
+import math
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,81 +21,199 @@ import onnxruntime
 import torch
 
 import bcaudio
+from bcaudio.config import ConfigError, ModelConfig
+from bcaudio.export.audio_head_graph import build_audio_head_graph
 from bcaudio.export.audio_tokenizer import AudioTokenizer, export_audio_tokenizer
-from bcaudio.export.checkpoint import checkpoint_hash, load_checkpoint
-from bcaudio.export.export_audio_head import export_audio_head
+from bcaudio.export.checkpoint import (
+    CheckpointError,
+    check_keys,
+    check_weights,
+    checkpoint_hash,
+    expected_shapes,
+    load_checkpoint,
+    load_config,
+    vocoder_path,
+    vocoder_shapes,
+)
+from bcaudio.export.deferred import Deferred, Rewrite, write_graph
+from bcaudio.export.export_audio_head import AUDIO_HEAD_OPSET
 from bcaudio.export.export_flow import export_flow_estimator
 from bcaudio.export.export_flow_prenet import export_codes_to_mu
 from bcaudio.export.export_llm import export_llm
 from bcaudio.export.export_vocoder import export_vocoder
-from bcaudio.export.fast_llm import export_fast_llm
+from bcaudio.export.fast_llm import build_fast_llm
 from bcaudio.export.reference import Reference
-from bcaudio.export.text_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from bcaudio.export.tokenizer_files import tokenizer_source, write_package_tokenizer
+from bcaudio.export.weights import CheckpointWeights, Weights
 from bcaudio.graph_entry import graph_entry
+from bcaudio.quant.package import BLOCK_INT8_GRAPHS, convert_graph
+from bcaudio.quant.recipes import Recipe, load_recipe
+from bcaudio.quant.streamed import BlockRewrite
 from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError, sha256_file
 
 DEFAULT_OPSET = 17
 
-# graph -> (checkpoint parts it needs, exporter)
+# graphs exported through torch from loaded parts: graph -> (checkpoint parts it needs, exporter)
 Exporter = Callable[[Reference, Path, int], list[Path]]
 EXPORTERS: dict[str, tuple[tuple[str, ...], Exporter]] = {
     "audio_tokenizer": (("encoder", "bridge"), lambda r, p, o: export_audio_tokenizer(
         AudioTokenizer(r.cfg, r.encoder, r.bridge), r.cfg, p, o)),
-    "llm": (("llm",), lambda r, p, o: export_fast_llm(r.llm, r.cfg, p, o)),  # LLM_GRAPHS picks the layout
-    "audio_head": (("llm", "audio_head"), lambda r, p, o: export_audio_head(
-        r.audio_head, r.llm.model.audio_embed_layers, r.cfg, p, o)),
+    "llm": (("llm",), lambda r, p, o: export_llm(r.llm, r.cfg, p, o)),  # --llm-graph plain
     "flow_prenet": (("bridge", "detokenizer", "prenet"), lambda r, p, o: export_codes_to_mu(
         r.bridge, r.detokenizer, r.prenet, r.cfg, p, o)),
     "flow_estimator": (("estimator",), lambda r, p, o: export_flow_estimator(r.estimator, r.cfg, p, o)),
     "vocoder": (("vocoder",), lambda r, p, o: export_vocoder(r.vocoder, r.cfg, p, o)),
 }
-
+# graphs built from the weights, tensor by tensor: graph -> (parts, builder)
+Builder = Callable[[Weights, ModelConfig, int], tuple[onnx.ModelProto, Deferred]]
+BUILDERS: dict[str, tuple[tuple[str, ...], Builder]] = {
+    "llm": (("llm",), build_fast_llm),  # --llm-graph fast, the default
+    "audio_head": (("llm", "audio_head"), lambda w, c, o: build_audio_head_graph(w, c, max(o, AUDIO_HEAD_OPSET))),
+}
 # The llm graph's two layouts: fused operators with a shared KV buffer (the runtime's default), or the
 # torch export (readable, runs on any provider; the oracle the fast graph is tested against).
-LLM_GRAPHS: dict[str, Callable[..., list[Path]]] = {"fast": export_fast_llm, "plain": export_llm}
+LLM_GRAPHS = ("fast", "plain")
 
 
 def _parse_graphs(graphs: Iterable[str] | None) -> list[str]:
     names = list(GRAPHS) if graphs is None else list(graphs)
-    unknown = [g for g in names if g not in EXPORTERS]
+    unknown = [g for g in names if g not in GRAPHS]
     if unknown:
         raise ManifestError(f"unknown graph(s) {unknown}; choose from {', '.join(GRAPHS)}")
     return names
 
 
+def _built(name: str, llm_graph: str) -> bool:
+    return name in BUILDERS and not (name == "llm" and llm_graph == "plain")
+
+
+def graph_parts(name: str, llm_graph: str = "fast") -> tuple[str, ...]:
+    """The checkpoint parts graph ``name`` is made from."""
+    return BUILDERS[name][0] if _built(name, llm_graph) else EXPORTERS[name][0]
+
+
+def _streamed(name: str, llm_graph: str, precision: str) -> bool:
+    """Whether graph ``name`` at ``precision`` is written tensor by tensor (else via a temporary fp32 graph)."""
+    return _built(name, llm_graph) and (precision in ("fp32", "int4")
+                                        or (precision == "int8" and name in BLOCK_INT8_GRAPHS))
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    return info.get("MemAvailable", info["MemFree"])
+
+
+def _check_memory(cfg: ModelConfig, names: list[str], llm_graph: str, recipe: Recipe | None) -> None:
+    """A built graph converted through a temporary fp32 graph (fp16 today) holds that graph and its conversion in
+    memory, about 3x its fp32 weights: refuse it where that exceeds the memory available, instead of swapping
+    or being killed half-way (the 7B llm would need about 90 GB)."""
+    for name in names:
+        precision = recipe.precision(name) if recipe else "fp32"
+        if _streamed(name, llm_graph, precision) or not _built(name, llm_graph):
+            continue
+        shapes = expected_shapes(cfg, "llm")
+        if name == "audio_head":  # the head and the llm's code tables only
+            shapes = {k: v for k, v in shapes.items() if "audio_embed_layers" in k} | expected_shapes(cfg, name)
+        need = 3 * 4 * sum(math.prod(s) for s in shapes.values())
+        if need > _available_bytes():
+            raise CheckpointError(f"--recipe {recipe.name}: {name} at {precision} is converted from a whole fp32 "
+                                  f"graph, about {need / 1e9:.0f} GB of memory here ({_available_bytes() / 1e9:.0f} GB "
+                                  "available); use int4, int8 or mixed at this model size, or a bigger machine")
+
+
+def check_inputs(checkpoint: Path, names: list[str], llm_graph: str, vocoder: Path | None
+                 ) -> tuple[ModelConfig, dict[str, Path]]:
+    """Everything the export will read, checked before anything is written: -> the config and the weight files.
+
+    config.json, the shards the index names and every needed tensor's shape (headers only), the vocoder
+    state dict when the vocoder graph is asked for, and the text tokenizer (always: the runtime needs it)."""
+    try:
+        cfg = load_config(checkpoint, vocoder)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    parts = {p for n in names for p in graph_parts(n, llm_graph)} - {"vocoder"}
+    files = check_weights(checkpoint, cfg, parts) if parts else {}
+    if "vocoder" in names:
+        path = vocoder_path(checkpoint, vocoder)
+        check_keys(expected_shapes(cfg, "vocoder"), vocoder_shapes(path), str(path))
+    tokenizer_source(checkpoint)
+    return cfg, files
+
+
+def _rewrite(model: onnx.ModelProto, name: str, precision: str, block_size: int) -> Rewrite | None:
+    bits = {"int4": 4, "int8": 8}.get(precision)
+    return None if bits is None else BlockRewrite(model, name, bits, block_size)
+
+
+def _torch_export(name: str, checkpoint: Path, path: Path, opset: int, vocoder: Path | None) -> list[Path]:
+    """A graph exported through torch from its own parts only, freed before the next graph."""
+    ref = load_checkpoint(checkpoint, parts=EXPORTERS[name][0], vocoder=vocoder)
+    files = EXPORTERS[name][1](ref, path, opset)
+    del ref
+    gc.collect()
+    return files
+
+
+def _export_graph(name: str, checkpoint: Path, cfg: ModelConfig, weights: Weights, out: Path, opset: int,
+                  llm_graph: str, precision: str, recipe: Recipe | None, vocoder: Path | None,
+                  progress: Callable[[str], None]) -> list[Path]:
+    """One graph of the package at ``precision``: block precisions of the built graphs are applied tensor by
+    tensor as they are written; any other conversion runs on a temporary fp32 graph with ``bcaudio quantize``'s
+    converter."""
+    path = out / f"{name}.onnx"
+    built = _built(name, llm_graph)
+    if _streamed(name, llm_graph, precision):
+        model, deferred = BUILDERS[name][1](weights, cfg, opset)
+        rewrite = None if recipe is None else _rewrite(model, name, precision, recipe.block_size)
+        return write_graph(model, deferred, path, rewrite, progress, name)
+    if precision == "fp32":
+        return _torch_export(name, checkpoint, path, opset, vocoder)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-fp32-") as tmp:
+        source = Path(tmp) / path.name
+        if built:
+            model, deferred = BUILDERS[name][1](weights, cfg, opset)
+            write_graph(model, deferred, source, None, progress, name)
+        else:
+            _torch_export(name, checkpoint, source, opset, vocoder)
+        return convert_graph(precision, source, path, name, recipe, progress)
+
+
 def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = None, opset: int = DEFAULT_OPSET,
-                   progress: Callable[[str], None] = print, llm_graph: str = "fast") -> Manifest:
+                   progress: Callable[[str], None] = print, llm_graph: str = "fast",
+                   recipe: str | Path | Recipe | None = None, vocoder: Path | None = None) -> Manifest:
+    """Write the package of ``checkpoint`` to ``out``; with ``recipe`` (a built-in name or a TOML file) its graphs
+    are quantized while they are written, equal to exporting and then running ``bcaudio quantize``."""
+    checkpoint, out = Path(checkpoint), Path(out)
     names = _parse_graphs(graphs)
     if llm_graph not in LLM_GRAPHS:
         raise ManifestError(f"unknown llm graph {llm_graph!r}; choose one of {', '.join(LLM_GRAPHS)}")
-    parts = sorted({p for g in names for p in EXPORTERS[g][0]})
+    plan = recipe if recipe is None or isinstance(recipe, Recipe) else load_recipe(recipe)
     start = time.perf_counter()
-    ref = load_checkpoint(checkpoint, parts=parts, progress=lambda m: progress(f"  {m}"))
-    progress(f"loaded {len(parts)} part(s) of {checkpoint} in {time.perf_counter() - start:.1f} s")
+    cfg, files = check_inputs(checkpoint, names, llm_graph, vocoder)
+    _check_memory(cfg, names, llm_graph, plan)
+    progress(f"checked {checkpoint}: {', '.join(names)}" + (f" at recipe {plan.name}" if plan else ""))
     out.mkdir(parents=True, exist_ok=True)
+    weights = CheckpointWeights(files)
     entries = {}
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        path = out / f"{name}.onnx"
-        files = (LLM_GRAPHS[llm_graph](ref.llm, ref.cfg, path, opset) if name == "llm"
-                 else EXPORTERS[name][1](ref, path, opset))
-        entries[name] = graph_entry(out, files)
+        precision = plan.precision(name) if plan else "fp32"
+        files = _export_graph(name, checkpoint, cfg, weights, out, opset, llm_graph, precision, plan,
+                              vocoder, progress)
+        entries[name] = graph_entry(out, files, precision=precision, recipe=plan.name if plan else "fp32")
         size = sum(f.stat().st_size for f in files) / 1e6
-        progress(f"[{i}/{len(names)}] {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s"
+        progress(f"[{i}/{len(names)}] {name}: {precision}, {size:.1f} MB in {time.perf_counter() - t0:.1f} s"
                  + (" (external data)" if len(files) > 1 else ""))
-    tokenizer = {}
-    for file in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
-        if (checkpoint / file).exists():
-            shutil.copyfile(checkpoint / file, out / file)
-            tokenizer[file] = sha256_file(out / file)
-    if TOKENIZER_FILE not in tokenizer:
-        raise ManifestError(f"{checkpoint}: no {TOKENIZER_FILE}; the runtime needs the text tokenizer")
-    manifest = Manifest(
-        config=ref.cfg.to_dict(), graphs=entries, tokenizer=tokenizer,
-        source={"checkpoint": str(checkpoint), "sha256": checkpoint_hash(checkpoint)},
-        versions={"bcaudio": bcaudio.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__},
-    )
+    tokenizer = {n: sha256_file(out / n) for n in write_package_tokenizer(checkpoint, cfg, out)}
+    source = {"checkpoint": str(checkpoint), "sha256": checkpoint_hash(checkpoint)}
+    versions = {"bcaudio": bcaudio.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    if plan is not None:
+        source["int4_block_size"] = str(plan.block_size)
+        versions["onnxruntime_quantization"] = onnxruntime.__version__
+    manifest = Manifest(config=cfg.to_dict(), graphs=entries, tokenizer=tokenizer, source=source,
+                        versions=versions, recipe=plan.name if plan else "fp32")
     manifest.save(out)
     progress(f"package written to {out} in {time.perf_counter() - start:.1f} s")
     return manifest

@@ -63,7 +63,7 @@ def _byte_level() -> pre_tokenizers.ByteLevel:
     return pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
 
 
-def _pipeline(tok: Tokenizer) -> Tokenizer:
+def qwen2_pipeline(tok: Tokenizer) -> Tokenizer:
     """Qwen2's normalizer, pre-tokenizer, post-processor and decoder, set on ``tok``."""
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -77,7 +77,7 @@ def _pipeline(tok: Tokenizer) -> Tokenizer:
 
 def _train(max_vocab: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocab and merges of a BPE trained on ``CORPUS``; the trainer stops early when the corpus runs out of pairs."""
-    tok = _pipeline(Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False)))
+    tok = qwen2_pipeline(Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False)))
     trainer = trainers.BpeTrainer(vocab_size=max_vocab, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
@@ -85,7 +85,7 @@ def _train(max_vocab: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
-def _added_tokens(cfg: ModelConfig) -> list[tuple[int, str]]:
+def added_tokens(cfg: ModelConfig) -> list[tuple[int, str]]:
     """(id, text) of every id from eos to vocab_size - 1: declared tokens where set, reserved fillers elsewhere."""
     declared = cfg.tokens.by_id()
     return [(i, declared.get(i, f"<|reserved_{i}|>")) for i in range(cfg.tokens.eos, cfg.llm.vocab_size)]
@@ -106,8 +106,8 @@ def build_text_tokenizer(cfg: ModelConfig) -> Tokenizer:
     for i in range(len(vocab), eos):
         vocab[f"<|bpe_filler_{i}|>"] = i
     assert sorted(vocab.values()) == list(range(eos)), "trained vocabulary ids are not contiguous"
-    tok = _pipeline(Tokenizer(models.BPE(vocab, merges, unk_token=None, fuse_unk=False, byte_fallback=False)))
-    added = _added_tokens(cfg)
+    tok = qwen2_pipeline(Tokenizer(models.BPE(vocab, merges, unk_token=None, fuse_unk=False, byte_fallback=False)))
+    added = added_tokens(cfg)
     tok.add_special_tokens([AddedToken(text, special=True, normalized=False) for _, text in added])
     wrong = [(i, text) for i, text in added if tok.token_to_id(text) != i]
     assert not wrong, f"special tokens off their ids: {wrong[:3]}"
@@ -124,7 +124,7 @@ def tokenizer_config(cfg: ModelConfig) -> dict[str, Any]:
         "added_tokens_decoder": {
             str(i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
                      "special": True}
-            for i, text in _added_tokens(cfg)
+            for i, text in added_tokens(cfg)
         },
         "additional_special_tokens": [declared[i] for i in sorted(declared) if i != cfg.tokens.eos],
         "bos_token": None,

@@ -79,15 +79,59 @@ def attention_projections(model: onnx.ModelProto) -> set[str]:
     return found
 
 
-def _quantize_table(table: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quantize_table(table: np.ndarray, block_size: int, rows: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric uint8 blocks along the last axis -> (codes, scales, zero points), the layout of
-    GatherBlockQuantized with bits=8 (scales and zero points: one per block)."""
-    blocks = table.reshape(*table.shape[:-1], table.shape[-1] // block_size, block_size)
-    lo, hi = np.minimum(blocks.min(-1), 0.0), np.maximum(blocks.max(-1), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
-    zero = np.clip(np.round(-lo / scale), 0, 255)
-    codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
-    return codes.reshape(table.shape), scale, zero.astype(np.uint8)
+    GatherBlockQuantized with bits=8 (scales and zero points: one per block). Computed ``rows`` rows at a
+    time (every block lies within a row, so the result is the same): a 7B embedding table is 2.2 GB in fp32,
+    and whole-table temporaries would need several times that."""
+    flat = table.reshape(-1, table.shape[-1])
+    codes = np.empty(flat.shape, np.uint8)
+    scale = np.empty((flat.shape[0], flat.shape[1] // block_size), np.float32)
+    zero = np.empty(scale.shape, np.uint8)
+    for r in range(0, flat.shape[0], rows):
+        blocks = flat[r:r + rows].reshape(-1, flat.shape[1] // block_size, block_size)
+        lo, hi = np.minimum(blocks.min(-1), 0.0), np.maximum(blocks.max(-1), 0.0)
+        s = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+        z = np.clip(np.round(-lo / s), 0, 255)
+        codes[r:r + rows] = np.clip(np.round(blocks / s[..., None]) + z[..., None], 0, 255).reshape(len(blocks), -1)
+        scale[r:r + rows], zero[r:r + rows] = s, z
+    lead = table.shape[:-1]
+    return codes.reshape(table.shape), scale.reshape(*lead, -1), zero.reshape(*lead, -1)
+
+
+def table_uses(model: onnx.ModelProto) -> dict[str, int]:
+    """How many node inputs read each name, over every (sub)graph."""
+    uses: dict[str, int] = {}
+    for sub in _graphs(model.graph):
+        for n in sub.node:
+            for i in n.input:
+                uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
+def is_table_gather(node: onnx.NodeProto, uses: dict[str, int], exclude: set[str]) -> bool:
+    """An axis-0 Gather whose table (input 0) nothing else reads: the embedding lookups. The table itself
+    must also pass :func:`table_fits`."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return node.op_type == "Gather" and node.name not in exclude and axis == 0 and uses.get(node.input[0]) == 1
+
+
+def table_fits(table: np.ndarray, block_size: int) -> bool:
+    return table.ndim >= 2 and table.dtype == np.float32 and table.shape[-1] % block_size == 0
+
+
+def quantize_table_node(node: onnx.NodeProto, table: np.ndarray, block_size: int
+                        ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """The GatherBlockQuantized node and its three initializers that replace the Gather ``node`` of ``table``."""
+    codes, scales, zeros = _quantize_table(table, block_size)
+    name = node.input[0]
+    names = [f"{name}_q8", f"{name}_scales", f"{name}_zero_points"]
+    tensors = [numpy_helper.from_array(a, n) for a, n in zip((codes, scales, zeros), names, strict=True)]
+    gather = helper.make_node(
+        "GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]], list(node.output),
+        name=node.name, domain="com.microsoft", bits=TABLE_BITS, block_size=block_size, gather_axis=0,
+        quantize_axis=table.ndim - 1)
+    return gather, tensors
 
 
 def quantize_tables(model: onnx.ModelProto, block_size: int, exclude: set[str]) -> list[str]:
@@ -95,27 +139,19 @@ def quantize_tables(model: onnx.ModelProto, block_size: int, exclude: set[str]) 
     GatherBlockQuantized, in place; -> the tables quantized."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for sub in _graphs(graph):
-        for n in sub.node:
-            for i in n.input:
-                uses[i] = uses.get(i, 0) + 1
+    uses = table_uses(model)
     done = []
     for index, node in enumerate(graph.node):
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if (table is None or node.name in exclude or axis != 0 or uses[table.name] != 1 or len(table.dims) < 2
-                or table.data_type != onnx.TensorProto.FLOAT or table.dims[-1] % block_size):
+        if table is None or not is_table_gather(node, uses, exclude) or table.data_type != onnx.TensorProto.FLOAT:
             continue
-        codes, scales, zeros = _quantize_table(numpy_helper.to_array(table), block_size)
-        names = [f"{table.name}_q8", f"{table.name}_scales", f"{table.name}_zero_points"]
+        array = numpy_helper.to_array(table)
+        if not table_fits(array, block_size):
+            continue
+        gather, tensors = quantize_table_node(node, array, block_size)
         graph.initializer.remove(table)
-        graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip((codes, scales, zeros), names,
-                                                                                strict=True))
-        graph.node[index].CopyFrom(helper.make_node(
-            "GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]], list(node.output),
-            name=node.name, domain="com.microsoft", bits=TABLE_BITS, block_size=block_size, gather_axis=0,
-            quantize_axis=len(table.dims) - 1))
+        graph.initializer.extend(tensors)
+        graph.node[index].CopyFrom(gather)
         done.append(table.name)
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

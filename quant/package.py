@@ -25,8 +25,9 @@ from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, 
 BLOCK_INT8_GRAPHS = ("llm", "audio_head")
 
 
-def _convert(precision: str, src: Path, dst: Path, graph: str, recipe: Recipe,
-             progress: Callable[[str], None]) -> list[Path]:
+def convert_graph(precision: str, src: Path, dst: Path, graph: str, recipe: Recipe,
+                  progress: Callable[[str], None]) -> list[Path]:
+    """``src`` -> ``dst`` at ``precision`` with the converter ``bcaudio quantize`` uses for ``graph``."""
     if precision == "fp16":
         return quantize_fp16(src, dst, graph)
     if precision == "int8" and graph in BLOCK_INT8_GRAPHS:
@@ -75,7 +76,7 @@ def quantize_package(src: Path, recipe: str | Path | Recipe, out: Path,
                 files.append(Path(shutil.copyfile(src / rel, out / rel)))
             files.sort(key=lambda f: f.name != entry.file)
         else:
-            files = _convert(precision, graph_src, graph_dst, name, recipe, progress)
+            files = convert_graph(precision, graph_src, graph_dst, name, recipe, progress)
         entries[name] = graph_entry(out, files, precision=precision, recipe=recipe.name)
         before = sum((src / rel).stat().st_size for rel in entry.sha256)
         after = sum(f.stat().st_size for f in files)

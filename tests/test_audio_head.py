@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import bcaudio.export.export_audio_head as export_audio_head_module
+import bcaudio.export.deferred as deferred_module
 from bcaudio.config import ModelConfig
 from bcaudio.export.audio_head import AudioHead, depth_inputs
 from bcaudio.export.checkpoint import init_checkpoint
@@ -112,7 +112,7 @@ def test_step_graph_equals_teacher_forced_torch(head_graph, tmp_path: Path, monk
     """fp32 parity within 1e-4 at batch 2; ``external``: the >2 GB layout (weights in a .data file, 7B)."""
     cfg, head, tables, path = head_graph
     if external:
-        monkeypatch.setattr(export_audio_head_module, "EXTERNAL_DATA_THRESHOLD", 0)
+        monkeypatch.setattr(deferred_module, "EXTERNAL_DATA_THRESHOLD", 0)
         files = export_audio_head(head, tables, cfg, tmp_path / "audio_head.onnx")
         assert [f.name for f in files] == ["audio_head.onnx", "audio_head.onnx.data"]
         path = files[0]

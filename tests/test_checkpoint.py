@@ -41,9 +41,12 @@ def test_official_layout_and_key_names(tiny_ckpt: Path) -> None:
                 "audio_tokenizer.audio_flow_matching_decoder.prenet.in_mlp.0.weight",
                 "audio_tokenizer.audio_flow_matching_decoder.conditional_decoder.time_mlp.linear_1.weight"):
         assert key in names, key
-    with safe_open(str(tiny_ckpt / "hift.safetensors"), "pt") as f:
-        assert "conv_pre.weight_g" in f.keys() and "conv_pre.weight_v" in f.keys()
-    assert (tiny_ckpt / "tokenizer.json").exists()
+    hift = torch.load(tiny_ckpt / "hift.pt", weights_only=True)  # as published: fp32, weight-norm pairs
+    assert "conv_pre.weight_g" in hift and "conv_pre.weight_v" in hift
+    assert {v.dtype for v in hift.values()} == {torch.float32}
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                 "special_tokens_map.json"):
+        assert (tiny_ckpt / name).is_file(), name
     cfg = json.loads((tiny_ckpt / "config.json").read_text())
     assert cfg["attention_qkv_pack"] and cfg["audio_config"]["vq_config"]["codebook_sizes"][0] == 64
 

@@ -39,7 +39,8 @@ def _export(args: argparse.Namespace) -> None:
     from bcaudio.export.package import export_package
 
     graphs = args.graphs.split(",") if args.graphs else None
-    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset, llm_graph=args.llm_graph)
+    export_package(Path(args.checkpoint), Path(args.out), graphs=graphs, opset=args.opset, llm_graph=args.llm_graph,
+                   recipe=args.recipe, vocoder=Path(args.vocoder) if args.vocoder else None)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -94,6 +95,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-graph", choices=("fast", "plain"), default="fast",
                    help="fast: ONNX Runtime fused operators with a shared KV buffer (default); plain: the torch "
                         "export (concatenating KV cache)")
+    p.add_argument("--recipe", help="fp16 | int8 | int4 | mixed | file.toml: quantize each graph while it is written "
+                                    "(equal to export then `bcaudio quantize`, without an fp32 copy; default fp32)")
+    p.add_argument("--vocoder", help="HiFT state dict (hift.pt of the official code repository); default: hift.pt "
+                                     "or hift.safetensors beside the checkpoint")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("validate", help="run every graph of a package against the torch reference")

@@ -1,20 +1,24 @@
 """The official ``config.json`` format (spec §15), read and written.
 
-Fields that the official format has no key for (the HiFT vocoder, the flow U-Net's block counts for reduced
-presets, the log-mel band edges) travel in an extra ``"bcaudio"`` section; a real checkpoint has none and keeps
-the defaults.
+Sizes the published code derives are derived the same way: the flow pre-net's hidden width from
+``prenet_d_model`` here, the HiFT widths from its state dict (:func:`vocoder_widths`). The few fields of
+bcaudio's reduced presets that the official format has no key for (shifted token ids, the log-mel band edges,
+the audio head's head size) travel in an extra ``"bcaudio"`` section; a real checkpoint has none and keeps
+the published values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from bcaudio.config.architecture import VocoderConfig
-from bcaudio.config.base import check, from_plain
+from bcaudio.config.base import check
 
 if TYPE_CHECKING:
     from bcaudio.config.model import ModelConfig
+
+# The published flow pre-net's in_mlp hidden width is 4 x prenet_d_model (spec §17); config.json has no key for it.
+PRENET_HIDDEN_PER_D_MODEL = 4
 
 _OFFICIAL_TOKEN_KEYS = {
     "audio_start_token_id": "audio_start",
@@ -28,6 +32,15 @@ _OFFICIAL_TOKEN_KEYS = {
     "audiogen_end_token_id": "audiogen_end",
 }
 
+
+
+def vocoder_widths(cfg: VocoderConfig, shapes: dict[str, tuple[int, ...]]) -> VocoderConfig:
+    """``cfg`` with the channel widths HiFT's state dict holds: conv_pre's and the F0 predictor's first conv's
+    output channels (the rest of HiFT's settings are fixed in its constructor)."""
+    for key, field_name in (("conv_pre.weight_v", "base_channels"), ("f0_predictor.condnet.0.weight_v", "f0_channels")):
+        if key in shapes:
+            setattr(cfg, field_name, int(shapes[key][0]))
+    return cfg
 
 
 def to_official(cfg: ModelConfig) -> dict[str, Any]:
@@ -115,8 +128,7 @@ def to_official(cfg: ModelConfig) -> dict[str, Any]:
             "special_tokens": {k: getattr(tok, k) for k in ("system", "user", "assistant")},
             "audio_head": {"head_dim": cfg.audio_head.head_dim},
             "detokenizer": {"max_positions": d.max_positions},
-            "flow": {"prenet_hidden_dim": f.prenet_hidden_dim, "static_chunk_size": f.static_chunk_size},
-            "vocoder": dataclasses.asdict(cfg.vocoder),
+            "flow": {"static_chunk_size": f.static_chunk_size},
         },
     }
 
@@ -176,10 +188,8 @@ def from_official(raw: dict[str, Any], cfg: ModelConfig) -> ModelConfig:
     f.num_mid_blocks = fc.get("num_mid_blocks", f.num_mid_blocks)
     f.diffusion_steps = fc.get("diffusion_steps", f.diffusion_steps)
     f.cfg_rate = float(fc.get("cfm_params", {}).get("inference_cfg_rate", f.cfg_rate))
-    f.prenet_hidden_dim = extra.get("flow", {}).get("prenet_hidden_dim", f.prenet_hidden_dim)
+    f.prenet_hidden_dim = PRENET_HIDDEN_PER_D_MODEL * f.prenet_d_model  # as the published pre-net derives it
     f.static_chunk_size = extra.get("flow", {}).get("static_chunk_size", f.static_chunk_size)
-    if "vocoder" in extra:
-        cfg.vocoder = from_plain(VocoderConfig, extra["vocoder"], "bcaudio.vocoder")
     tok = cfg.tokens
     for key, name in _OFFICIAL_TOKEN_KEYS.items():
         if key in ac:

@@ -1,0 +1,65 @@
+"""Checkpoint tensors read one at a time, by official key, as fp32 numpy arrays.
+
+The graphs built from the weights (llm, audio head) take their weights from here rather than
+from a loaded torch module: a 7B llm in fp32 is 30 GB, more than the machine has. A tensor is
+read from its safetensors shard only when the graph writer asks for it, converted to fp32, used
+and dropped; each read opens and closes the shard, so its memory map (resident pages count as
+RSS) never outlives the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+
+class Weights(Protocol):
+    """Official key -> tensor, materialized on request."""
+
+    def get(self, key: str) -> np.ndarray:
+        """The whole tensor as a contiguous float32 array."""
+
+    def columns(self, key: str, start: int, stop: int) -> np.ndarray:
+        """``tensor[:, start:stop]`` of a 2-D tensor, without reading the rest where the storage allows."""
+
+
+def _fp32(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
+
+
+class CheckpointWeights:
+    """Tensors of a safetensors checkpoint (single file or shards + index), read lazily."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self.files = dict(files)
+
+    def get(self, key: str) -> np.ndarray:
+        with safe_open(str(self.files[key]), "pt") as f:
+            return _fp32(f.get_tensor(key))
+
+    def columns(self, key: str, start: int, stop: int) -> np.ndarray:
+        with safe_open(str(self.files[key]), "pt") as f:
+            return _fp32(f.get_slice(key)[:, start:stop])
+
+
+class StateDictWeights:
+    """Tensors already in memory (a torch module's state dict under official keys): tests and small exports."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors = dict(tensors)
+
+    def get(self, key: str) -> np.ndarray:
+        return _fp32(self.tensors[key])
+
+    def columns(self, key: str, start: int, stop: int) -> np.ndarray:
+        return _fp32(self.tensors[key][:, start:stop])
+
+
+def module_weights(module: torch.nn.Module, prefix: str = "") -> StateDictWeights:
+    """A module's state dict under its official key prefix."""
+    return StateDictWeights({prefix + k: v for k, v in module.state_dict().items()})

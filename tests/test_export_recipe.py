@@ -1,0 +1,136 @@
+"""`bcaudio export --recipe`: graphs quantized while written equal export-then-`bcaudio quantize`, graph for graph.
+
+Equal means: the same nodes in the same order (op, domain, inputs, outputs, attributes, If branches
+recursively) and every initializer bit-identical under the same name. Also: inputs are checked before
+anything is written (missing tokenizer, missing vocoder).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from bcaudio.cli import main
+from bcaudio.export.checkpoint import CheckpointError, init_checkpoint
+from bcaudio.export.package import export_package
+from bcaudio.presets import get_preset
+from bcaudio.quant.package import quantize_package
+from bcaudio.quant.recipes import Recipe
+from bcaudio.runtime.package.manifest import load_manifest
+
+QUIET = lambda _: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_checkpoint(get_preset("tiny"), tmp_path_factory.mktemp("recipe") / "ckpt", seed=3)
+
+
+def _canonical(graph: onnx.GraphProto) -> tuple[list, dict[str, np.ndarray]]:
+    """(nodes, initializers) with If branches unfolded, so two graphs compare by value."""
+    nodes, tensors = [], {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        attrs = []
+        for a in sorted(n.attribute, key=lambda a: a.name):
+            if a.type == onnx.AttributeProto.GRAPH:
+                sub_nodes, sub_tensors = _canonical(a.g)
+                tensors.update(sub_tensors)
+                attrs.append((a.name, sub_nodes))
+            else:
+                attrs.append((a.name, onnx.helper.get_attribute_value(a)))
+        nodes.append((n.op_type, n.domain or "", n.name, list(n.input), list(n.output), attrs))
+    return nodes, tensors
+
+
+def assert_same_graph(a: Path, b: Path) -> None:
+    ma, mb = onnx.load(str(a)), onnx.load(str(b))
+    (na, ta), (nb, tb) = _canonical(ma.graph), _canonical(mb.graph)
+    assert na == nb, f"{a.name}: nodes differ"
+    assert sorted(ta) == sorted(tb), f"{a.name}: initializer names differ"
+    for name, value in ta.items():
+        assert value.dtype == tb[name].dtype and np.array_equal(value, tb[name]), f"{a.name}: {name} differs"
+    assert [(o.domain, o.version) for o in ma.opset_import] == [(o.domain, o.version) for o in mb.opset_import]
+
+
+@pytest.mark.parametrize("recipe", [
+    "int4",  # the built-in: int4 llm and audio head, the rest copied
+    Recipe("int8", {"llm": "int8", "flow_estimator": "int8"}),  # 8-bit blocks while written; dynamic int8 after
+    Recipe("fp16", {"audio_head": "fp16"}),  # fp16: converted from a temporary fp32 graph
+], ids=["int4", "int8", "fp16"])
+def test_direct_recipe_equals_export_then_quantize(tiny: Path, tmp_path: Path, recipe: str | Recipe) -> None:
+    graphs = ["llm", "audio_head", "flow_prenet"] if recipe == "int4" else list(recipe.precisions)
+    name = recipe if isinstance(recipe, str) else recipe.name
+    export_package(tiny, tmp_path / "fp32", graphs=graphs, progress=QUIET)
+    quantize_package(tmp_path / "fp32", recipe, tmp_path / "two-step", progress=QUIET)
+    export_package(tiny, tmp_path / "direct", graphs=graphs, progress=QUIET, recipe=recipe)
+    two, direct = load_manifest(tmp_path / "two-step"), load_manifest(tmp_path / "direct")  # sha256 verified
+    assert direct.recipe == two.recipe == name
+    for graph in graphs:
+        assert direct.graphs[graph].precision == two.graphs[graph].precision
+        assert direct.graphs[graph].recipe == two.graphs[graph].recipe == name
+        assert_same_graph(tmp_path / "two-step" / f"{graph}.onnx", tmp_path / "direct" / f"{graph}.onnx")
+    assert not [p for p in (tmp_path / "direct").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_recipe_toml_and_cli(tiny: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "kiosk.toml"
+    toml.write_text('block_size = 64\n[graphs]\nllm = "int4"\n')
+    assert main(["export", "--checkpoint", str(tiny), "--out", str(tmp_path / "pkg"), "--graphs", "llm,flow_prenet",
+                 "--recipe", str(toml)]) == 0
+    manifest = load_manifest(tmp_path / "pkg")
+    assert manifest.recipe == "kiosk" and manifest.source["int4_block_size"] == "64"
+    assert (manifest.graphs["llm"].precision, manifest.graphs["flow_prenet"].precision) == ("int4", "fp32")
+    nbits = [n for n in onnx.load(str(tmp_path / "pkg" / "llm.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and {a.i for n in nbits for a in n.attribute if a.name == "block_size"} == {64}
+
+
+def _no_graph_written(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_missing_tokenizer_is_refused_before_any_graph(tiny: Path, tmp_path: Path, capsys) -> None:
+    ckpt = Path(shutil.copytree(tiny, tmp_path / "ckpt"))
+    for name in ("tokenizer.json", "vocab.json"):
+        (ckpt / name).unlink()
+    with pytest.raises(Exception, match="no text tokenizer"):
+        export_package(ckpt, tmp_path / "pkg", progress=QUIET)
+    assert _no_graph_written(tmp_path / "pkg")
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pkg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer" in err[0] and "Traceback" not in err[0]
+    assert _no_graph_written(tmp_path / "pkg")
+
+
+def test_missing_vocoder_is_refused_before_any_graph(tiny: Path, tmp_path: Path, capsys) -> None:
+    ckpt = Path(shutil.copytree(tiny, tmp_path / "ckpt"))
+    hift = ckpt / "hift.pt"
+    moved = Path(shutil.move(hift, tmp_path / "hift.pt"))
+    with pytest.raises(CheckpointError, match="--vocoder"):
+        export_package(ckpt, tmp_path / "pkg", progress=QUIET)
+    assert _no_graph_written(tmp_path / "pkg")
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pkg"), "--vocoder",
+                 str(tmp_path / "nope.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert _no_graph_written(tmp_path / "pkg")
+    # the vocoder from elsewhere (as published: the code repository's hift.pt)
+    manifest = export_package(ckpt, tmp_path / "pkg", graphs=["vocoder"], progress=QUIET, vocoder=moved)
+    assert list(manifest.graphs) == ["vocoder"]
+
+
+def test_conversion_that_would_not_fit_in_memory_is_refused_before_any_graph(tiny: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 of a built graph goes through a whole fp32 graph (about 92 GB for the 7B llm): refused up front when the
+    machine lacks the memory, here simulated by a machine with 1 MB available."""
+    import bcaudio.export.package as package
+
+    monkeypatch.setattr(package, "_available_bytes", lambda: 10**6)
+    with pytest.raises(CheckpointError, match="use int4, int8 or mixed"):
+        export_package(tiny, tmp_path / "pkg", graphs=["vocoder", "llm"], recipe=Recipe("gpu", {"llm": "fp16"}),
+                       progress=QUIET)
+    assert _no_graph_written(tmp_path / "pkg")
+    export_package(tiny, tmp_path / "pkg", graphs=["llm"], recipe="int4", progress=QUIET)  # streamed: no such need
