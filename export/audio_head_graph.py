@@ -1,4 +1,4 @@
-"""The audio-head step graph built node by node from the torch weights, for ONNX Runtime's fast CPU path.
+"""The audio-head step graph built node by node from the checkpoint weights, for ONNX Runtime's fast CPU path.
 
 Why not torch.onnx.export: a depth position's FFN and head weights must be chosen by the
 ``position`` input, and a traced graph can only do that with a Gather on a stacked weight,
