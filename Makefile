@@ -10,7 +10,7 @@ DEMO_DIR ?= demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,fleet]'  # fleet: Ray, for tests/test_fleet.py; no runtime install pulls it
 	$(BIN)/pip install -q --no-deps 'silero-vad==6.2.3'  # only its ONNX file is used; --no-deps keeps torch out
 	$(BIN)/pip install -q --no-deps 'pipecat-ai==1.14.0'  # only smart-turn-v3.2-cpu.onnx (end-of-turn classifier)
 	touch $(STAMP)

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bcaudio.cli.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+    from bcaudio.cli.fleet import add_parser as add_fleet_parser
+
+    add_fleet_parser(sub)
     try:
         from bcaudio.cli.quant import add_parser as add_quant_parser
     except ImportError:  # runtime-only install: no onnx, no `quantize`
