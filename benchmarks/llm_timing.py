@@ -58,3 +58,11 @@ def time_decoder(decoder: Decoder, ids: np.ndarray, contexts: Sequence[int], ite
                  f"decode {timing.decode_ms:.2f} ms/token")
         results.append(timing)
     return results
+
+
+def teacher_forced_logits(decoder: Decoder, ids: np.ndarray, start: int, steps: int) -> np.ndarray:
+    """Prefill ``ids[:start]``, then feed the next ``steps`` ids one at a time; -> (steps, vocab) logits: every
+    variant sees the same tokens, so the rows compare position by position (the accuracy figure)."""
+    decoder.reset()
+    decoder.feed(ids[:start])
+    return np.stack([np.asarray(decoder.feed(ids[start + i:start + i + 1]), np.float32) for i in range(steps)])

@@ -3,8 +3,9 @@
 Layout of a work folder (every part is skipped when already there and made from the same source):
 ``ckpt/`` (random checkpoint of the preset), ``pkg-fp32/`` (``bcaudio export``), ``pkg-int8/`` and
 ``pkg-int4/`` (``bcaudio.quant``), ``hf-qwen2/`` (the text part as a transformers Qwen2),
-``optimum-fp32/`` (optimum-onnx's export of it) and ``optimum-int4/`` (that graph through the same
-int4 quantizer as bcaudio's recipes). Reruns only measure.
+``optimum-fp32/`` (optimum-onnx's export of it), ``optimum-int4/`` (that graph through the same
+int4 quantizer as bcaudio's recipes) and ``genai-int4/`` (onnxruntime-genai's model builder on the
+same ``hf-qwen2/``). Reruns only measure.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class BenchInputs:
     checkpoint: Path | None
     packages: dict[str, Path] = field(default_factory=dict)  # precision -> package
     optimum: dict[str, Path] = field(default_factory=dict)  # precision -> optimum-onnx graph
+    genai: Path | None = None  # onnxruntime-genai's int4 model folder
 
 
 def _checkpoint_and_package(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
@@ -97,25 +99,40 @@ def _quantized(workdir: Path, fp32: Path, precision: str, progress: Progress) ->
     return out
 
 
-def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[str], progress: Progress
-             ) -> dict[str, Path]:
-    """optimum-onnx's Qwen2 export of the checkpoint's text part, and its int4 form, keyed by the checkpoint hash."""
-    fp32 = workdir / "optimum-fp32"
-    stamp = {"checkpoint_sha256": source_sha}
-    if not _stamp_ok(fp32 / STAMP, stamp):
-        from optimum.exporters.onnx import main_export
-
+def _hf_qwen2(workdir: Path, checkpoint: Path, stamp: dict[str, str], progress: Progress) -> Path:
+    """The checkpoint's text part as a transformers Qwen2 folder: what optimum-onnx and genai's builder read."""
+    hf_dir = workdir / "hf-qwen2"
+    if not _stamp_ok(hf_dir / STAMP, stamp):
         from bcaudio.export.checkpoint import load_checkpoint
         from bcaudio.export.hf_qwen2 import to_qwen2
 
-        shutil.rmtree(fp32, ignore_errors=True)
-        hf_dir = workdir / "hf-qwen2"
-        progress(f"optimum: {checkpoint} -> transformers Qwen2 -> {fp32}")
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        progress(f"hf: {checkpoint} -> transformers Qwen2 in {hf_dir}")
         ref = load_checkpoint(checkpoint, parts=["llm"])
-        to_qwen2(ref.cfg.llm, ref.llm.state_dict()).save_pretrained(hf_dir)
+        model = to_qwen2(ref.cfg.llm, ref.llm.state_dict())
+        model.config.eos_token_id = model.config.pad_token_id = ref.cfg.tokens.eos  # genai's config needs them
         del ref
+        # the same rotary as ``None``, spelled out: genai's builder (written for transformers 5) iterates it
+        model.config.rope_scaling = {"rope_type": "default"}
+        model.save_pretrained(hf_dir)
+        del model
+        # genai's builder loads the tokenizer too (and writes it beside its model)
+        shutil.copy(checkpoint / "tokenizer.json", hf_dir / "tokenizer.json")
+        (hf_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+        (hf_dir / STAMP).write_text(json.dumps(stamp))
+    return hf_dir
+
+
+def _optimum(workdir: Path, hf_dir: Path, stamp: dict[str, str], precisions: set[str], progress: Progress
+             ) -> dict[str, Path]:
+    """optimum-onnx's Qwen2 export of the checkpoint's text part, and its int4 form, keyed by the checkpoint hash."""
+    fp32 = workdir / "optimum-fp32"
+    if not _stamp_ok(fp32 / STAMP, stamp):
+        from optimum.exporters.onnx import main_export
+
+        shutil.rmtree(fp32, ignore_errors=True)
+        progress(f"optimum: {hf_dir} -> {fp32}")
         main_export(str(hf_dir), fp32, task="text-generation-with-past", device="cpu", do_validation=False)
-        shutil.rmtree(hf_dir)
         (fp32 / STAMP).write_text(json.dumps(stamp))
     out = {"fp32": fp32 / OPTIMUM_GRAPH}
     if "int4" in precisions:
@@ -133,6 +150,20 @@ def _optimum(workdir: Path, checkpoint: Path, source_sha: str, precisions: set[s
     return out
 
 
+def _genai(workdir: Path, hf_dir: Path, stamp: dict[str, str], progress: Progress) -> Path:
+    """onnxruntime-genai's model builder (int4, CPU, its defaults) on the same Qwen2 folder; -> its model folder."""
+    from bcaudio.benchmarks.genai import build_genai, genai_version
+
+    out = workdir / "genai-int4"
+    stamp = {**stamp, "onnxruntime_genai": genai_version()}
+    if not _stamp_ok(out / STAMP, stamp):
+        shutil.rmtree(out, ignore_errors=True)
+        progress(f"genai: {hf_dir} -> {out} (onnxruntime-genai's model builder, int4, cpu)")
+        build_genai(hf_dir, out, workdir / "genai-cache")
+        (out / STAMP).write_text(json.dumps(stamp))
+    return out
+
+
 def prepare_inputs(workdir: Path, preset: str | None, checkpoint: Path | None, package: Path | None,
                    variants: Iterable[str], progress: Progress, reexport: bool = False) -> BenchInputs:
     """Make what ``variants`` (``kind-precision`` names) need that the work folder does not hold yet; ``reexport``
@@ -144,12 +175,17 @@ def prepare_inputs(workdir: Path, preset: str | None, checkpoint: Path | None, p
     for precision in RECIPES:
         if f"bcaudio-{precision}" in variants:
             inputs.packages[precision] = _quantized(workdir, fp32, precision, progress)
-    needs_checkpoint = [v for v in variants if v.startswith(("torch-", "optimum-"))]
+    needs_checkpoint = [v for v in variants if v.startswith(("torch-", "optimum-", "genai-"))]
     if needs_checkpoint and checkpoint is None:
         raise UserError(f"{', '.join(needs_checkpoint)} need the checkpoint and {fp32} does not name one that "
                         "exists: pass --checkpoint")
     optimum = {v.split("-", 1)[1] for v in variants if v.startswith("optimum-")}
-    if optimum:
-        source_sha = load_manifest(fp32, verify=False).source.get("sha256", str(checkpoint.resolve()))
-        inputs.optimum = _optimum(workdir, checkpoint, source_sha, optimum, progress)
+    if optimum or "genai-int4" in variants:
+        stamp = {"checkpoint_sha256": load_manifest(fp32, verify=False).source.get("sha256",
+                                                                                    str(checkpoint.resolve()))}
+        hf_dir = _hf_qwen2(workdir, checkpoint, stamp, progress)
+        if optimum:
+            inputs.optimum = _optimum(workdir, hf_dir, stamp, optimum, progress)
+        if "genai-int4" in variants:
+            inputs.genai = _genai(workdir, hf_dir, stamp, progress)
     return inputs

@@ -19,6 +19,13 @@ from bcaudio.cli import main
 from bcaudio.cli.bench import VARIANTS
 
 CONTEXTS = (16, 48)
+try:
+    import onnxruntime_genai  # noqa: F401
+
+    HAS_GENAI = True
+except ImportError:
+    HAS_GENAI = False
+RUN = VARIANTS if HAS_GENAI else tuple(v for v in VARIANTS if v != "genai-int4")
 
 
 def _finite(value: object) -> bool:
@@ -33,7 +40,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
                      ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
                      "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"),
-                     "--json"])
+                     "--accuracy-steps", "8", "--variants", ",".join(RUN), "--json"])
     assert code == 0
     return json.loads(out.getvalue()), tmp
 
@@ -41,7 +48,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
     result, _ = bench
     assert result["schema"] == "bcaudio-bench/1" and result["preset"] == "tiny"
-    assert set(result["variants"]) == set(VARIANTS)
+    assert set(result["variants"]) == set(RUN)
     assert all(_finite(result["bandwidth"][k]) and result["bandwidth"][k] > 0
                for k in ("single_thread_gb_s", "all_threads_gb_s", "best_gb_s"))
     for name, v in result["variants"].items():
@@ -58,7 +65,9 @@ def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
             assert turn["prefilled_while_speaking"] > 0 and turn["prefilled_after_speech"] > 0
             assert 1 <= turn["text_tokens_to_first_audio"] <= turn["first_text_tokens_cap"] == 4
             assert 1 <= turn["frames_to_first_audio"] <= turn["stream_chunk_frames"]  # the profile streams
-    assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms", "first_audio_ms"}
+    genai = {f"int4_vs_genai_int4@{n}" for n in CONTEXTS} | {"int4_logits_rel_l2_vs_genai"} if HAS_GENAI else set()
+    assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms",
+                                      "first_audio_ms"} | genai
 
 
 def test_fp32_variants_run_the_same_weights(bench: tuple[dict, Path]) -> None:
@@ -68,6 +77,8 @@ def test_fp32_variants_run_the_same_weights(bench: tuple[dict, Path]) -> None:
         assert check["reference"] == "torch-fp32"
         for n in map(str, CONTEXTS):
             assert check[n]["max_abs"] < 1e-4 and check[n]["top1_equal"], (name, n, check[n])
+        forced = check["teacher_forced"]
+        assert forced["steps"] == 8 and forced["rel_l2"] < 1e-5 and forced["top1_agreement"] == 1.0, (name, forced)
     # the roofline charges each variant for what its graph stores: 4-bit < 8-bit < fp32 bytes per step
     step = {name: v["weight_bytes_per_step"] for name, v in result["variants"].items()}
     assert step["bcaudio-int4"] < step["bcaudio-int8"] < 0.4 * step["bcaudio-fp32"]
@@ -75,13 +86,30 @@ def test_fp32_variants_run_the_same_weights(bench: tuple[dict, Path]) -> None:
     assert abs(step["optimum-fp32"] - step["bcaudio-fp32"]) < 0.01 * step["bcaudio-fp32"]  # same weights
 
 
+@pytest.mark.skipif(not HAS_GENAI, reason="onnxruntime-genai is not installed (the bench extra pulls it)")
+def test_genai_variant_runs_its_own_generator_on_the_same_weights(bench: tuple[dict, Path]) -> None:
+    """genai's builder read the same Qwen2 folder: int4 error against fp32, not another model's logits."""
+    result, tmp = bench
+    genai = result["variants"]["genai-int4"]
+    assert genai["kind"] == "genai" and "onnxruntime-genai" in genai["layout"]
+    assert (tmp / "work" / "genai-int4" / "genai_config.json").exists()
+    forced = genai["logits_vs_reference"]["teacher_forced"]
+    int4 = result["variants"]["bcaudio-int4"]["logits_vs_reference"]["teacher_forced"]
+    assert 1e-3 < forced["rel_l2"] < 0.6 and forced["top1_agreement"] >= 0.35  # the int4 bounds of quant/accuracy.py
+    assert 1e-3 < int4["rel_l2"] < 0.6
+    step = result["variants"]["genai-int4"]["weight_bytes_per_step"]
+    assert step < 0.3 * result["variants"]["bcaudio-fp32"]["weight_bytes_per_step"]  # 4-bit weights
+    for n in map(str, CONTEXTS):
+        assert result["ratios"][f"decode_speedup_vs_genai-int4@{n}"]["bcaudio-int4"] > 0
+
+
 def test_results_file_and_cached_inputs(bench: tuple[dict, Path]) -> None:
     result, tmp = bench
     files = list((tmp / "results").glob("tiny-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["variants"].keys() == result["variants"].keys()
     work = tmp / "work"
-    assert {p.name for p in work.iterdir()} >= {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "optimum-fp32",
-                                                "optimum-int4"}
+    assert {p.name for p in work.iterdir()} >= {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "hf-qwen2",
+                                                "optimum-fp32", "optimum-int4"} | ({"genai-int4"} if HAS_GENAI else set())
 
 
 def test_unknown_variant_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from bcaudio.errors import UserError
 
-VARIANTS = ("torch-fp32", "optimum-fp32", "optimum-int4", "bcaudio-fp32", "bcaudio-int8", "bcaudio-int4")
+VARIANTS = ("torch-fp32", "optimum-fp32", "optimum-int4", "genai-int4", "bcaudio-fp32", "bcaudio-int8",
+            "bcaudio-int4")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,7 +33,7 @@ def _run(args: argparse.Namespace) -> None:
         prefill_repeats=args.prefill_repeats, threads=args.threads, bandwidth_mb=args.bandwidth_mb,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), turns=args.turns,
         speech=args.input, device_profile=args.device_profile, reexport=args.reexport,
-        first_text_tokens=args.first_text_tokens)
+        first_text_tokens=args.first_text_tokens, accuracy_steps=args.accuracy_steps)
     result = run_bench(opts, progress=log)
     path = write_results(result, args.results_dir or RESULTS_DIR)
     log(f"results written to {path}")
@@ -68,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-text-tokens", type=int, default=0,
                    help="cap the turn's first text round at N tokens, as a trained model's first clause "
                         "(random weights run to spec's 50); 0: no cap")
+    p.add_argument("--accuracy-steps", type=int, default=32,
+                   help="teacher-forced decode steps after the shortest context whose logits are compared with the "
+                        "fp32 reference (relative L2, top-1 agreement)")
     p.add_argument("--results-dir", type=Path, help="folder for the JSON (default: benchmarks/results)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     p.set_defaults(func=_run)
