@@ -11,6 +11,7 @@ import numpy as np
 from bcaudio.config import GenerationConfig, StreamSettings
 from bcaudio.runtime.audio.files import AudioInputError, to_mono_rate
 from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
+from bcaudio.runtime.generation.batching import BatchedBackend, BatchScheduler
 from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile, resolve_profile
@@ -29,11 +30,14 @@ class VoiceAssistant:
                  settings: SessionSettings | None = None, flow_steps: int | None = None,
                  context_tokens: int | None = None, stream: StreamSettings | None = None,
                  log: Callable[[str], None] = print, sessions: PackageSessions | None = None,
-                 codec: TextCodec | None = None) -> None:
+                 codec: TextCodec | None = None, scheduler: BatchScheduler | None = None) -> None:
         """``device_profile`` (a shipped name, a .toml path, ``auto`` for this machine, or None for the package's own
         defaults) gives threads, flow steps, context and segment streaming, so what is deployed is what was profiled;
         ``settings``, ``flow_steps``, ``context_tokens`` and ``stream`` override it one by one. ``sessions`` and
-        ``codec`` let several conversations share one loaded package (``bcaudio serve``)."""
+        ``codec`` let several conversations share one loaded package (``bcaudio serve``). With ``scheduler`` (one
+        per package on a box serving several conversations) the conversation uses the scheduler's sessions and its
+        llm and audio-head steps are batched with the other conversations' (runtime/generation/batching.py);
+        ``close`` leaves the batch."""
         self.package = Path(package)
         self.profile = resolve_profile(device_profile, log) if isinstance(device_profile, str) else device_profile
         if self.profile is not None:
@@ -41,11 +45,14 @@ class VoiceAssistant:
             settings = settings or self.profile.session
             flow_steps, context_tokens = flow_steps or gen.flow_steps, context_tokens or gen.context_tokens
             stream = gen.stream() if stream is None else stream
+        if scheduler is not None:
+            sessions = scheduler.sessions
         self.sessions = sessions or PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
         self.log = log
         self.codec = codec or TextCodec(self.package / "tokenizer.json")
-        self.backend = OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps)
+        self.backend: OrtBackend | BatchedBackend = (scheduler.backend(seed, flow_steps) if scheduler else
+                                                     OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps))
         generation = generation or self.cfg.generation
         if stream is not None:
             generation = dataclasses.replace(generation, stream=stream)
@@ -59,6 +66,11 @@ class VoiceAssistant:
         KV cache back at its initial size; the loaded sessions stay."""
         self.loop.truncate(0)
         self.backend.reset()
+
+    def close(self) -> None:
+        """Leave the scheduler's batch (a conversation on its own sessions has nothing to release)."""
+        if isinstance(self.backend, BatchedBackend):
+            self.backend.close()
 
     @property
     def sample_rate(self) -> int:

@@ -72,15 +72,22 @@ class OrtBackend:
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
                        phase: SourcePhase | None = None) -> np.ndarray:
-        (mu,) = self.s.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
-        z, source = self.noise.window(segment, first_code, len(codes))
-        mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
-        estimator = onnx_cfg_pair(lambda feeds: self.s.run("flow_estimator", feeds)[0])
-        mel = euler_cfg_solve(estimator, z, mu, mask, self.flow_steps, self.cfg.flow.cfg_rate)
-        first_frame = first_code * self.cfg.bridge.avg_pooler
-        track = phase or SourcePhase(self.cfg.vocoder.nb_harmonics + 1)
-        wave, frame_phase = self.s.run("vocoder", {
-            "mel": mel.astype(np.float32), "noise": source, "harmonic_phase": self.noise.phases(segment),
-            **track.feeds(first_frame)})
-        track.record(first_frame, frame_phase[0])
-        return wave[0]
+        return decode_window(self.s, self.noise, self.flow_steps, codes, segment, first_code, phase)
+
+
+def decode_window(sessions: PackageSessions, noise: NoiseSource, flow_steps: int, codes: np.ndarray, segment: int,
+                  first_code: int = 0, phase: SourcePhase | None = None) -> np.ndarray:
+    """Codes -> 24 kHz waveform: flow pre-net, the Euler/CFG solve, the vocoder (``Backend.decode_segment``)."""
+    cfg = sessions.cfg
+    (mu,) = sessions.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
+    z, source = noise.window(segment, first_code, len(codes))
+    mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
+    estimator = onnx_cfg_pair(lambda feeds: sessions.run("flow_estimator", feeds)[0])
+    mel = euler_cfg_solve(estimator, z, mu, mask, flow_steps, cfg.flow.cfg_rate)
+    first_frame = first_code * cfg.bridge.avg_pooler
+    track = phase or SourcePhase(cfg.vocoder.nb_harmonics + 1)
+    wave, frame_phase = sessions.run("vocoder", {
+        "mel": mel.astype(np.float32), "noise": source, "harmonic_phase": noise.phases(segment),
+        **track.feeds(first_frame)})
+    track.record(first_frame, frame_phase[0])
+    return wave[0]

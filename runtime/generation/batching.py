@@ -1,0 +1,257 @@
+"""Continuous batching: the LLM and audio-head steps of every active conversation run as one batch.
+
+A box serving several conversations would otherwise run each one's decode step on its own,
+streaming every weight once per conversation; on a bandwidth-bound CPU a batch of four costs
+little more than one. ``BatchScheduler`` owns one package's llm and audio-head sessions and a
+rows-per-conversation KV cache (``LlmRows``); each conversation gets a ``BatchedBackend`` (the
+``Backend`` of ``SpeechLoop``) and runs its loop on its own thread. A feed or an audio frame
+posts a request and waits; the scheduler's thread gathers the requests of all conversations,
+runs them as one batch, and answers each. Conversations join (``backend``) and leave
+(``BatchedBackend.close``) between steps; each keeps its own cache row, positions, sampler and
+noise, so it produces the same tokens as when run alone (greedy; tests/test_batching.py).
+
+Gathering: after the first request of a step, the scheduler waits until every conversation that
+is mid-turn has posted, at most ``gather_ms``. A conversation decoding audio (flow + vocoder,
+not batched: they run on its own thread) is away and not waited for; one that missed a step
+(between turns) is not waited for again until it posts. Single-position feeds of all rows
+are one batched llm run; longer feeds (prefill) run on their row alone; frames of all rows are
+8 batched head runs (one per codebook; each conversation's sampler picks its code in between).
+
+Integration point for a server: make one ``BatchScheduler`` per loaded package and one
+``VoiceAssistant(package, scheduler=...)`` per conversation (see ``VoiceAssistant``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bcaudio.runtime.generation.noise import NoiseSource
+from bcaudio.runtime.generation.source_phase import SourcePhase
+from bcaudio.runtime.generation.speech_loop import ChooseCode
+from bcaudio.runtime.package.llm_rows import LlmRows, Row, StepInput
+from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY
+from bcaudio.runtime.package.ort_backend import decode_window
+from bcaudio.runtime.package.sessions import PackageSessions
+
+DEFAULT_GATHER_MS = 10.0
+
+# a member's state, as the scheduler sees it: awaited when "stepping"
+STEPPING, POSTED, AWAY, LATE = "stepping", "posted", "away", "late"
+
+
+@dataclass(eq=False)
+class _Request:
+    member: _Member
+    kind: str  # "feed" or "frame"
+    ids: Sequence[int] = ()
+    codes: np.ndarray | None = None
+    hidden: np.ndarray | None = None
+    choose: ChooseCode | None = None
+    result: object = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Member:
+    row: Row
+    state: str = STEPPING
+
+
+@dataclass
+class BatchStats:
+    """What the scheduler ran: llm steps and head frames by batch size (for benchmarks and tests)."""
+
+    llm_batches: dict[int, int] = field(default_factory=dict)
+    head_batches: dict[int, int] = field(default_factory=dict)
+    prefills: int = 0
+
+    def add(self, table: dict[int, int], size: int) -> None:
+        table[size] = table.get(size, 0) + 1
+
+
+class BatchScheduler:
+    """One package's decode-loop graphs shared by many conversations, stepped together on one thread."""
+
+    def __init__(self, sessions: PackageSessions, gather_ms: float = DEFAULT_GATHER_MS,
+                 kv_capacity: int = DEFAULT_KV_CAPACITY) -> None:
+        if sessions.device != "cpu":
+            raise ValueError("batched decoding runs on the CPU execution provider")
+        self.sessions, self.cfg = sessions, sessions.cfg
+        self.gather_s = gather_ms / 1000
+        c = self.cfg.llm
+        self.rows = LlmRows(sessions["llm"], c.kv_heads, c.head_dim, self.cfg.bridge.num_codebooks, kv_capacity,
+                            c.max_position_embeddings, observe=lambda s, e: sessions.notify("llm", s, e))
+        self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
+        self.stats = BatchStats()
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._members: list[_Member] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="bcaudio-batch", daemon=True)
+        self._thread.start()
+
+    def backend(self, seed: int = 0, flow_steps: int | None = None) -> BatchedBackend:
+        """A new conversation's backend (it joins at the next step)."""
+        with self._cond:
+            member = _Member(self.rows.join())
+            self._members.append(member)
+        return BatchedBackend(self, member, seed, flow_steps)
+
+    def close(self) -> None:
+        """Stop the scheduler's thread once the requests already posted are answered."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- called from conversations' threads -----
+
+    def _call(self, request: _Request) -> object:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batch scheduler is closed")
+            request.member.state = POSTED
+            self._pending.append(request)
+            self._cond.notify_all()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _set_state(self, member: _Member, state: str) -> None:
+        with self._cond:
+            member.state = state
+            self._cond.notify_all()
+
+    def _leave(self, member: _Member) -> None:
+        with self._cond:  # the scheduler moves rows only under this lock, between steps
+            self._members.remove(member)
+            self.rows.leave(member.row)
+            self._cond.notify_all()
+
+    # ----- the scheduler's thread -----
+
+    def _gather(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            deadline = time.perf_counter() + self.gather_s
+            while any(m.state == STEPPING for m in self._members):
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            for m in self._members:
+                if m.state == STEPPING:
+                    m.state = LATE  # not waited for again until it posts
+            batch, self._pending = self._pending, []
+            return batch
+
+    def _serve(self) -> None:
+        while (batch := self._gather()) is not None:
+            feeds = [r for r in batch if r.kind == "feed"]
+            for r in [r for r in feeds if len(r.ids) != 1]:
+                self._guard([r], lambda r=r: [self.rows.feed(r.member.row, r.ids, r.codes)])
+                self.stats.prefills += 1
+            steps = [r for r in feeds if len(r.ids) == 1]
+            if steps:
+                self.stats.add(self.stats.llm_batches, len(steps))
+                self._guard(steps, lambda: self.rows.step([StepInput(r.member.row, int(r.ids[0]), r.codes)
+                                                           for r in steps]))
+            frames = [r for r in batch if r.kind == "frame"]
+            if frames:
+                self.stats.add(self.stats.head_batches, len(frames))
+                self._guard(frames, lambda: self._frames(frames))
+            with self._cond:
+                for r in batch:
+                    if r.member.state == POSTED:
+                        r.member.state = STEPPING  # it will post its next step shortly
+            for r in batch:
+                r.done.set()
+
+    @staticmethod
+    def _guard(requests: list[_Request], run: Callable[[], list]) -> None:
+        try:
+            for r, result in zip(requests, run(), strict=True):
+                r.result = result
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting conversations, which raise it
+            for r in requests:
+                r.error = exc
+
+    def _frames(self, requests: list[_Request]) -> list[list[int]]:
+        """8 batched head runs; between them each conversation's sampler picks its row's code."""
+        n, k = len(requests), self.cfg.bridge.num_codebooks
+        h = np.stack([np.asarray(r.hidden, np.float32) for r in requests])
+        running = np.zeros_like(h)
+        prev = np.zeros(n, np.int64)
+        past = {name: np.zeros((n, self.cfg.audio_head_heads, 0, self.cfg.audio_head.head_dim), np.float32)
+                for name in self.head_past_names}
+        codes = [[] for _ in requests]
+        for pos in range(k):
+            logits, running, *presents = self.sessions.run("audio_head", {
+                "hidden": h, "running": running, "prev_code": prev, "position": np.array([pos], np.int64), **past})
+            past = dict(zip(self.head_past_names, presents, strict=True))
+            for b, r in enumerate(requests):
+                codes[b].append(r.choose(pos, logits[b]))
+            prev = np.array([c[-1] for c in codes], np.int64)
+        return codes
+
+
+class BatchedBackend:
+    """One conversation on a ``BatchScheduler``: the ``Backend`` its ``SpeechLoop`` drives, from its own thread."""
+
+    def __init__(self, scheduler: BatchScheduler, member: _Member, seed: int, flow_steps: int | None) -> None:
+        self.scheduler, self.member, self.cfg = scheduler, member, scheduler.cfg
+        self.noise = NoiseSource(self.cfg, seed)
+        self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+
+    @property
+    def position(self) -> int:
+        return self.member.row.position
+
+    @property
+    def past(self) -> dict[str, np.ndarray]:
+        """The valid part of this conversation's KV cache (for tests and debugging)."""
+        return self.scheduler.rows.cache(self.member.row)
+
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.scheduler._call(_Request(self.member, "feed", ids=list(ids), codes=codes))
+
+    def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
+        return self.scheduler._call(_Request(self.member, "frame", hidden=hidden, choose=choose))
+
+    def reset(self) -> None:
+        self.truncate(0)
+
+    def truncate(self, position: int) -> None:
+        with self.scheduler._cond:  # rows move only under the scheduler's lock
+            self.scheduler.rows.truncate(self.member.row, position)
+
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
+                       phase: SourcePhase | None = None) -> np.ndarray:
+        """Flow and vocoder on this conversation's thread (not batched); the scheduler does not wait for it."""
+        self.scheduler._set_state(self.member, AWAY)
+        try:
+            return decode_window(self.scheduler.sessions, self.noise, self.flow_steps, codes, segment, first_code,
+                                 phase)
+        finally:
+            self.scheduler._set_state(self.member, STEPPING)
+
+    def close(self) -> None:
+        """Leave the batch: the row is freed between steps."""
+        if self.member.row.open:
+            self.scheduler._leave(self.member)

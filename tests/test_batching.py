@@ -1,0 +1,116 @@
+"""Continuous batching across conversations (runtime/generation/batching.py) on the tiny package.
+
+The contract: a conversation stepped in a batch with others produces exactly the tokens (text ids
+and every code of every frame) it produces alone, while others join and leave mid-turn, and the
+batches really held several conversations.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcaudio.export.checkpoint import init_checkpoint
+from bcaudio.export.package import export_package
+from bcaudio.presets import get_preset
+from bcaudio.runtime.generation.assistant import VoiceAssistant
+from bcaudio.runtime.generation.batching import BatchScheduler
+from bcaudio.runtime.generation.speech_loop import AudioSegment, collect
+from bcaudio.runtime.package.llm_rows import LlmRows, StepInput
+from bcaudio.runtime.package.llm_state import LlmState
+from bcaudio.runtime.package.sessions import PackageSessions, SessionSettings
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("batching")
+    ckpt = init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1)
+    export_package(ckpt, root / "pkg", progress=lambda _: None)
+    return root / "pkg"
+
+
+def _tokens(result: object) -> tuple[list[int], list[list[list[int]]]]:
+    return result.text_ids, [s.codes.tolist() for s in result.segments]
+
+
+def _greedy(pkg: Path) -> object:
+    return PackageSessions(pkg, graphs=("llm",), log=lambda _: None).cfg.generation.greedy()
+
+
+def test_rows_equal_one_conversation_at_a_time(pkg: Path) -> None:
+    """Batched single-position steps over rows of different lengths (with an idle row between them, and a row
+    moved by packing) give each row the logits and cache that LlmState gives that conversation alone."""
+    sessions = PackageSessions(pkg, graphs=("llm",), log=lambda _: None)
+    c, k = sessions.cfg.llm, sessions.cfg.bridge.num_codebooks
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 1000, n).tolist() for n in (5, 17, 9, 300)]  # the last one grows the buffer
+    rows = LlmRows(sessions["llm"], c.kv_heads, c.head_dim, k, kv_capacity=16)
+    alone = [LlmState(sessions["llm"], c.kv_heads, c.head_dim, k, kv_capacity=16) for _ in prompts]
+    handles = [rows.join() for _ in prompts]
+    for h, s, p in zip(handles, alone, prompts, strict=True):
+        got, want = rows.feed(h, p), s.feed(p)
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    rows.leave(handles[0])  # the last row moves into row 0
+    assert handles[3].index == 0 and [r.index for r in rows.rows] == [0, 1, 2]
+    live = [(handles[i], alone[i]) for i in (1, 2, 3)]
+    pad = sessions.cfg.tokens.audio_pad
+    for step in range(6):
+        active = live if step % 2 == 0 else [live[0], live[2]]  # odd steps leave a row idle inside the span
+        audio = step % 3 == 0  # audio frames carry their codes
+        tokens = [pad] * len(active) if audio else rng.integers(0, 1000, len(active)).tolist()
+        codes = rng.integers(0, 16, (len(active), k))
+        got = rows.step([StepInput(h, t, cd if audio else None)
+                         for (h, _), t, cd in zip(active, tokens, codes, strict=True)])
+        for (_, s), t, cd, (logits, hidden) in zip(active, tokens, codes, got, strict=True):
+            want_logits, want_hidden = s.feed([t], cd[None] if audio else None)
+            np.testing.assert_allclose(logits, want_logits, atol=1e-5)
+            np.testing.assert_allclose(hidden, want_hidden, atol=1e-5)
+    for h, s in live:
+        assert h.position == s.position
+        for name, value in rows.cache(h).items():
+            np.testing.assert_allclose(value, s.cache()[name], atol=1e-5)
+
+
+def test_batched_conversations_equal_each_one_alone(pkg: Path, speech_16k: np.ndarray) -> None:
+    """Three conversations, each a greedy voice turn; the second joins while the first is mid-turn and leaves
+    before the third joins mid-turn of the first: every one equals the same conversation run alone."""
+    greedy = _greedy(pkg)
+    alone = []
+    for seed in (0, 1, 2):
+        a = VoiceAssistant(pkg, generation=greedy, seed=seed, log=lambda _: None)
+        alone.append(_tokens(collect(a.respond(speech_16k[: 16000 * (2 + seed)], 16000), 240)))
+    sessions = PackageSessions(pkg, SessionSettings(intra_op_threads=1), log=lambda _: None)
+    results: dict[int, object] = {}
+    with BatchScheduler(sessions) as scheduler:
+        started = {i: threading.Event() for i in range(3)}
+        first_frames = threading.Event()
+
+        def run(i: int, wait_for: threading.Event | None) -> None:
+            if wait_for is not None:
+                wait_for.wait(60)
+            a = VoiceAssistant(pkg, generation=greedy, seed=i, log=lambda _: None, scheduler=scheduler)
+            started[i].set()
+            events = []
+            for event in a.respond(speech_16k[: 16000 * (2 + i)], 16000):
+                events.append(event)
+                if i == 0 and isinstance(event, AudioSegment):
+                    first_frames.set()
+            a.close()
+            results[i] = collect(iter(events), 240)
+
+        threads = [threading.Thread(target=run, args=(0, None)),
+                   threading.Thread(target=run, args=(1, started[0])),
+                   threading.Thread(target=run, args=(2, first_frames))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        stats = scheduler.stats
+    assert sorted(results) == [0, 1, 2]
+    for i in range(3):
+        assert _tokens(results[i]) == alone[i], f"conversation {i} differs from its run alone"
+    assert max(stats.llm_batches) >= 2 and max(stats.head_batches) >= 2  # steps really were shared
+    assert not scheduler.rows.rows  # every conversation left: its row is free
