@@ -51,6 +51,7 @@ class BenchOptions:
     seed: int = 0
     reexport: bool = False  # export the checkpoint again into the work folder (after an exporter change)
     first_text_tokens: int = 0  # cap the first text round (0: the model decides, up to spec §8's 50)
+    sessions: tuple[int, ...] = ()  # conversations at once for the sessions-per-box table (empty: none)
     accuracy_steps: int = 32  # teacher-forced decode steps whose logits are compared with the fp32 reference
 
     def check(self) -> None:
@@ -66,6 +67,8 @@ class BenchOptions:
         if not 1 <= self.accuracy_steps <= max(self.contexts) - min(self.contexts):
             raise UserError(f"--accuracy-steps must be 1 .. {max(self.contexts) - min(self.contexts)} (the longest "
                             f"context minus the shortest), got {self.accuracy_steps}")
+        if any(n < 1 or n > 64 for n in self.sessions):
+            raise UserError(f"--sessions must be counts 1 .. 64, got {self.sessions}")
         if self.first_text_tokens < 0:
             raise UserError(f"--first-text-tokens must be >= 0 (0: the model decides), got {self.first_text_tokens}")
 
@@ -153,6 +156,21 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
     return figures
 
 
+def _sessions_figures(inputs: BenchInputs, opts: BenchOptions, workdir: Path, progress: Progress) -> dict[str, Any]:
+    """Conversations at once on the int4 package (the fp32 one when int4 is not measured)."""
+    from bcaudio.benchmarks.sessions import sessions_table
+    from bcaudio.runtime.package.profiles import resolve_profile
+
+    profile = resolve_profile(opts.device_profile, lambda _: None)
+    profile = dataclasses.replace(profile, session=dataclasses.replace(profile.session,
+                                                                       intra_op_threads=opts.thread_count))
+    precision = "int4" if "int4" in inputs.packages else "fp32"
+    progress(f"sessions: {', '.join(map(str, opts.sessions))} conversations at once on bcaudio-{precision}, "
+             "batched and separate")
+    return {"variant": f"bcaudio-{precision}", **sessions_table(inputs.packages[precision], profile, opts.speech,
+                                                               opts.sessions, workdir, progress)}
+
+
 def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
     """Measure every selected variant; -> the results document (see docs/benchmarks.md for its fields)."""
     opts.check()
@@ -209,6 +227,7 @@ def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
             progress(f"  {variant}: first audio {fa}, RTF {rtf}")
             variants[variant]["turn"] = turn
             gc.collect()
+    sessions = _sessions_figures(inputs, opts, workdir, progress) if opts.sessions else None
     from bcaudio.runtime.profiling.profiler import device_info
 
     return {"schema": SCHEMA, "preset": cfg.preset, "date": started.isoformat(timespec="seconds"),
@@ -219,7 +238,7 @@ def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
             "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
             "bandwidth": {**dataclasses.asdict(bw), "best_gb_s": bw.best_gb_s},
             "frame_budget_ms": FRAME_BUDGET_MS, "variants": variants, "ratios": ratios(variants, opts.contexts),
-            "targets": targets(variants, opts.contexts)}
+            "targets": targets(variants, opts.contexts), "sessions": sessions}
 
 
 def ratios(variants: dict[str, dict[str, Any]], contexts: Sequence[int]) -> dict[str, dict[str, float]]:

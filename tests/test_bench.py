@@ -40,7 +40,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
                      ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
                      "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"),
-                     "--accuracy-steps", "8", "--variants", ",".join(RUN), "--json"])
+                     "--accuracy-steps", "8", "--sessions", "1,2", "--variants", ",".join(RUN), "--json"])
     assert code == 0
     return json.loads(out.getvalue()), tmp
 
@@ -68,6 +68,19 @@ def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
     genai = {f"int4_vs_genai_int4@{n}" for n in CONTEXTS} | {"int4_logits_rel_l2_vs_genai"} if HAS_GENAI else set()
     assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms",
                                       "first_audio_ms"} | genai
+
+
+def test_sessions_table_runs_batched_and_separate(bench: tuple[dict, Path]) -> None:
+    sessions = bench[0]["sessions"]
+    assert sessions["variant"] == "bcaudio-int4"
+    runs = {(r["sessions"], r["batched"]): r for r in sessions["runs"]}
+    assert set(runs) == {(1, True), (1, False), (2, True), (2, False)}
+    for r in runs.values():
+        assert r["frames"] > 0 and _finite(r["aggregate_frames_per_s"]) and _finite(r["first_audio_ms_median"])
+        assert len(r["turns"]) == r["sessions"] and all(t["reason"] for t in r["turns"])
+    assert runs[(1, False)]["x_one_session"] == 1.0
+    assert runs[(2, True)]["mean_llm_batch"] > 1.0  # two conversations shared steps
+    assert runs[(2, True)]["frames"] == runs[(2, False)]["frames"]  # the same answers, batched or not
 
 
 def test_fp32_variants_run_the_same_weights(bench: tuple[dict, Path]) -> None:
@@ -108,8 +121,8 @@ def test_results_file_and_cached_inputs(bench: tuple[dict, Path]) -> None:
     files = list((tmp / "results").glob("tiny-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["variants"].keys() == result["variants"].keys()
     work = tmp / "work"
-    assert {p.name for p in work.iterdir()} >= {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "hf-qwen2",
-                                                "optimum-fp32", "optimum-int4"} | ({"genai-int4"} if HAS_GENAI else set())
+    made = {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "hf-qwen2", "optimum-fp32", "optimum-int4"}
+    assert {p.name for p in work.iterdir()} >= made | ({"genai-int4"} if HAS_GENAI else set())
 
 
 def test_unknown_variant_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,7 +33,8 @@ def _run(args: argparse.Namespace) -> None:
         prefill_repeats=args.prefill_repeats, threads=args.threads, bandwidth_mb=args.bandwidth_mb,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), turns=args.turns,
         speech=args.input, device_profile=args.device_profile, reexport=args.reexport,
-        first_text_tokens=args.first_text_tokens, accuracy_steps=args.accuracy_steps)
+        first_text_tokens=args.first_text_tokens, accuracy_steps=args.accuracy_steps,
+        sessions=_ints(args.sessions))
     result = run_bench(opts, progress=log)
     path = write_results(result, args.results_dir or RESULTS_DIR)
     log(f"results written to {path}")
@@ -69,6 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-text-tokens", type=int, default=0,
                    help="cap the turn's first text round at N tokens, as a trained model's first clause "
                         "(random weights run to spec's 50); 0: no cap")
+    p.add_argument("--sessions", default="", help="comma-separated counts of conversations answering at once "
+                                                  "(e.g. 1,2,4,8): decode steps batched vs separate (default: none)")
     p.add_argument("--accuracy-steps", type=int, default=32,
                    help="teacher-forced decode steps after the shortest context whose logits are compared with the "
                         "fp32 reference (relative L2, top-1 agreement)")

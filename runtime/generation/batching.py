@@ -170,12 +170,12 @@ class BatchScheduler:
             steps = [r for r in feeds if len(r.ids) == 1]
             if steps:
                 self.stats.add(self.stats.llm_batches, len(steps))
-                self._guard(steps, lambda: self.rows.step([StepInput(r.member.row, int(r.ids[0]), r.codes)
-                                                           for r in steps]))
+                inputs = [StepInput(r.member.row, int(r.ids[0]), r.codes) for r in steps]
+                self._guard(steps, lambda inputs=inputs: self.rows.step(inputs))
             frames = [r for r in batch if r.kind == "frame"]
             if frames:
                 self.stats.add(self.stats.head_batches, len(frames))
-                self._guard(frames, lambda: self._frames(frames))
+                self._guard(frames, lambda frames=frames: self._frames(frames))
             with self._cond:
                 for r in batch:
                     if r.member.state == POSTED:
