@@ -144,7 +144,7 @@ def _optimum(workdir: Path, hf_dir: Path, stamp: dict[str, str], precisions: set
             shutil.rmtree(int4, ignore_errors=True)
             progress(f"optimum: {fp32} -> {int4} (the int4 recipe's quantizer, block {RECIPES['int4'].block_size})")
             quantize_blocks(fp32 / OPTIMUM_GRAPH, int4 / OPTIMUM_GRAPH, "optimum", 4, RECIPES["int4"].block_size,
-                            progress=lambda m: progress(f"  {m}"))
+                            progress=lambda m: progress(f"  {m}"), rounding=RECIPES["int4"].int4_rounding)
             (int4 / STAMP).write_text(json.dumps(stamp4))
         out["int4"] = int4 / OPTIMUM_GRAPH
     return out

@@ -30,16 +30,19 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     HQQWeightOnlyQuantConfig,
-    KQuantWeightOnlyQuantConfig,
     MatMulNBitsQuantizer,
 )
 
 from bcaudio.onnx_files import save_model
 from bcaudio.quant.fragile import fp32_nodes
 from bcaudio.quant.io import quiet_quantizer
+from bcaudio.quant.recipes import ROUNDING
 
 ACCURACY_LEVEL = 4
 TABLE_BITS = 8
+# a step reads one row of a table, so its block size costs no speed: tables keep small blocks (and rows as short
+# as tiny's 64 still divide) whatever the MatMuls' block
+TABLE_BLOCK_SIZE = 32
 ATTENTION_OPS = frozenset({"GroupQueryAttention", "MultiHeadAttention", "Attention", "PackedAttention"})
 # ops between a projection and its attention op that keep it "the projection" (bias, q|k|v split, head reshapes)
 _PASS_THROUGH = frozenset({"Add", "Split", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze"})
@@ -162,14 +165,11 @@ def quantize_tables(model: onnx.ModelProto, block_size: int, exclude: set[str]) 
     return done
 
 
-ROUNDING = ("rtn", "k_quant", "hqq")
-
-
 def _algo(rounding: str, bits: int, block_size: int) -> object | None:
-    """onnxruntime's rounding of the 4-bit blocks: ``rtn`` (round to nearest, min/max range), ``k_quant``
-    (searches each block's scale and zero point for the least squared error), ``hqq`` (half-quadratic)."""
-    if rounding == "k_quant":
-        return KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    """onnxruntime's rounding of the 4-bit blocks: ``rtn`` (round to nearest over the block's min/max range) or
+    ``hqq`` (half-quadratic: fits scale and zero point per block; float zero points; 8+ min for small's llm).
+    Its k-quant is left out: in onnxruntime 1.32 it packs zero points wrongly for a weight with an odd number of
+    blocks (small's K=896 at block 128) and quantizes only the main graph."""
     if rounding == "hqq":
         return HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",))
     return None
@@ -238,7 +238,7 @@ def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int
                          f"{rounding}")
     model = onnx.load(str(src))
     exclude = set(fp32_nodes(graph, model))
-    tables = quantize_tables(model, block_size, exclude)
+    tables = quantize_tables(model, min(block_size, TABLE_BLOCK_SIZE), exclude)
     eight = attention_projections(model) - exclude if bits == 4 and attention_bits == 8 else None
     if eight:
         model = _matmul_pass(model, 8, block_size, eight, exclude)

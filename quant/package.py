@@ -35,7 +35,7 @@ def convert_graph(precision: str, src: Path, dst: Path, graph: str, recipe: Reci
     if precision == "int8":
         return quantize_int8(src, dst, graph)
     if precision == "int4":
-        return quantize_blocks(src, dst, graph, 4, recipe.block_size, progress)
+        return quantize_blocks(src, dst, graph, 4, recipe.block_size, progress, rounding=recipe.int4_rounding)
     raise QuantError(f"no converter for precision {precision!r}")
 
 
@@ -89,7 +89,8 @@ def quantize_package(src: Path, recipe: str | Path | Recipe, out: Path,
     quantized = Manifest(
         config=manifest.config, graphs=entries, tokenizer=tokenizer,
         source={**manifest.source, "fp32_package": str(src.resolve()),
-                "fp32_manifest_sha256": sha256_file(src / MANIFEST), "int4_block_size": str(recipe.block_size)},
+                "fp32_manifest_sha256": sha256_file(src / MANIFEST), "int4_block_size": str(recipe.block_size),
+                "int4_rounding": recipe.int4_rounding},
         versions={**manifest.versions, "onnxruntime_quantization": onnxruntime.__version__},
         recipe=recipe.name)
     quantized.save(out)

@@ -10,7 +10,7 @@ docs/quantization-small.md; ``tiny`` is too shallow to show the error a deep sta
   weights per channel). The audio tokenizer stays fp32: its bytes are the RVQ codebooks, kept fp32 for
   the distances, so int8 saved only 12-15 % and broke codes (small: agreement 0.74 dynamic, 0.88-0.895
   in 8-bit blocks, bound 0.90). The vocoder's only MatMuls are in its fp32-kept F0 predictor and source;
-- ``int4``  4-bit blocks on the llm and the audio head (the decode loop's weights), the rest fp32;
+- ``int4``  4-bit blocks of 128 on the llm and the audio head (the decode loop's weights), the rest fp32;
 - ``mixed`` the CPU default: int4 llm and audio head, everything else fp32 (the tokenizer for the reason
   above; flow and vocoder run once per segment, are conv-heavy and their errors are audible).
 
@@ -18,6 +18,7 @@ A TOML recipe (so device profiles can point at one)::
 
     description = "my phone"      # optional
     block_size = 32               # optional, int4 block size (power of two >= 16)
+    int4_rounding = "hqq"         # optional: rtn (default) or hqq (quant/blocks.py)
     [graphs]
     llm = "int4"
     audio_tokenizer = "int8"
@@ -33,6 +34,11 @@ from bcaudio.runtime.package.manifest import GRAPHS
 from bcaudio.runtime.package.profiles import PRECISIONS
 
 DEFAULT_BLOCK_SIZE = 32
+# the built-in int4 recipes' blocks: on small's llm block 128 reads 13 % fewer bytes and does a quarter of the
+# per-block work of block 32, for logits rel L2 0.32-0.34 instead of 0.26-0.28 (tools/int4_llm_study.py,
+# docs/benchmarks.md); onnxruntime-genai's int4 build of the same weights is at 0.48
+INT4_BLOCK_SIZE = 128
+ROUNDING = ("rtn", "hqq")  # onnxruntime's roundings of 4-bit blocks (quant/blocks.py)
 FP32 = "fp32"
 
 
@@ -46,6 +52,7 @@ class Recipe:
     precisions: dict[str, str] = field(default_factory=dict)
     block_size: int = DEFAULT_BLOCK_SIZE
     description: str = ""
+    int4_rounding: str = "rtn"  # how 4-bit blocks are rounded (quant/blocks.py: rtn, hqq)
 
     def precision(self, graph: str) -> str:
         return self.precisions.get(graph, FP32)
@@ -56,8 +63,9 @@ BUILTIN: dict[str, Recipe] = {
                    description="CUDA: fp16 with fp32 islands (tokenizer fp32)"),
     "int8": Recipe("int8", {g: "int8" for g in ("llm", "audio_head", "flow_prenet", "flow_estimator")},
                    description="8-bit llm + head blocks, dynamic int8 flow (tokenizer, vocoder fp32)"),
-    "int4": Recipe("int4", {"llm": "int4", "audio_head": "int4"}, description="4-bit llm and audio head"),
-    "mixed": Recipe("mixed", {"llm": "int4", "audio_head": "int4"},
+    "int4": Recipe("int4", {"llm": "int4", "audio_head": "int4"}, block_size=INT4_BLOCK_SIZE,
+                   description="4-bit llm and audio head"),
+    "mixed": Recipe("mixed", {"llm": "int4", "audio_head": "int4"}, block_size=INT4_BLOCK_SIZE,
                     description="CPU default: int4 llm + head, fp32 tokenizer, flow and vocoder"),
 }
 
@@ -75,7 +83,7 @@ def check_precisions(precisions: dict[str, object], where: str) -> dict[str, str
 
 def parse_recipe(raw: dict[str, object], name: str, where: str) -> Recipe:
     """A recipe from a TOML table; strict, so a typo is an error rather than a silently fp32 graph."""
-    allowed = {"description", "block_size", "graphs"}
+    allowed = {"description", "block_size", "graphs", "int4_rounding"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise QuantError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(allowed))}")
@@ -85,7 +93,10 @@ def parse_recipe(raw: dict[str, object], name: str, where: str) -> Recipe:
     block = raw.get("block_size", DEFAULT_BLOCK_SIZE)
     if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
         raise QuantError(f"{where}: block_size must be a power of two >= 16, got {block!r}")
-    return Recipe(name, check_precisions(graphs, where), block, str(raw.get("description", "")))
+    rounding = raw.get("int4_rounding", "rtn")
+    if rounding not in ROUNDING:
+        raise QuantError(f"{where}: int4_rounding must be one of {', '.join(ROUNDING)}, got {rounding!r}")
+    return Recipe(name, check_precisions(graphs, where), block, str(raw.get("description", "")), rounding)
 
 
 def load_recipe(recipe: str | Path) -> Recipe:

@@ -67,8 +67,9 @@ def test_recipe_within_tolerance(recipe: str, fp32_pkg: Path, quantized: dict[st
     saved = json.loads((pkg / REPORT_JSON).read_text())
     assert saved["passed"] and (pkg / REPORT_MD).read_text().startswith("Accuracy of")
     sizes = {g.graph: g.size_bytes / g.fp32_size_bytes for g in report.graphs}
-    if recipe in ("int4", "mixed"):  # small: 0.20x / 0.19x (test_int4_llm_size_on_small); tiny is table-heavy
-        assert sizes["llm"] <= 0.45 and sizes["audio_head"] <= 0.45
+    if recipe in ("int4", "mixed"):  # small: 0.18x (test_int4_llm_size_on_small); tiny is table-heavy, and its
+        # K=64 weights fill half of each 128-block
+        assert sizes["llm"] <= 0.5 and sizes["audio_head"] <= 0.5
     if recipe == "int8":
         assert sizes["llm"] <= 0.5 and sizes["audio_head"] <= 0.5  # small: 0.29x; scales weigh more on tiny
     if recipe == "fp16":

@@ -1,7 +1,7 @@
 """The int4 llm's speed/accuracy trade-off: block size, rounding and attention bits, measured side by side.
 
 Each configuration ``rounding:block:attention_bits`` (e.g. ``rtn:32:8``, the recipe before this study;
-``k_quant:128:8``) quantizes the fp32 package's llm with ``quant/blocks.py`` into ``--workdir`` (kept
+``rtn:128:8``) quantizes the fp32 package's llm with ``quant/blocks.py`` into ``--workdir`` (kept
 for reruns), then:
 
 - accuracy against the fp32 llm with the quantization report's own check (``quant/accuracy.py``:
@@ -11,7 +11,7 @@ for reruns), then:
   falls on all of them alike; the figure is the median over rounds.
 
     python tools/int4_llm_study.py --package small-pkg --workdir int4-study \\
-        --configs rtn:32:8,rtn:128:8,k_quant:128:8,hqq:128:8 --contexts 128,1024
+        --configs rtn:32:8,rtn:64:8,rtn:128:8,rtn:128:4 --contexts 128,1024
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--package", type=Path, required=True, help="fp32 package (fast llm graph)")
     ap.add_argument("--workdir", type=Path, required=True)
-    ap.add_argument("--configs", default="rtn:32:8,rtn:128:8,k_quant:128:8,hqq:128:8")
+    ap.add_argument("--configs", default="rtn:32:8,rtn:64:8,rtn:128:8,rtn:128:4")
     ap.add_argument("--contexts", default="128,1024")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config per round and context")
-    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=3, help="probe prompts for accuracy (0: speed only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--profile", help="only profile this configuration's decode step per op (at the first context)")
@@ -107,8 +107,8 @@ def main() -> None:
         return
     results: dict[str, dict] = {s: {"bytes": sum(p.stat().st_size for p in g.parent.iterdir())}
                                 for s, g in graphs.items()}
-    reference = _session(fp32, args.threads)
-    for spec, graph in graphs.items():
+    reference = _session(fp32, args.threads) if args.prompts else None
+    for spec, graph in graphs.items() if args.prompts else ():
         quantized = _session(graph, args.threads)
         checks = [_llm((quantized, reference), _Probe(cfg, seed)) for seed in range(args.prompts)]
         results[spec]["accuracy"] = {k: [c[k] for c in checks] for k in ("top1_agreement", "logits_rel_l2")}
@@ -142,10 +142,10 @@ def main() -> None:
         r = results[spec]
         speed = " ".join(f"@{n} {r['decode_ms'][n]:.2f} ms ({results[base]['decode_ms'][n] / r['decode_ms'][n]:.2f}x)"
                          for n in contexts)
-        acc = r["accuracy"]
-        print(f"{spec:16s} {r['bytes'] / 1e6:7.0f} MB  rel L2 {min(acc['logits_rel_l2']):.3f}-"
-              f"{max(acc['logits_rel_l2']):.3f}  top-1 {min(acc['top1_agreement']):.2f}-"
-              f"{max(acc['top1_agreement']):.2f}  {speed}")
+        acc = r.get("accuracy")
+        quality = (f"rel L2 {min(acc['logits_rel_l2']):.3f}-{max(acc['logits_rel_l2']):.3f}  top-1 "
+                   f"{min(acc['top1_agreement']):.2f}-{max(acc['top1_agreement']):.2f}  " if acc else "")
+        print(f"{spec:16s} {r['bytes'] / 1e6:7.0f} MB  {quality}{speed}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 
