@@ -80,7 +80,7 @@ def test_batched_conversations_equal_each_one_alone(pkg: Path, speech_16k: np.nd
     greedy = _greedy(pkg)
     alone = []
     for seed in (0, 1, 2):
-        a = VoiceAssistant(pkg, generation=greedy, seed=seed, log=lambda _: None)
+        a = VoiceAssistant(pkg, None, generation=greedy, seed=seed, log=lambda _: None)
         alone.append(_tokens(collect(a.respond(speech_16k[: 16000 * (2 + seed)], 16000), 240)))
     sessions = PackageSessions(pkg, SessionSettings(intra_op_threads=1), log=lambda _: None)
     results: dict[int, object] = {}
@@ -91,7 +91,7 @@ def test_batched_conversations_equal_each_one_alone(pkg: Path, speech_16k: np.nd
         def run(i: int, wait_for: threading.Event | None) -> None:
             if wait_for is not None:
                 wait_for.wait(60)
-            a = VoiceAssistant(pkg, generation=greedy, seed=i, log=lambda _: None, scheduler=scheduler)
+            a = VoiceAssistant(pkg, None, generation=greedy, seed=i, log=lambda _: None, scheduler=scheduler)
             started[i].set()
             events = []
             for event in a.respond(speech_16k[: 16000 * (2 + i)], 16000):
