@@ -198,35 +198,6 @@ def _matmul_pass(model: onnx.ModelProto, bits: int, block_size: int, only: set[s
     return out
 
 
-def fold_bias(model: onnx.ModelProto) -> int:
-    """Move an ``Add`` of a constant 1-D bias after a MatMulNBits into the node's own ``bias`` input (one kernel
-    instead of two per projection: the llm's q|k|v); -> how many were folded."""
-    folded = 0
-    for graph in _graphs(model.graph):
-        inits = {t.name: t for t in graph.initializer}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        outputs = {o.name for o in graph.output}
-        for node in [n for n in graph.node if n.op_type == "MatMulNBits"]:
-            users = consumers.get(node.output[0], [])
-            n_out = next(a.i for a in node.attribute if a.name == "N")
-            if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in outputs or len(node.input) > 4:
-                continue
-            add = users[0]
-            bias = next((inits[i] for i in add.input if i != node.output[0] and i in inits), None)
-            if bias is None or list(bias.dims) != [n_out] or bias.data_type != onnx.TensorProto.FLOAT:
-                continue
-            inputs = list(node.input) + [""] * (4 - len(node.input))
-            node.ClearField("input")
-            node.input.extend([*inputs, "", bias.name])  # A, B, scales, zero_points, g_idx, bias
-            node.output[0] = add.output[0]
-            graph.node.remove(add)
-            folded += 1
-    return folded
-
-
 def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int = 32,
                     progress: Callable[[str], None] = print, rounding: str = "rtn",
                     attention_bits: int = 8) -> list[Path]:
@@ -243,7 +214,6 @@ def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int
     if eight:
         model = _matmul_pass(model, 8, block_size, eight, exclude)
     model = _matmul_pass(model, bits, block_size, None, exclude, rounding if bits == 4 else "rtn")
-    fold_bias(model)
     progress(f"    {graph}: {len(tables)} table(s) and {len(eight or ())} attention projection(s) in 8 bits"
              if bits == 4 else f"    {graph}: {len(tables)} table(s) in 8 bits")
     return save_model(model, dst)

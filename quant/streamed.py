@@ -18,6 +18,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQua
 
 from bcaudio.quant.blocks import (
     ACCURACY_LEVEL,
+    TABLE_BLOCK_SIZE,
     attention_projections,
     is_table_gather,
     quantize_table_node,
@@ -68,10 +69,11 @@ class BlockRewrite:
 
     def apply(self, node: onnx.NodeProto, weight: np.ndarray) -> Replacement | None:
         if node.op_type == "Gather":
-            if not table_fits(weight, self.block_size):
+            table_block = min(self.block_size, TABLE_BLOCK_SIZE)  # as quantize_blocks
+            if not table_fits(weight, table_block):
                 return None
             self.tables.append(node.input[0])
-            gather, tensors = quantize_table_node(node, weight, self.block_size)
+            gather, tensors = quantize_table_node(node, weight, table_block)
             return [gather], tensors
         if weight.ndim != 2 or weight.dtype != np.float32:
             return None
