@@ -8,11 +8,22 @@ import numpy as np
 import torch
 
 from bcaudio.export.audio_head import DepthKV
+from bcaudio.export.audio_tokenizer import AudioTokenizer
 from bcaudio.export.flow_reference import flow_mel
 from bcaudio.export.reference import Reference
+from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.noise import NoiseSource
 from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import ChooseCode
+
+
+@torch.no_grad()
+def tokenize_chunks(ref: Reference, audio: np.ndarray) -> np.ndarray:
+    """16 kHz audio -> (frames, K) codes, 30 s chunks tokenized on their own (spec §1); (0, K) for none."""
+    tokenizer = AudioTokenizer(ref.cfg, ref.encoder, ref.bridge).eval()
+    parts = [tokenizer(torch.from_numpy(chunk)[None])[0].numpy()
+             for chunk in chunk_audio(audio, ref.cfg.frontend) if token_frames(len(chunk), ref.cfg) > 0]
+    return np.concatenate(parts) if parts else np.zeros((0, ref.cfg.bridge.num_codebooks), np.int64)
 
 
 class TorchBackend:
@@ -25,6 +36,13 @@ class TorchBackend:
     def reset(self) -> None:
         self.cache = self.ref.llm.empty_cache(1)
         self.position = 0
+
+    def truncate(self, position: int) -> None:
+        self.cache = [(k[:, :, :position], v[:, :, :position]) for k, v in self.cache]
+        self.position = position
+
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        return tokenize_chunks(self.ref, audio16k)
 
     @torch.no_grad()
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -6,29 +6,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bcaudio.cli.console import stream_to_console
 from bcaudio.errors import UserError
-from bcaudio.export.audio_tokenizer import AudioTokenizer
 from bcaudio.export.checkpoint import load_checkpoint
 from bcaudio.export.reference import Reference
-from bcaudio.export.reference_backend import TorchBackend
+from bcaudio.export.reference_backend import TorchBackend, tokenize_chunks
 from bcaudio.runtime.audio.files import load_audio
-from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
 from bcaudio.runtime.package.text_codec import TextCodec
 
 
-@torch.no_grad()
 def reference_codes(ref: Reference, audio: np.ndarray) -> np.ndarray:
     """16 kHz audio -> (frames, K) codes, 30 s chunks tokenized on their own (spec §1)."""
-    tokenizer = AudioTokenizer(ref.cfg, ref.encoder, ref.bridge).eval()
-    parts = [tokenizer(torch.from_numpy(chunk)[None])[0].numpy()
-             for chunk in chunk_audio(audio, ref.cfg.frontend) if token_frames(len(chunk), ref.cfg) > 0]
-    if not parts:
+    codes = tokenize_chunks(ref, audio)
+    if not len(codes):
         raise UserError("input audio is too short to give a single audio token (needs > 60 ms of speech)")
-    return np.concatenate(parts)
+    return codes
 
 
 def reference_events(ref: Reference, codec: TextCodec, mode: str, audio: np.ndarray | None, text: str | None,

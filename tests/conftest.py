@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcaudio.config import ModelConfig
+from bcaudio.config import ModelConfig, SamplingParams
 from bcaudio.presets import get_preset
 
 SENTENCE = "Hello, this is a test of the voice assistant. What is the weather like today?"
@@ -18,6 +18,18 @@ SENTENCE = "Hello, this is a test of the voice assistant. What is the weather li
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return get_preset("tiny")
+
+
+@pytest.fixture
+def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
+    """tiny with greedy, unpenalised phases and short limits: what the scripted-backend loop tests drive."""
+    for phase in ("first_text", "text", "audio", "text_only"):
+        params: SamplingParams = getattr(tiny_cfg.generation, phase)
+        params.temperature, params.repetition_penalty = 0.0, 1.0
+    tiny_cfg.generation.audio.max_new_tokens = 5
+    tiny_cfg.generation.first_text.max_new_tokens = 6
+    tiny_cfg.generation.text.max_new_tokens = 6
+    return tiny_cfg
 
 
 def espeak_wav(text: str, out: Path, rate: int = 16000) -> Path:

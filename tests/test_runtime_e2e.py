@@ -14,11 +14,12 @@ import pytest
 from bcaudio.config import StreamSettings
 from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint, load_config
 from bcaudio.export.package import export_package
+from bcaudio.export.reference_backend import TorchBackend
 from bcaudio.export.reference_turn import reference_codes, reference_events
 from bcaudio.presets import get_preset
 from bcaudio.runtime.audio.files import AudioInputError
 from bcaudio.runtime.generation.assistant import VoiceAssistant
-from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, collect, crossfade_join
 from bcaudio.runtime.package.manifest import MANIFEST, ManifestError, load_manifest
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.text_codec import TextCodec
@@ -65,7 +66,7 @@ def test_seeded_sampling_is_reproducible_and_multi_turn_keeps_the_cache(tiny: tu
 
 
 class Recording:
-    """Wraps a backend and keeps everything fed, to replay it as one prompt."""
+    """Wraps a backend and keeps everything fed (less what a truncation took back), to replay it as one prompt."""
 
     def __init__(self, inner: OrtBackend) -> None:
         self.inner = inner
@@ -78,6 +79,15 @@ class Recording:
         self.last = self.inner.feed(ids, codes)
         return self.last
 
+    def truncate(self, position):
+        ids = [i for chunk, _ in self.fed for i in chunk][:position]
+        codes = np.concatenate([c for _, c in self.fed])[:position]
+        self.fed = [(ids, codes)]
+        self.inner.truncate(position)
+
+    def tokenize(self, audio16k):
+        return self.inner.tokenize(audio16k)
+
     def audio_frame(self, hidden, choose):
         return self.inner.audio_frame(hidden, choose)
 
@@ -85,10 +95,13 @@ class Recording:
         return self.inner.decode_segment(codes, segment, first_code, phase)
 
 
-def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
-    """Two turns on one KV cache end with the same logits as the whole conversation fed at once."""
+@pytest.mark.parametrize("history", ["published", "live"])
+def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray, history: str) -> None:
+    """Two turns on one KV cache (with the published history: cut back and partly prefilled again) end with the
+    same logits as the whole conversation fed at once."""
     ckpt, pkg = tiny
-    a = VoiceAssistant(pkg, None, generation=load_config(ckpt).generation.greedy(), log=lambda _: None)
+    generation = dataclasses.replace(load_config(ckpt).generation.greedy(), history=history)
+    a = VoiceAssistant(pkg, None, generation=generation, log=lambda _: None)
     recorder = Recording(a.backend)
     a.loop.backend = recorder
     collect(a.respond(speech_16k[:24000], 16000), 240)
@@ -98,6 +111,78 @@ def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: 
     logits, hidden = OrtBackend(a.sessions).feed(ids, codes)
     assert np.abs(logits - recorder.last[0]).max() < 1e-4
     assert np.abs(hidden - recorder.last[1]).max() < 1e-4
+
+
+def published_answer(ref, tokenizer_json: Path, events: list) -> tuple[list[int], np.ndarray]:
+    """The demo's record of an answer, built from its events with the `tokenizers` library and the torch audio
+    tokenizer: per text step its text, decoded with special tokens and tokenized again; per segment its pieces
+    joined, read back at 16 kHz and tokenized, between <audiogen_start> and <audiogen_end>."""
+    import soxr
+    from tokenizers import Tokenizer
+
+    text = Tokenizer.from_file(str(tokenizer_json))
+    tok, k = ref.cfg.tokens, ref.cfg.bridge.num_codebooks
+    ids: list[int] = []
+    codes: list[np.ndarray] = []
+    step: list[int] = []
+    pieces: list[np.ndarray] = []
+    for event in events + [None]:
+        if isinstance(event, AudioSegment):
+            pieces.append(event.waveform)
+            if not event.final:
+                continue
+        elif isinstance(event, TextDelta):
+            step = event.ids
+            continue
+        elif event is not None:
+            continue
+        string = text.decode(step, skip_special_tokens=False)
+        step_ids = text.encode(string, add_special_tokens=False).ids
+        ids += step_ids
+        codes.append(np.zeros((len(step_ids), k), np.int64))
+        if event is not None:
+            wave16k = soxr.resample(crossfade_join(pieces, 240), 24000, 16000, quality="HQ").astype(np.float32)
+            frames = reference_codes(ref, wave16k)
+            ids += [tok.audiogen_start] + [tok.audio_pad] * len(frames) + [tok.audiogen_end]
+            codes.append(np.concatenate([np.zeros((1, k), np.int64), frames, np.zeros((1, k), np.int64)]))
+        step, pieces = [], []
+    return ids, np.concatenate(codes)
+
+
+def test_turn_two_prompt_is_the_published_history_and_equals_the_torch_reference(
+        tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:
+    """Turn 2 sees turn 1 as the demo rebuilds it (built here independently, with the torch audio tokenizer);
+    the partly re-prefilled cache equals a fresh prefill, and the torch reference's two turns give the same
+    tokens."""
+    ckpt, pkg = tiny
+    ref = load_checkpoint(ckpt)
+    generation = ref.cfg.generation.greedy()
+    a = VoiceAssistant(pkg, generation=generation, log=lambda _: None)
+    first = list(a.respond(speech_16k, 16000))
+    special = set(ref.cfg.tokens.by_id())
+    assert all(t not in special for step in a.loop._log.steps for t in step.ids)  # all text in the events' ids
+    assert a.loop.settle_history()
+    second = collect(a.respond(speech_16k[:24000], 16000), 240)
+    tok = ref.cfg.tokens
+    context = a.loop.context
+    start = context.index(tok.assistant) + 1
+    turn2 = a.loop.turn_starts[1]
+    want_ids, want_codes = published_answer(ref, ckpt / "tokenizer.json", first)
+    assert context[start:turn2] == want_ids
+    np.testing.assert_array_equal(np.concatenate(a.loop._codes)[start:turn2], want_codes)
+    fresh = OrtBackend(a.sessions)
+    fresh.feed(context, np.concatenate(a.loop._codes))
+    for name, value in a.backend.past.items():
+        np.testing.assert_allclose(value, fresh.past[name], atol=1e-4)
+
+    loop = SpeechLoop(ref.cfg, TorchBackend(ref), TextCodec(ckpt / "tokenizer.json"), generation=generation)
+    want_first = collect(loop.respond(reference_codes(ref, speech_16k)), 240)
+    want = collect(loop.respond(reference_codes(ref, speech_16k[:24000])), 240)
+    assert want_first.text_ids == [i for e in first if isinstance(e, TextDelta) for i in e.ids]
+    assert loop.context[:turn2] == context[:turn2]
+    assert want.text_ids == second.text_ids and want.reason == second.reason
+    for g, w in zip(second.segment_codes(), want.segment_codes(), strict=True):
+        assert np.array_equal(g, w)
 
 
 def test_runtime_runs_a_turn_with_torch_blocked(tiny: tuple[Path, Path], tmp_path: Path,

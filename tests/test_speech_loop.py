@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
-import pytest
 
-from bcaudio.config import ModelConfig, SamplingParams
+from bcaudio.config import ModelConfig
 from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, collect, split_clauses
 
 
 class ByteCodec:
-    """ids < 256 are bytes; anything else decodes to nothing."""
+    """ids < 256 are bytes; anything else is a special token: nothing, or ``<id>`` when specials are kept
+    (and ``<id>`` in a text encodes to that id, as a tokenizer's added tokens do)."""
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode())
+        out: list[int] = []
+        for part in re.split(r"(<\d+>)", text):
+            out.extend([int(part[1:-1])] if re.fullmatch(r"<\d+>", part) else list(part.encode()))
+        return out
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode(errors="replace")
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        text, run = "", []
+        for i in list(ids) + [None]:
+            if i is not None and i < 256:
+                run.append(i)
+                continue
+            text += bytes(run).decode(errors="replace")
+            run = []
+            if i is not None and not skip_special:
+                text += f"<{i}>"
+        return text
 
 
 class Scripted:
@@ -29,6 +42,7 @@ class Scripted:
         self.fed: list[int] = []
         self.fed_codes: list[list[int]] = []
         self.decoded: list[int] = []
+        self.tokenized: list[int] = []
         self.replaying = False
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -62,16 +76,12 @@ class Scripted:
         self.fed.append(-1)  # marks a re-prefill
         self.replaying = True  # the re-prefill's logits are never sampled: consume no script entry
 
-
-@pytest.fixture
-def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
-    for phase in ("first_text", "text", "audio", "text_only"):
-        params: SamplingParams = getattr(tiny_cfg.generation, phase)
-        params.temperature, params.repetition_penalty = 0.0, 1.0
-    tiny_cfg.generation.audio.max_new_tokens = 5
-    tiny_cfg.generation.first_text.max_new_tokens = 6
-    tiny_cfg.generation.text.max_new_tokens = 6
-    return tiny_cfg
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        """A stand-in audio tokenizer: one frame per 1280 samples, codes from the samples' mean."""
+        self.tokenized.append(audio16k.size)
+        frames = audio16k[:audio16k.size // 1280 * 1280].reshape(-1, 1280).mean(axis=1)
+        sizes = np.asarray(self.cfg.bridge.codebook_sizes)
+        return (np.abs(frames)[:, None] * 1000 + np.arange(len(sizes))).astype(np.int64) % sizes
 
 
 # A turn's prompt is fed in three parts (prefix + <audio_start>, the audio, the assistant prompt):
@@ -102,25 +112,36 @@ def test_interleaved_turn_follows_the_token_scheme(greedy_cfg: ModelConfig) -> N
     assert fed[:1] == [tok.system] and fed.count(tok.audio_pad) == 3 + 2 + 1 + 1
     # the clause step's last token (",") and the final eos are replaced by <audiogen_start>, never fed
     assert ord(",") not in fed and tok.eos not in fed
-    assert fed.count(tok.audiogen_start) == 3 and fed.count(tok.audiogen_end) == 3
-    assert fed[-1] == tok.audiogen_end
+    # no <audiogen_end> after the segment of the step that ended in eos (the demo feeds none)
+    assert fed.count(tok.audiogen_start) == 3 and fed.count(tok.audiogen_end) == 2
+    assert fed[-1] == tok.audio_pad
 
 
 def test_segment_stops_at_frame_limit_and_eos_without_text_ends_turn(greedy_cfg: ModelConfig) -> None:
+    """At the frame limit (5 here, 500 published) the last frame is spoken but never fed: as in the demo, its
+    position is given <audiogen_end>."""
     tok = greedy_cfg.tokens
-    backend = Scripted(greedy_cfg, PROMPT + [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos], [FRAME] * 5)
+    # feeds: <audiogen_start>, frames 1-4 (frame 5 is not fed), <audiogen_end> -> eos
+    backend = Scripted(greedy_cfg, PROMPT + [ord("a"), tok.audiogen_start] + [0] * 5 + [tok.eos], [FRAME] * 5)
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((2, 8), dtype=np.int64)))
     segments = [e for e in events if isinstance(e, AudioSegment)]
     assert [len(s.codes) for s in segments] == [5]  # audio.max_new_tokens
+    assert backend.decoded == [5]  # all five are decoded
+    answer = backend.fed[backend.fed.index(tok.audiogen_start):]
+    assert answer == [tok.audiogen_start] + [tok.audio_pad] * 4 + [tok.audiogen_end]
+    assert backend.fed_codes[-4:] == [FRAME] * 4
     assert isinstance(events[-1], TurnEnd) and events[-1].reason == "eos"
 
 
 def test_text_step_token_limit_and_max_rounds(greedy_cfg: ModelConfig) -> None:
+    """After the last allowed segment (max_rounds, 100 published) one more text step is shown, never spoken."""
     greedy_cfg.generation.max_rounds = 2
-    backend = Scripted(greedy_cfg, PROMPT + [ord("a")] * 40, [EOS_FRAME] * 4)
+    backend = Scripted(greedy_cfg, PROMPT + [ord("a")] * 40, [FRAME, EOS_FRAME] * 4)
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
     texts = [e.text for e in events if isinstance(e, TextDelta)]
-    assert texts == ["a" * 6, "a" * 6]
+    assert texts == ["a" * 6] * 3
+    assert [type(e).__name__ for e in events[-2:]] == ["TextDelta", "TurnEnd"]  # no segment after the third
+    assert backend.decoded == [1, 1]
     assert events[-1].reason == "max_rounds"
 
 
@@ -152,12 +173,13 @@ def test_split_clauses_merges_short_pieces() -> None:
 def test_context_overflow_drops_oldest_turns_and_keeps_the_system_prompt(greedy_cfg: ModelConfig) -> None:
     tok = greedy_cfg.tokens
     backend = Scripted(greedy_cfg, (PROMPT + [tok.eos]) * 3, [])
-    loop = SpeechLoop(greedy_cfg, backend, ByteCodec(), max_context=70)
     system_len = 1 + len(greedy_cfg.generation.system_prompt.encode())
+    max_context = system_len + 35  # a turn here is 25 positions: one fits beside the system prompt, two do not
+    loop = SpeechLoop(greedy_cfg, backend, ByteCodec(), max_context=max_context)
     for _ in range(3):
         events = list(loop.respond(np.ones((20, 8), dtype=np.int64)))
         assert events[-1].reason == "eos"
-        assert len(loop.context) <= 70
+        assert len(loop.context) <= max_context
     assert -1 in backend.fed  # a re-prefill happened
     assert loop.context[0] == tok.system and loop.context[system_len] == tok.user
     assert loop.context.count(tok.user) == 1  # only the newest turn is left
@@ -194,7 +216,7 @@ def test_a_streamed_segment_plays_before_its_last_frame(greedy_cfg: ModelConfig)
     """With ``stream.chunk_frames`` 2, the first piece comes after two frames, while the segment goes on."""
     tok = greedy_cfg.tokens
     greedy_cfg.generation.stream.chunk_frames = 2
-    script = PROMPT + [ord("a"), tok.audiogen_start] + [0] * 6 + [tok.eos]
+    script = PROMPT + [ord("a"), tok.audiogen_start] + [0] * 5 + [tok.eos]
     backend = Scripted(greedy_cfg, script, [FRAME] * 5)
     events = []
     for event in SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((2, 8), dtype=np.int64)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -113,6 +114,8 @@ def _chat(args: argparse.Namespace) -> None:
     assistant = VoiceAssistant(args.model, None, settings=settings, seed=args.seed, flow_steps=flow_steps,
                                context_tokens=context,
                                stream=stream, log=log)
+    if args.history:
+        assistant.loop.gen = dataclasses.replace(assistant.loop.gen, history=args.history)
     try:
         if args.input_wav:
             _chat_files(args, assistant, live, view)
@@ -247,5 +250,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stream-chunk-frames", type=int, default=None,
                    help="decode each answer segment in windows of N new frames while it is generated "
                         "(0: whole segments; default: the device profile's, else 0)")
+    p.add_argument("--history", choices=["published", "live"], default=None,
+                   help="what later turns see of an answer: as the published demo rebuilds it (the package "
+                        "default, rebuilt while the answer plays) or the KV cache as generated")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_chat)

@@ -52,9 +52,20 @@ class StreamSettings:
                "holdback_samples must be >= 0, left_context_frames >= 1")
 
 
+HISTORY_MODES = ("published", "live")
+
+
 @dataclass
 class GenerationConfig:
-    """The demo loop's per-phase defaults and stop rules (spec §8, §12)."""
+    """The demo loop's per-phase defaults and stop rules (spec §8, §12).
+
+    ``history`` is what the next turn sees of an answer. ``"published"``: the answer as the published demo
+    rebuilds it into the next prompt (each text step with its last token, each segment as the audio
+    tokenizer's codes of its decoded waveform; ``runtime/generation/published_history.py``), the form the
+    model was shown. ``"live"``: the KV cache as generated (the step's last token replaced by
+    ``<audiogen_start>``, the generated codes), which needs no re-encoding or re-prefill.
+    ``system_prompt`` is the demo's default, which also selects the voice.
+    """
 
     first_text: SamplingParams = field(default_factory=lambda: SamplingParams(0.8, 20, 0.85, 1.1, 50))
     text: SamplingParams = field(default_factory=lambda: SamplingParams(0.3, 20, 0.85, 1.05, 50))
@@ -65,9 +76,10 @@ class GenerationConfig:
     clause_marks: list[str] = field(default_factory=lambda: [",", "!", "?", "，", "。", "！", "？", ". "])
     tts_min_piece_chars: int = 10
     asr_prompt: str = "将语音转录为文本:"
-    system_prompt: str = "You are a helpful voice assistant."
+    system_prompt: str = "请用【邻家女声】这个声音回答问题。"
     crossfade_samples: int = 240
     stream: StreamSettings = field(default_factory=StreamSettings)
+    history: str = "published"
 
     PHASES = ("first_text", "text", "audio", "text_only", "asr")
 
@@ -82,4 +94,6 @@ class GenerationConfig:
         for name in self.PHASES:
             getattr(self, name).validate(f"generation.{name}")
         check(self.max_rounds >= 1, "generation: max_rounds must be >= 1")
+        check(self.history in HISTORY_MODES,
+              f"generation.history must be one of {', '.join(HISTORY_MODES)}, not {self.history!r}")
         self.stream.validate()

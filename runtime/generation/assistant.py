@@ -95,8 +95,7 @@ class VoiceAssistant:
         if len(chunks) > 1:
             self.log(f"input is {audio16k.size / self.cfg.frontend.sampling_rate:.1f} s: "
                      f"tokenized in {len(chunks)} chunks of at most {self.cfg.frontend.max_audio_seconds} s")
-        codes = [self.sessions.run("audio_tokenizer", {"waveform": c[None]})[0][0] for c in chunks]
-        return np.concatenate(codes)
+        return self.backend.tokenize(audio16k)
 
     def respond(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
         """Speech in -> events: text deltas and audio segments as they are made, then the turn end."""

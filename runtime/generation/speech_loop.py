@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from bcaudio.config import GenerationConfig, ModelConfig, SamplingParams
+from bcaudio.runtime.audio.files import to_mono_rate
+from bcaudio.runtime.generation.published_history import AnswerLog, common_prefix, published_span, published_text
 from bcaudio.runtime.generation.sampling import sample_token
 from bcaudio.runtime.generation.segment_stream import SegmentStream
 from bcaudio.runtime.generation.source_phase import SourcePhase
@@ -43,11 +45,15 @@ class Backend(Protocol):
     def reset(self) -> None:
         """Forget the conversation (empty KV cache, position 0): the loop re-prefills what it keeps."""
 
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        """16 kHz mono -> (frames, K) codes of the audio tokenizer, 30 s chunks each on its own (spec §1);
+        the published history re-encodes answer audio with it."""
+
 
 class TextCodec(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
 
 
 @dataclass
@@ -144,6 +150,12 @@ class SpeechLoop:
     When the context window would overflow, the oldest whole turns are dropped (the system
     prompt stays) and the kept history is prefilled again into a fresh cache; a turn that
     cannot fit even alone ends with ``TurnEnd("context_full")``. Nothing raises.
+
+    With ``generation.history == "published"`` a spoken answer is logged as it is made, and
+    ``settle_history`` swaps its live positions for the published ones (``published_history.py``):
+    the answer's audio re-encoded, the cache cut back to the first position that changes and the
+    rest prefilled. A live front end calls it while the answer plays; otherwise the next turn does,
+    before it feeds anything, and its ``TurnEnd`` timings carry the cost as ``history``.
     """
 
     def __init__(self, cfg: ModelConfig, backend: Backend, codec: TextCodec, seed: int = 0,
@@ -161,6 +173,10 @@ class SpeechLoop:
         self._text_ids: list[int] = []  # this answer's visible ids, decoded as a whole: no split characters
         self._shown = ""
         self._segments = 0  # answer segments so far: their index seeds their noise
+        self._log: AnswerLog | None = None  # the newest spoken answer, when the history is the published one
+        self.history_seconds: float | None = None  # what the newest settle_history cost (re-encode + prefill)
+        self.history_prefilled = 0  # positions it prefilled again
+        self._settled_at_start: float | None = None  # settle_history run by this turn's start, for its timings
 
     # ----- prompts -----
 
@@ -201,10 +217,13 @@ class SpeechLoop:
                 elif isinstance(event, AudioSegment):
                     timings.setdefault("first_audio", time.perf_counter() - start)
                 elif isinstance(event, TurnEnd):
-                    event.timings = {**timings, "total": time.perf_counter() - start}
+                    event.timings = {**timings, "total": time.perf_counter() - start, **self._history_timing()}
                 yield event
         except ContextFull:
-            yield TurnEnd("context_full", {**timings, "total": time.perf_counter() - start})
+            yield TurnEnd("context_full", {**timings, "total": time.perf_counter() - start, **self._history_timing()})
+
+    def _history_timing(self) -> dict[str, float]:
+        return {} if self._settled_at_start is None else {"history": self._settled_at_start}
 
     def _audio_block(self, codes: np.ndarray) -> tuple[list[int], np.ndarray]:
         """``<audio_start>{pads}<audio_end>`` with the frames' codes at the pad positions."""
@@ -214,8 +233,17 @@ class SpeechLoop:
         full[1:-1] = codes
         return ids, full
 
+    def _new_turn(self) -> None:
+        """Put the last answer in its published form (if not done yet) before anything of a new turn is fed."""
+        self._settled_at_start = None
+        if self._log is not None and not self._log.settled:
+            self.settle_history()
+            self._settled_at_start = self.history_seconds
+        self._log = None
+
     def _turn_prefix(self) -> list[int]:
         """What starts a user turn (the system prompt before the first); records where the turn begins."""
+        self._new_turn()
         prefix = [] if self.started else [self.tok.system, *self.codec.encode(self.gen.system_prompt)]
         self.started = True
         self.turn_starts.append(len(self.context) + len(prefix))
@@ -247,13 +275,15 @@ class SpeechLoop:
         return out, logits, hidden
 
     def _ends_clause(self, ids: list[int]) -> bool:
-        """A clause mark completed by the newest token (marks may span tokens, like ". ")."""
-        before, text = len(self.codec.decode(ids[:-1])), self.codec.decode(ids)
+        """A clause mark completed by the newest token (marks may span tokens, like ". "), matched in the text
+        with its special tokens, as the demo's stop strings are (a special token between "." and " " is no stop)."""
+        before, text = len(self.codec.decode(ids[:-1], skip_special=False)), self.codec.decode(ids, skip_special=False)
         return any(mark in text[max(0, before - len(mark) + 1):] for mark in self.gen.clause_marks)
 
     def _segment(self, hidden: np.ndarray) -> Iterator[AudioSegment]:
-        """Frames until code 0 is EOS or the frame limit, each non-EOS frame fed back; the segment's audio
-        comes as pieces while the frames are made when ``generation.stream`` says so (``SegmentStream``)."""
+        """Frames until code 0 is EOS or the frame limit, each frame fed back but the one that reaches the limit
+        (the demo gives its position to ``<audiogen_end>``); the segment's audio comes as pieces while the frames
+        are made when ``generation.stream`` says so (``SegmentStream``)."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
@@ -275,7 +305,8 @@ class SpeechLoop:
                 break
             codes[n] = frame
             n += 1
-            _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
+            if n < params.max_new_tokens:
+                _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
             piece = stream.add(codes[:n])
             if piece is not None:
                 yield AudioSegment(codes[played:n].copy(), piece, final=False)
@@ -323,27 +354,84 @@ class SpeechLoop:
             self._feed([self.tok.audio_pad] * len(codes), np.asarray(codes, dtype=np.int64))
 
     def answer(self) -> Iterator[Event]:
-        """Close the user's audio and run the §8 rounds."""
+        """Close the user's audio and run the §8 rounds as the demo does: after the last allowed segment one
+        more text step is shown but not spoken, and a step that ended in eos gets its segment with no
+        ``<audiogen_end>`` after it."""
         logits, hidden = self._feed([self.tok.audio_end, self.tok.audiotext_start, self.tok.assistant])
+        log = self._start_log()
         self._begin_text()
         params = self.gen.first_text
-        for round_ in range(self.gen.max_rounds):
+        for round_ in range(self.gen.max_rounds + 1):
             tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
+            if log is not None:
+                log.add_text(tokens)
             ended = tokens[-1] == self.tok.eos
             delta = self._delta(tokens)
             if delta.ids:
                 yield delta
+            if round_ == self.gen.max_rounds:
+                break
             if ended and len(tokens) == 1:
                 yield TurnEnd("eos")
                 return
             _, hidden = self._feed([self.tok.audiogen_start])  # replaces the step's last token
-            yield from self._segment(hidden)
-            logits, hidden = self._feed([self.tok.audiogen_end])
+            for piece in self._segment(hidden):
+                if log is not None:
+                    log.add_piece(piece.waveform, len(self.context) - self.turn_starts[-1])
+                yield piece
             if ended:
                 yield TurnEnd("eos")
                 return
+            logits, hidden = self._feed([self.tok.audiogen_end])
             params = self.gen.text
         yield TurnEnd("max_rounds")
+
+    # The published history (``published_history.py``).
+
+    def _start_log(self) -> AnswerLog | None:
+        if self.gen.history != "published":
+            return None
+        self._log = AnswerLog(len(self.context) - self.turn_starts[-1])
+        return self._log
+
+    def settle_history(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Put the newest answer in its published form: re-encode what was heard of its audio, cut the cache
+        back to the first position that differs and prefill the rest. False when ``cancelled()`` turned true
+        first (nothing changed; it stays to be done). Only while that answer is the end of the conversation.
+        """
+        log = self._log
+        if log is None or log.settled:
+            return True
+        t0 = time.perf_counter()
+        k = self.cfg.bridge.num_codebooks
+        drop = [self.codec.decode([t], skip_special=False) for t in (self.tok.eos, self.tok.audiogen_start,
+                                                                      self.tok.audiogen_end)]
+        span = published_span(
+            log.kept(), self.tok,
+            lambda ids: self.codec.encode(published_text(ids, lambda i: self.codec.decode(i, skip_special=False),
+                                                         drop)),
+            lambda pieces: crossfade_join(pieces, self.gen.crossfade_samples), self._encode_answer_audio, k,
+            cancelled)
+        if span is None or cancelled():
+            return False
+        ids, codes = span
+        start = self.turn_starts[-1] + log.offset
+        now = np.concatenate(self._codes)[start:] if self._codes else np.zeros((0, k), np.int64)
+        keep = common_prefix(self.context[start:], now, ids, codes)
+        self.truncate(start + keep)
+        if keep < len(ids):
+            self._feed(ids[keep:], codes[keep:])
+        log.settled = True
+        self.history_prefilled = len(ids) - keep
+        self.history_seconds = time.perf_counter() - t0
+        return True
+
+    def _encode_answer_audio(self, waveform: np.ndarray) -> np.ndarray:
+        """The audio tokenizer's codes of a 24 kHz answer waveform read back at 16 kHz (as the demo reads its wav)."""
+        rate = self.cfg.frontend.sampling_rate
+        if waveform.size == 0:
+            return np.zeros((0, self.cfg.bridge.num_codebooks), np.int64)
+        return self.backend.tokenize(to_mono_rate(waveform, self.cfg.vocoder.sampling_rate, rate, "answer audio"))
 
     def guarded_answer(self) -> Iterator[Event]:
         """``answer`` with the turn timings and a context overflow ending as ``TurnEnd``, as ``respond`` gives."""
@@ -376,6 +464,8 @@ class SpeechLoop:
         """
         if not 0 <= length <= len(self.context):
             raise ValueError(f"cannot truncate a context of {len(self.context)} positions to {length}")
+        if self._log is not None and self.turn_starts and length < self.turn_starts[-1] + self._log.offset:
+            self._log = None  # the cut goes back before the answer: nothing of it is left to publish
         if length == len(self.context):
             return
         codes = np.concatenate(self._codes)[:length]
@@ -390,9 +480,16 @@ class SpeechLoop:
             if length:
                 self.backend.feed(self.context, codes)
 
-    def interrupt_at(self, boundary: int) -> None:
+    def interrupt_at(self, boundary: int, heard: int | None = None) -> None:
         """Keep the answer up to ``boundary`` (just after a played segment's last frame) and close it with
-        ``<audiogen_end>``: the same state as an answer that ended after that segment."""
+        ``<audiogen_end>``: the same state as an answer that ended after that segment. The published history
+        then keeps, re-encoded (``settle_history``), the first ``heard`` audio pieces given out, or when not
+        given those that end before ``boundary``."""
+        if self._log is not None:
+            if heard is None:
+                self._log.hear_until(boundary - self.turn_starts[-1])
+            else:
+                self._log.heard, self._log.settled = heard, False
         self.truncate(boundary)
         self._feed([self.tok.audiogen_end])
 
@@ -410,6 +507,7 @@ class SpeechLoop:
         """ASR prompt of spec §8, greedy with repetition penalty."""
 
         def run() -> Iterator[Event]:
+            self._new_turn()
             block, codes = self._audio_block(user_codes)
             prefix = self.codec.encode(self.gen.asr_prompt)
             all_codes = np.concatenate([np.zeros((len(prefix), codes.shape[1]), np.int64), codes])

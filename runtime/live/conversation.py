@@ -18,6 +18,11 @@ user never heard are gone. When nothing was played yet, the assistant said nothi
 back to the end of the user's audio, before ``<audio_end>``, and the new speech continues the
 same user turn (a pause the endpointer took for an end).
 
+With the published history (``generation.history``), the worker puts a generated answer in its
+published form (audio re-encoded, the changed span prefilled again: ``SpeechLoop.settle_history``)
+right after generating it, while it plays; a barge-in stops that work and the next turn's start
+does it for what was heard, while the user speaks.
+
 Incremental prefill tokenizes each chunk with ``tokenize_left_context_ms`` of the audio before it
 and keeps only the new audio's codes (``IncrementalTokenizer``); chunk and context lengths are
 whole codes (80 ms), so the code count and alignment equal whole-utterance tokenization. The
@@ -133,6 +138,7 @@ class _Answer:
     latency: float | None = None
     done: bool = False
     base: int | None = None  # a spoken text (``say``): the context before it, where a cut with nothing heard goes
+    settling: bool = False  # the worker is putting this answer in its published form
 
 
 class LiveSession:
@@ -334,11 +340,12 @@ class LiveSession:
 
     def poll_playback(self) -> None:
         """The answer is over once generated and played out: report it and listen again. Every microphone frame
-        polls; a front end whose audio pauses (push-to-talk over a network) calls it on a timer."""
+        polls; a front end whose audio pauses (push-to-talk over a network) calls it on a timer. The worker may
+        still be putting the answer in its published form; new speech then waits for that, as a new turn."""
         with self._lock:
             answer = self._answer
             over = (answer is not None and answer.done and self.phase in (Phase.THINKING, Phase.SPEAKING)
-                    and not self.speaker.busy and self._commands.unfinished_tasks == 0)
+                    and not self.speaker.busy and self._commands.unfinished_tasks == int(answer.settling))
             if over:
                 self._answer = None
         if over:
@@ -460,7 +467,11 @@ class LiveSession:
             answers = {"respond": self.loop.guarded_answer, "text": self.loop.guarded_answer_text,
                        "asr": self.loop.guarded_transcript}
             self._stream(answer, answers[self.settings.mode]())
+        answer.settling = not self._cancel.is_set()
         answer.done = True
+        if answer.settling:  # while the answer plays; stopped by a barge-in, which redoes it for what was heard
+            self.loop.settle_history(cancelled=self._cancel.is_set)
+            answer.settling = False
 
     def _say(self, text: str, t_start: float) -> None:
         self._turns += 1
@@ -511,7 +522,7 @@ class LiveSession:
             self.loop.truncate(start + answer.user_end if continue_user else start)
             self._continue_user = continue_user
         elif not (answer.done and played == len(answer.boundaries)):
-            self.loop.interrupt_at(start + answer.boundaries[played - 1])
+            self.loop.interrupt_at(start + answer.boundaries[played - 1], heard=played)
         self._report(answer, interrupted=True, played=played)
 
     def _played_marks(self) -> list[tuple[int, int]]:

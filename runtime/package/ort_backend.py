@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.generation.noise import NoiseSource
 from bcaudio.runtime.generation.source_phase import SourcePhase
@@ -54,6 +55,11 @@ class OrtBackend:
 
     def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.llm.feed(ids, codes)
+
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        chunks = [c for c in chunk_audio(audio16k, self.cfg.frontend) if token_frames(c.size, self.cfg) > 0]
+        codes = [self.s.run("audio_tokenizer", {"waveform": c[None]})[0][0] for c in chunks]
+        return np.concatenate(codes) if codes else np.zeros((0, self.cfg.bridge.num_codebooks), np.int64)
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         h = np.asarray(hidden, dtype=np.float32)[None]

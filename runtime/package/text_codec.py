@@ -15,6 +15,7 @@ class TextCodec:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids`` without special or reserved tokens: what a user should read."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of ``ids``; by default without special or reserved tokens (what a user should read), with
+        ``skip_special=False`` as the published demo decodes (its stop strings and history see them)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special)

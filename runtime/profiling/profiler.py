@@ -441,6 +441,7 @@ class Profiler:
                 self.new_conversation()
             before = self.assistant.backend.position
             m = self.turn(audio16k, i, (lambda s, i=i: show(f"turn {i + 1}/{turns}: {s}", False)) if progress else None)
+            self.assistant.loop.settle_history()  # as bcaudio chat does while the answer plays: outside the turn
             growth = self.assistant.backend.position - before
             measures.append(m)
             fa = f"{m.first_audio_ms:.0f} ms" if m.first_audio_ms is not None else "none"
