@@ -22,20 +22,24 @@ import numpy as np
 import soundfile as sf
 
 from bcaudio.runtime.generation.assistant import VoiceAssistant
-from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, collect
+from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, collect
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import resolve_profile
 
 VARIANTS = ("live", "published, rebuilt at turn 2's start", "published, rebuilt between the turns")
 
 
-def first_audio(events) -> float:
+def first_audio(turn) -> tuple[float, int]:
+    """Seconds from calling ``turn()`` (which feeds the prompt, and settles a pending answer, before it returns
+    the events) to the first audio sample, and the text tokens shown before it (the answer's own share)."""
     start = time.perf_counter()
-    seen = None
-    for event in events:
+    seen, tokens = None, 0
+    for event in turn():
+        if seen is None and isinstance(event, TextDelta):
+            tokens += len(event.ids)
         if seen is None and isinstance(event, AudioSegment) and event.waveform.size:
             seen = time.perf_counter() - start
-    return float("nan") if seen is None else seen
+    return float("nan") if seen is None else seen, tokens
 
 
 def conversation(a: VoiceAssistant, variant: str, audio: np.ndarray, flow_steps: int, seed: int) -> dict[str, float]:
@@ -61,7 +65,7 @@ def conversation(a: VoiceAssistant, variant: str, audio: np.ndarray, flow_steps:
         a.backend.tokenize = tokenize  # type: ignore[method-assign]
         out |= {"rebuild_s": a.loop.history_seconds or 0.0, "encode_s": encode["s"],
                 "prefilled": a.loop.history_prefilled}
-    out["first_audio_s"] = first_audio(a.respond(audio, 16000))
+    out["first_audio_s"], out["tokens"] = first_audio(lambda: a.respond(audio, 16000))
     return out
 
 
@@ -85,8 +89,9 @@ def main() -> None:
             runs[variant].append(conversation(a, variant, audio, profile.generation.flow_steps, args.seed))
     live = statistics.median(r["first_audio_s"] for r in runs["live"])
     print(f"{audio.size / 16000:.2f} s question, profile {profile.name}, medians of {args.repeats}\n")
-    print("| history | turn 2 first audio ms | vs live | rebuild ms (audio encoder ms) | positions prefilled again |")
-    print("|---|---|---|---|---|")
+    print("| history | turn 2 first audio ms | vs live | text tokens before it | rebuild ms (audio encoder ms) | "
+          "positions prefilled again |")
+    print("|---|---|---|---|---|---|")
     for variant in VARIANTS:
         rs = runs[variant]
         fa = statistics.median(r["first_audio_s"] for r in rs)
@@ -95,7 +100,8 @@ def main() -> None:
                    f"{statistics.median(r['answer_s'] for r in rs):.1f} s of answer audio"
                    if "rebuild_s" in rs[0] else "")
         prefilled = f"{statistics.median(r['prefilled'] for r in rs):.0f}" if "prefilled" in rs[0] else ""
-        print(f"| {variant} | {fa * 1000:.0f} | {fa / live:.2f}x | {rebuild} | {prefilled} |")
+        tokens = "/".join(str(r["tokens"]) for r in rs)
+        print(f"| {variant} | {fa * 1000:.0f} | {fa / live:.2f}x | {tokens} | {rebuild} | {prefilled} |")
 
 
 if __name__ == "__main__":
