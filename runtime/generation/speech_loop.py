@@ -343,6 +343,7 @@ class SpeechLoop:
     def start_user_audio(self, asr: bool = False) -> None:
         """Feed the turn prefix and ``<audio_start>``; with ``asr`` the ASR prompt instead (``transcribe``'s)."""
         if asr:
+            self._new_turn()
             self.turn_starts.append(len(self.context))
             self._feed(self.codec.encode(self.gen.asr_prompt) + [self.tok.audio_start])
         else:
