@@ -361,7 +361,9 @@ class LiveSession:
 
     def _report(self, answer: _Answer, interrupted: bool, played: int) -> None:
         felt = None if answer.latency is None or answer.voice_gap is None else answer.latency + answer.voice_gap
-        report = TurnReport(answer.index, answer.user_seconds, "".join(answer.texts[:played]).strip(),
+        # an answer heard to its end keeps its last text step too, shown but not spoken (after the last round)
+        text = "".join(answer.texts[:played]) + ("" if interrupted else answer.pending_text)
+        report = TurnReport(answer.index, answer.user_seconds, text.strip(),
                             answer.latency, interrupted, played, len(answer.boundaries), felt, answer.ended_by)
         self.reports.append(report)
         self.ui(TurnDone(report))
