@@ -173,7 +173,7 @@ def free_port() -> int:
 
 
 def start_server(model: str, port: int, *extra: str, device_profile: str = "auto",
-                 log: Path | None = None) -> subprocess.Popen:
+                 log: Path | None = None, startup_seconds: float = 60.0) -> subprocess.Popen:
     """``bcaudio serve`` in a child process logging to ``log`` (default /tmp/bcaudio-serve-PORT.log), returned once
     /healthz answers."""
     import urllib.request
@@ -183,7 +183,7 @@ def start_server(model: str, port: int, *extra: str, device_profile: str = "auto
            "--device-profile", device_profile, *extra]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + startup_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"bcaudio serve exited: {log.read_text()[-2000:]}")
@@ -193,7 +193,7 @@ def start_server(model: str, port: int, *extra: str, device_profile: str = "auto
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("bcaudio serve did not answer /healthz within 60 s")
+    raise RuntimeError(f"bcaudio serve did not answer /healthz within {startup_seconds:g} s")
 
 
 def process_stats(pid: int) -> dict[str, int]:
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.input}: need 16 kHz mono")
     levels = [int(n) for n in args.sessions.split(",")]
     port = free_port()
-    proc = start_server(args.model, port, "--max-sessions", str(max(levels)), device_profile=args.device_profile)
+    proc = start_server(args.model, port, "--max-sessions", str(max(levels)), device_profile=args.device_profile,
+                        startup_seconds=600)
     url = f"ws://127.0.0.1:{port}/v1/realtime"
     rows = []
     try:
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             row = summarize(results, time.perf_counter() - start)
             row.update(process_stats(proc.pid), load_average=os.getloadavg()[0])  # a shared machine says so
             rows.append(row)
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
