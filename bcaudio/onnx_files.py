@@ -20,19 +20,27 @@ _BITS = {getattr(TensorProto, n): bits for n, bits in (("INT4", 4), ("UINT4", 4)
                                                        ("UINT2", 2)) if hasattr(TensorProto, n)}
 
 
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Initializers and attribute tensors (Constant values) of ``graph`` and of its subgraphs, recursively:
-    the If/Loop/Scan branches hold weights too (the audio head's per-position weights live in If branches)."""
-    yield from graph.initializer
+def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph inside it (If / Loop / Scan bodies), depth first: the If branches hold weights
+    and nodes too (the audio head's per-position weights live in If branches)."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
             if attr.type == AttributeProto.GRAPH:
-                yield from _graph_tensors(attr.g)
+                yield from subgraphs(attr.g)
             for sub in attr.graphs:
-                yield from _graph_tensors(sub)
+                yield from subgraphs(sub)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Initializers and attribute tensors (Constant values) of ``graph`` and of its subgraphs."""
+    for g in subgraphs(graph):
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
 
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:

@@ -22,7 +22,7 @@ torch export and the graphs built from the weights are treated alike, subgraphs 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
     MatMulNBitsQuantizer,
 )
 
-from bcaudio.onnx_files import save_model
+from bcaudio.onnx_files import save_model, subgraphs
 from bcaudio.quant.fragile import fp32_nodes
 from bcaudio.quant.io import quiet_quantizer
 from bcaudio.quant.recipes import ROUNDING
@@ -48,21 +48,10 @@ ATTENTION_OPS = frozenset({"GroupQueryAttention", "MultiHeadAttention", "Attenti
 _PASS_THROUGH = frozenset({"Add", "Split", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze"})
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph inside it (If / Loop / Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
 def attention_projections(model: onnx.ModelProto) -> set[str]:
     """Names of the MatMuls that feed an attention op (q, k, v) or read its output (o), in any (sub)graph."""
     found: set[str] = set()
-    for graph in _graphs(model.graph):
+    for graph in subgraphs(model.graph):
         producer = {o: n for n in graph.node for o in n.output}
         consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in graph.node:
@@ -109,7 +98,7 @@ def _quantize_table(table: np.ndarray, block_size: int, rows: int = 4096) -> tup
 def table_uses(model: onnx.ModelProto) -> dict[str, int]:
     """How many node inputs read each name, over every (sub)graph."""
     uses: dict[str, int] = {}
-    for sub in _graphs(model.graph):
+    for sub in subgraphs(model.graph):
         for n in sub.node:
             for i in n.input:
                 uses[i] = uses.get(i, 0) + 1
@@ -177,7 +166,7 @@ def _algo(rounding: str, bits: int, block_size: int) -> object | None:
 
 def _set_accuracy_level(model: onnx.ModelProto) -> None:
     """HQQ's nodes come without ``accuracy_level``; without it the CPU kernel computes in fp32 (5x slower)."""
-    for graph in _graphs(model.graph):
+    for graph in subgraphs(model.graph):
         for node in graph.node:
             if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
                 node.attribute.append(helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
@@ -186,7 +175,7 @@ def _set_accuracy_level(model: onnx.ModelProto) -> None:
 def _matmul_pass(model: onnx.ModelProto, bits: int, block_size: int, only: set[str] | None,
                  exclude: set[str], rounding: str = "rtn") -> onnx.ModelProto:
     """MatMulNBits for the MatMuls with constant weights (``only`` those, when given), in every subgraph."""
-    names = {n.name for g in _graphs(model.graph) for n in g.node}
+    names = {n.name for g in subgraphs(model.graph) for n in g.node}
     skip = exclude | (names - only if only is not None else set())
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
                                      accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(skip),

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny preset, and real speech made offline by espeak-ng."""
+"""Shared fixtures: the tiny preset, one exported tiny package, and real speech made offline by espeak-ng."""
 
 from __future__ import annotations
 
@@ -30,6 +30,20 @@ def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
     tiny_cfg.generation.first_text.max_new_tokens = 6
     tiny_cfg.generation.text.max_new_tokens = 6
     return tiny_cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, fp32 package) of the tiny preset, seed 1, exported once for the whole session.
+
+    Shared read-only: a test that changes a package works on a copy."""
+    from bcaudio.export.checkpoint import init_checkpoint
+    from bcaudio.export.package import export_package
+
+    root = tmp_path_factory.mktemp("tiny")
+    ckpt = init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1)
+    export_package(ckpt, root / "pkg", progress=lambda _: None)
+    return ckpt, root / "pkg"
 
 
 def espeak_wav(text: str, out: Path, rate: int = 16000) -> Path:

@@ -20,6 +20,7 @@ from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.export_audio_head import audio_head_io_names, export_audio_head
 from bcaudio.export.llm import LLMBody
 from bcaudio.export.package import export_package
+from bcaudio.onnx_files import subgraphs
 from bcaudio.presets import get_preset
 from bcaudio.quant.accuracy import accuracy_report
 from bcaudio.quant.package import quantize_package
@@ -67,11 +68,9 @@ def test_per_position_ffn_views_the_stored_layout(tiny_cfg: ModelConfig) -> None
 
 def _nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, onnx.NodeProto]]:
     """Every node of ``graph`` and of its If branches, with the graph that holds it."""
-    for node in graph.node:
-        yield graph, node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
+    for g in subgraphs(graph):
+        for node in g.node:
+            yield g, node
 
 
 @pytest.fixture(scope="module")

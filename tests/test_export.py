@@ -13,13 +13,13 @@ import torch
 from bcaudio.cli import main
 from bcaudio.config import ModelConfig
 from bcaudio.export.audio_head import AudioHead, depth_inputs
-from bcaudio.export.checkpoint import init_checkpoint
+from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint
 from bcaudio.export.export_audio_head import audio_head_io_names, export_audio_head
 from bcaudio.export.export_llm import export_llm, llm_example_inputs, llm_io_names
 from bcaudio.export.llm import BaichuanLLM
-from bcaudio.export.package import export_package
-from bcaudio.export.validate import validate_package
+from bcaudio.export.validate import CHECKS, FP32_TOLERANCES, validate_package
 from bcaudio.presets import get_preset
+from bcaudio.runtime.package.sessions import PackageSessions
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +91,6 @@ def test_audio_head_step_graph_equals_teacher_forced(tmp_path: Path) -> None:
         past = dict(zip(names[4:], out[2:], strict=True))
 
 
-@pytest.fixture(scope="module")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("validate")
-    ckpt = init_checkpoint(get_preset("tiny"), root / "ckpt", seed=2)
-    export_package(ckpt, root / "pkg", progress=lambda _: None)
-    return ckpt, root / "pkg"
-
-
 def test_validate_passes_every_graph_of_a_tiny_package(tiny_package, speech_16k: np.ndarray) -> None:
     ckpt, pkg = tiny_package
     reports = validate_package(pkg, ckpt, speech_16k, progress=lambda _: None)
@@ -109,11 +101,32 @@ def test_validate_passes_every_graph_of_a_tiny_package(tiny_package, speech_16k:
     assert all(r.task_value == 1.0 for r in reports if r.graph in ("audio_tokenizer", "llm", "audio_head"))
 
 
-def test_validate_cli_json_and_exit_code(tiny_package, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_cli_json_and_exit_code(tiny_package, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ckpt, pkg = tiny_package
     assert main(["validate", str(pkg), "--checkpoint", str(ckpt), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["graph"] for r in rows} >= {"llm", "vocoder"} and all(r["passed"] for r in rows)
-    other = init_checkpoint(get_preset("tiny"), pkg.parent / "other", seed=9)  # different weights
+    other = init_checkpoint(get_preset("tiny"), tmp_path / "other", seed=9)  # different weights
     assert main(["validate", str(pkg), "--checkpoint", str(other)]) == 2
     assert "validation failed" in capsys.readouterr().err
+
+
+GRAPH_PART = {"audio_tokenizer": "bridge", "llm": "llm", "audio_head": "audio_head", "flow_prenet": "prenet",
+              "flow_estimator": "estimator", "vocoder": "vocoder"}
+
+
+@pytest.mark.parametrize("graph", list(GRAPH_PART))
+def test_validate_fails_a_graph_whose_reference_weight_has_one_percent_noise(tiny_package, graph: str) -> None:
+    """Negative control of every fp32 tolerance: the same check that passes fails once one weight tensor of the
+    compared part (its largest) gets noise of 1 % of its spread on the torch side only (noise, not a scale:
+    norms would undo a uniform scale)."""
+    ckpt, pkg = tiny_package
+    ref = load_checkpoint(ckpt)
+    sessions = PackageSessions(pkg, log=lambda _: None)
+    check, tol = CHECKS[graph], FP32_TOLERANCES[graph]
+    assert check(ref, sessions, None).judge(tol).passed
+    name, weight = max(getattr(ref, GRAPH_PART[graph]).named_parameters(), key=lambda p: p[1].numel())
+    with torch.no_grad():
+        weight.add_(0.01 * weight.std() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    report = check(ref, sessions, None).judge(tol)
+    assert not report.passed, f"{graph}: {name} + 1 % noise still passes ({report})"

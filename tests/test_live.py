@@ -23,9 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcaudio.export.checkpoint import init_checkpoint
-from bcaudio.export.package import export_package
-from bcaudio.presets import get_preset
 from bcaudio.runtime.audio.devices import BLOCK_MS, SpeakerOutput
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.speech_loop import AudioSegment, StreamJoiner, collect, crossfade_join
@@ -37,10 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("live")
-    export_package(init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1), root / "pkg", progress=lambda _: None)
-    return root / "pkg"
+def pkg(tiny_package: tuple[Path, Path]) -> Path:
+    return tiny_package[1]
 
 
 def greedy(pkg: Path) -> VoiceAssistant:
@@ -93,11 +88,10 @@ def _fresh_prefill_matches(assistant: VoiceAssistant) -> None:
         np.testing.assert_allclose(value, fresh.past[name], atol=1e-4)
 
 
-@pytest.mark.parametrize("pause", [2.2, 0.9], ids=["mid-answer", "before-first-segment-played"])
-def test_barge_in_stops_output_within_one_block_and_keeps_what_was_played(pkg: Path, speech_16k: np.ndarray,
-                                                                          pause: float) -> None:
+def _barge_in_after(pkg: Path, speech_16k: np.ndarray, pause: float):
+    """A question, ``pause`` s of the answer, then 1.5 s of new speech: the output must go silent at the very
+    next block, and the conversation must hold what was heard. -> (assistant, first report, turn 1's ids)."""
     assistant = greedy(pkg)
-    tok = assistant.cfg.tokens
     speaker = SpeakerOutput(assistant.sample_rate)
     pulled = {"n": 0}
     pull = speaker.pull
@@ -121,21 +115,66 @@ def test_barge_in_stops_output_within_one_block_and_keeps_what_was_played(pkg: P
     assert np.abs(out[stop - block:stop]).max() > 0  # it was speaking ...
     silent_until = stop + int(0.5 * assistant.sample_rate)  # the second utterance lasts longer than this
     assert np.abs(out[stop:silent_until]).max() == 0  # ... and the very next block is silent
+    assert assistant.backend.position == len(assistant.loop.context)
+    _fresh_prefill_matches(assistant)
+    starts = assistant.loop.turn_starts
+    return assistant, first, assistant.loop.context[starts[-2]:starts[-1]] if len(starts) > 1 else []
+
+
+def test_barge_in_mid_answer_keeps_exactly_the_played_segments(pkg: Path, speech_16k: np.ndarray) -> None:
+    assistant, first, turn1 = _barge_in_after(pkg, speech_16k, 2.2)
+    tok = assistant.cfg.tokens
+    assert 0 < first.played_segments < first.segments
+    # turn 1 keeps exactly the played segments, closed by <audiogen_end>
+    assert turn1.count(tok.audiogen_start) == first.played_segments
+    assert turn1[-1] == tok.audiogen_end and turn1.count(tok.audiogen_end) == first.played_segments
+
+
+def test_barge_in_before_anything_was_heard_continues_the_user_turn(pkg: Path, speech_16k: np.ndarray) -> None:
+    assistant, first, turn1 = _barge_in_after(pkg, speech_16k, 0.9)
+    tok = assistant.cfg.tokens
+    assert first.played_segments == 0 and first.text == "" and turn1 == []
+    # nothing was heard of the answer: the second utterance continued the first user turn
     context = assistant.loop.context
-    turn1 = context[assistant.loop.turn_starts[-2]:assistant.loop.turn_starts[-1]] if len(
-        assistant.loop.turn_starts) > 1 else []
-    if pause > 2:
-        assert 0 < first.played_segments < first.segments
-        # turn 1 keeps exactly the played segments, closed by <audiogen_end>
-        assert turn1.count(tok.audiogen_start) == first.played_segments
-        assert turn1[-1] == tok.audiogen_end and turn1.count(tok.audiogen_end) == first.played_segments
-    else:
-        assert first.played_segments == 0 and first.text == ""
-        # nothing was heard of the answer: the second utterance continued the first user turn
-        assert len(assistant.loop.turn_starts) == 1
-        assert context.count(tok.audio_start) == 1 and context.count(tok.assistant) == 1
+    assert len(assistant.loop.turn_starts) == 1
+    assert context.count(tok.audio_start) == 1 and context.count(tok.assistant) == 1
+
+
+class SlowBackend:
+    """The package's backend made slower than real time: each audio frame (80 ms of speech) takes 120 ms."""
+
+    def __init__(self, inner: OrtBackend, frame_s: float = 0.12) -> None:
+        self.inner, self.frame_s = inner, frame_s
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def audio_frame(self, hidden, choose):
+        time.sleep(self.frame_s)
+        return self.inner.audio_frame(hidden, choose)
+
+
+def test_live_barge_in_with_a_model_slower_than_real_time(pkg: Path, speech_16k: np.ndarray) -> None:
+    """Fed in real time, so the microphone callback and the worker race: the worker is still generating while
+    the first segment plays out (the speaker underruns) and the user barges in at whatever point the race
+    reached. Whatever that point, nothing fails, the output stops, and the history holds what was heard."""
+    assistant = greedy(pkg)
+    assistant.backend = assistant.loop.backend = SlowBackend(assistant.backend)
+    tok = assistant.cfg.tokens
+    session = LiveSession(assistant, SpeakerOutput(assistant.sample_rate), LiveSettings())
+    out = drive_from_audio(session, dialog(0.3, speech_16k, 2.5, speech_16k[:24000], 0.2), 16000, realtime=True)
+    session.close()
+    assert session.errors == []
+    first, second = session.reports
+    assert first.interrupted and not second.interrupted and second.segments >= 1
+    context = assistant.loop.context
+    starts = assistant.loop.turn_starts
+    heard = context[starts[0]:starts[1]] if len(starts) > 1 else []
+    assert heard.count(tok.audiogen_start) == first.played_segments
+    assert (len(starts) == 1) == (first.played_segments == 0)  # nothing heard: the user's turn went on
     assert assistant.backend.position == len(context)
     _fresh_prefill_matches(assistant)
+    assert np.abs(out).max() > 0.01  # answers were played
 
 
 @pytest.mark.parametrize("history", ["live", "published"])

@@ -18,6 +18,7 @@ from onnxruntime.quantization import QuantType
 from bcaudio.cli import quant as cli
 from bcaudio.export.checkpoint import init_checkpoint
 from bcaudio.export.package import export_package
+from bcaudio.onnx_files import subgraphs
 from bcaudio.presets import get_preset
 from bcaudio.quant.accuracy import REPORT_JSON, REPORT_MD, TOLERANCES, accuracy_report
 from bcaudio.quant.blocks import quantize_blocks
@@ -78,12 +79,10 @@ def test_recipe_within_tolerance(recipe: str, fp32_pkg: Path, quantized: dict[st
 
 def _float_weights(model: onnx.ModelProto) -> list[str]:
     """MatMuls and Gathers that still read a float initializer, in the graph and every subgraph."""
-    found, graphs, floats = [], [model.graph], set()
-    while graphs:
-        graph = graphs.pop()
+    found, floats = [], set()
+    for graph in subgraphs(model.graph):  # outer graphs first: a branch may read its parent's initializers
         floats |= {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
         found += [n.name for n in graph.node if n.op_type in ("MatMul", "Gather") and floats & set(n.input)]
-        graphs += [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     return found
 
 
@@ -166,10 +165,48 @@ def test_int8_saturation_trap(tmp_path: Path) -> None:
     got = ort.InferenceSession(str(blocks), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.linalg.norm(got - want) / np.linalg.norm(want) <= bound / 3
     assert rel_l2(weight_type=QuantType.QInt8, reduce_range=True) <= bound
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if "vnni" not in flags:  # with VNNI the u8s8 kernel does not saturate: nothing to show there
-        signed = rel_l2(weight_type=QuantType.QInt8)
-        assert signed > bound, f"signed int8 rel L2 {signed:.3g}: the trap did not reproduce"
+
+
+def _int8_weights(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) == 2}
+
+
+def test_int8_saturation_trap_on_any_cpu(tmp_path: Path) -> None:
+    """The trap without the CPU that shows it: the second layer's real operands (its quantized weights, the
+    uint8 activations dynamic quantization makes of its input) put through the AVX2 u8s8 kernel's arithmetic
+    (``vpmaddubsw``: pairs of u8 x s8 products summed into int16) overflow int16 with signed weights, and the
+    recipe's weights are uint8, which onnxruntime runs on the u8u8 kernel instead. On a CPU without VNNI the
+    signed graph's error is measured as well."""
+    src = tmp_path / "mlp.onnx"
+    x, want = _saturating_mlp(src)
+    w1 = numpy_helper.to_array(next(t for t in onnx.load(str(src)).graph.initializer if t.name == "w1"))
+    r = np.maximum(x @ w1, 0)
+    a = np.clip(np.round(r / (r.max() / 255)), 0, 255).astype(np.int32)  # DynamicQuantizeLinear of a ReLU output
+    chosen, signed = tmp_path / "u8.onnx", tmp_path / "s8.onnx"
+    quantize_int8(src, chosen, "llm")
+    quantize_int8(src, signed, "llm", weight_type=QuantType.QInt8)
+    assert {w.dtype for w in _int8_weights(chosen).values()} == {np.dtype(np.uint8)}
+    w2 = next(w for w in _int8_weights(signed).values() if w.shape == (256, 64)).astype(np.int32)
+    assert w2.dtype == np.int32 and np.abs(w2).max() == 127
+    pairs = a[:, 0::2, None] * w2[None, 0::2] + a[:, 1::2, None] * w2[None, 1::2]  # (batch, K/2, N)
+    assert np.abs(pairs).max() > 32767, "the trap's operands no longer overflow int16: it tests nothing"
+
+
+HAS_VNNI = "vnni" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else "")
+
+
+@pytest.mark.skipif(HAS_VNNI, reason="VNNI's u8s8 kernel does not saturate; test_int8_saturation_trap_on_any_cpu "
+                    "emulates the AVX2 kernel instead")
+def test_signed_int8_fails_on_the_avx2_kernel(tmp_path: Path) -> None:
+    """The real kernel, measured: on x86 without VNNI signed int8 weights put the trap past the int8 bound."""
+    src, signed = tmp_path / "mlp.onnx", tmp_path / "s8.onnx"
+    x, want = _saturating_mlp(src)
+    quantize_int8(src, signed, "llm", weight_type=QuantType.QInt8)
+    got = ort.InferenceSession(str(signed), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert error > TOLERANCES["int8"]["llm"]["logits_rel_l2"][1], f"signed int8 rel L2 {error:.3g}"
 
 
 def test_quantized_package_runs_a_greedy_turn(quantized: dict[str, Path], speech_16k: np.ndarray) -> None:

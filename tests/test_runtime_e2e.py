@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from bcaudio.config import StreamSettings
-from bcaudio.export.checkpoint import init_checkpoint, load_checkpoint, load_config
-from bcaudio.export.package import export_package
+from bcaudio.export.checkpoint import load_checkpoint, load_config
 from bcaudio.export.reference_backend import TorchBackend
 from bcaudio.export.reference_turn import reference_codes, reference_events
-from bcaudio.presets import get_preset
 from bcaudio.runtime.audio.files import AudioInputError
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, collect, crossfade_join
@@ -28,12 +26,8 @@ WAVE_TOL = 1e-3  # max abs over the waveform: fp32 ORT vs torch through 4 graphs
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("e2e")
-    ckpt = init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1)
-    pkg = root / "pkg"
-    export_package(ckpt, pkg, progress=lambda _: None)
-    return ckpt, pkg
+def tiny(tiny_package: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_package
 
 
 def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:

@@ -528,7 +528,7 @@ class SpeechLoop:
                 return
             out.append(token)
             delta = self._delta([token])
-            if delta.text:
+            if delta.ids:  # a token whose text is held back (a split character) still counts
                 yield delta
             logits, _ = self._feed([token])
         yield TurnEnd("max_tokens")
