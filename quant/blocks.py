@@ -2,20 +2,18 @@
 
 Used for the graphs whose weights dominate decoding (llm, audio head), at two precisions:
 
-- ``int8``: every MatMul and every float table in 8-bit blocks. Measured on ``small``'s llm
-  (fast graph, teacher-forced 64 steps): logits rel L2 0.038 / top-1 0.92 against 0.069 / 0.81 for
-  dynamic int8 with uint8 per-channel weights (its per-tensor activation scale is the loss), at the
-  same decode speed; the CPU kernel quantizes activations per block of ``block_size`` to signed int8,
+- ``int8``: every MatMul and every float table in 8-bit blocks: on ``small``'s llm about half the
+  logits error of dynamic int8 with uint8 per-channel weights (its per-tensor activation scale is the
+  loss), at the same decode speed (docs/quantization-choices.md); the CPU kernel quantizes activations per block of ``block_size`` to signed int8,
   so the u8s8 saturation trap does not apply (``tests/test_quant.py`` checks it on the trap's model).
 - ``int4``: 4-bit blocks for every MatMul except the attention projections, which stay 8-bit, and
-  8-bit tables. Measured on ``small``'s llm (rel L2 / top-1 / size): all 4-bit 0.52 / 0.11 / 0.16x;
-  attention 8-bit 0.36 / 0.30 / 0.17x; attention 8-bit with fp32 tables 0.28 / 0.41 / 0.37x. A
+  8-bit tables (the variants measured on ``small``'s llm: docs/quantization-choices.md). A
   random deep stack amplifies the attention and input-embedding errors most; the feed-forward
   weights, most of the bytes, take 4 bits with the least damage.
 
 Tables need no opset change: 8-bit GatherBlockQuantized stores plain uint8, and ORT's own
 quantizer only writes 4-bit tables. ``accuracy_level=4`` lets the CPU kernel use integer dot
-products: 2.3x faster than the default level on this CPU (toolchain notes: 25 vs 57 ms/token).
+products, several times faster than the default level on the CPU (docs/quantization-choices.md).
 Everything is found by graph structure (op types, initializers), never by node names, so the
 torch export and the graphs built from the weights are treated alike, subgraphs (``If``) included.
 """

@@ -1,6 +1,6 @@
 """fp16 graphs for CUDA: ``onnxruntime.transformers.float16`` with float32 graph I/O and fp32 islands.
 
-fp16 on CPU is slower than fp32 (toolchain notes: 134 vs 98 ms/token), so only the CUDA
+fp16 on CPU is slower than fp32 (docs/quantization-choices.md), so only the CUDA
 recipe uses it. ``keep_io_types`` keeps the graph inputs and outputs float32, so the runtime
 feeds the same arrays whatever the precision; the converter inserts the Casts.
 

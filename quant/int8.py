@@ -4,10 +4,9 @@ Weight type: **uint8**. On x86 CPUs without VNNI (AVX2 only, like this machine),
 onnxruntime's u8s8 kernel multiplies uint8 activations by signed int8 weights with
 ``vpmaddubsw``, which adds pairs of products into int16 and saturates: with activations
 near 255 and weights near +-127 a pair reaches 64770 > 32767 and the result is wrong
-(toolchain notes: logits rel L2 0.194 on the 0.5B shape; ``tests/test_quant.py`` has a
-regression model where signed int8 gives rel L2 ~0.17 and uint8 ~0.004). uint8 weights use the
-u8u8 kernel, which does not saturate and was the most accurate option measured
-(0.028 vs 0.031 for signed with ``reduce_range``, which gives up a bit of weight resolution).
+(``tests/test_quant.py`` shows it on a regression model; the measured errors are in
+docs/quantization-choices.md). uint8 weights use the u8u8 kernel, which does not saturate and was
+the most accurate option measured (signed with ``reduce_range`` gives up weight resolution).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from bcaudio.quant.recipes import FP32, QuantError, Recipe, load_recipe
 from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 
 # int8 as weight-only 8-bit blocks rather than dynamic int8: the decode-loop graphs, whose MatMul weights are
-# constants (measured on small's llm: rel L2 0.038 vs 0.069 dynamic, same speed; see quant/blocks.py).
+# constants (more accurate than dynamic int8 on small's llm at the same speed: docs/quantization-choices.md).
 BLOCK_INT8_GRAPHS = ("llm", "audio_head")
 
 

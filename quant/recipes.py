@@ -2,10 +2,11 @@
 
 A recipe names a precision per graph (unnamed graphs stay fp32) and the int4 block size.
 The built-in ones, chosen by the accuracy reports on ``small`` (``bcaudio quantize-table``,
-docs/quantization-small.md; ``tiny`` is too shallow to show the error a deep stack builds up):
+docs/quantization-small.md; the numbers behind each choice: docs/quantization-choices.md; ``tiny`` is
+too shallow to show the error a deep stack builds up):
 
 - ``fp16``  every graph but the audio tokenizer fp16 with fp32 islands (for CUDA; fp16 is slower than fp32 on
-  CPU); the tokenizer for the reason below (small, fp16: 0.85x, codes agreement 0.70, bound 0.95);
+  CPU); the tokenizer for the reason below (fp16 saves little and breaks its codes past the bound);
 - ``int8``  llm and audio head in 8-bit weight blocks, flow pre-net and estimator dynamic int8 (uint8
   weights per channel). The audio tokenizer stays fp32: its bytes are the RVQ codebooks, kept fp32 for
   the distances, so int8 saved only 12-15 % and broke codes (small: agreement 0.74 dynamic, 0.88-0.895

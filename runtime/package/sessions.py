@@ -24,8 +24,8 @@ class SessionSettings:
     graph_optimization: str = "all"
     memory_arena: bool = True
     # Idle intra-op threads may spin for work. Each graph has its own pool, so in a voice turn the pools
-    # of the graphs not running would spin on the cores the running one needs: on 2 cores, spinning made
-    # a turn 1.39x slower (RTF 1.32 vs 0.95, README "Latency profiling"). On for a graph timed alone.
+    # of the graphs not running would spin on the cores the running one needs: on 2 cores spinning made a
+    # turn markedly slower (docs/quantization-choices.md, "Sessions"). On for a graph timed alone.
     spin_wait: bool = False
 
     def validate(self) -> None:
