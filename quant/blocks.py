@@ -4,8 +4,9 @@ Used for the graphs whose weights dominate decoding (llm, audio head), at two pr
 
 - ``int8``: every MatMul and every float table in 8-bit blocks: on ``small``'s llm about half the
   logits error of dynamic int8 with uint8 per-channel weights (its per-tensor activation scale is the
-  loss), at the same decode speed (docs/quantization-choices.md); the CPU kernel quantizes activations per block of ``block_size`` to signed int8,
-  so the u8s8 saturation trap does not apply (``tests/test_quant.py`` checks it on the trap's model).
+  loss), at the same decode speed (docs/quantization-choices.md); the CPU kernel quantizes
+  activations per block of ``block_size`` to signed int8, so the u8s8 saturation trap does not
+  apply (``tests/test_quant.py`` checks it on the trap's model).
 - ``int4``: 4-bit blocks for every MatMul except the attention projections, which stay 8-bit, and
   8-bit tables (the variants measured on ``small``'s llm: docs/quantization-choices.md). A
   random deep stack amplifies the attention and input-embedding errors most; the feed-forward
