@@ -10,7 +10,8 @@ from pathlib import Path
 
 import onnx
 
-from bcaudio.runtime.package.manifest import GraphEntry, TensorSpec, sha256_file
+from bcaudio.digests import sha256_file
+from bcaudio.runtime.package.manifest import GraphEntry, TensorSpec
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                 onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",

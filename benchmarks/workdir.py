@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bcaudio.digests import sha256_file
 from bcaudio.errors import UserError
 from bcaudio.quant.recipes import BUILTIN, Recipe
-from bcaudio.runtime.package.manifest import MANIFEST, load_manifest, sha256_file
+from bcaudio.runtime.package.manifest import MANIFEST, load_manifest
 
 Progress = Callable[[str], None]
 # only the decode loop's graphs are quantized: the other graphs stay the fp32 package's, so a turn's

@@ -21,6 +21,7 @@ from torch import nn
 
 from bcaudio.config import ConfigError, GenerationConfig, ModelConfig, from_plain
 from bcaudio.config.official import vocoder_widths
+from bcaudio.digests import update_with_file
 from bcaudio.export.random_init import random_tensor
 from bcaudio.export.reference import MAIN_PARTS, PARTS, Reference, build_part, is_ignored, part_of
 from bcaudio.export.tokenizer_files import save_published_tokenizer
@@ -297,7 +298,5 @@ def checkpoint_hash(ckpt: Path) -> str:
     for path in sorted(ckpt.iterdir()):
         if path.suffix in (".json", ".safetensors", ".pt") and path.is_file():
             digest.update(path.name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(block)
+            update_with_file(digest, path)
     return digest.hexdigest()

@@ -22,6 +22,7 @@ import torch
 
 import bcaudio
 from bcaudio.config import ConfigError, ModelConfig
+from bcaudio.digests import sha256_file
 from bcaudio.export.audio_head_graph import build_audio_head_graph
 from bcaudio.export.audio_tokenizer import AudioTokenizer, export_audio_tokenizer
 from bcaudio.export.checkpoint import (
@@ -49,7 +50,7 @@ from bcaudio.graph_entry import graph_entry
 from bcaudio.quant.package import BLOCK_INT8_GRAPHS, convert_graph
 from bcaudio.quant.recipes import Recipe, load_recipe
 from bcaudio.quant.streamed import BlockRewrite
-from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError, sha256_file
+from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError
 
 DEFAULT_OPSET = 17
 

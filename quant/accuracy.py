@@ -20,13 +20,14 @@ import numpy as np
 import onnxruntime as ort
 
 from bcaudio.config import ModelConfig
+from bcaudio.digests import sha256_file
 from bcaudio.metrics import rel_l2, snr_db
 from bcaudio.quant.recipes import FP32, QuantError
 from bcaudio.runtime.generation.flow_solver import CfgEstimator, euler_cfg_solve, onnx_cfg_pair
 from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.vocoder_noise import harmonic_phases, source_noise
 from bcaudio.runtime.package.llm_state import LlmState
-from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest
 
 GREEDY_STEPS = 64
 REPORT_JSON = "accuracy.json"

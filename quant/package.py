@@ -13,12 +13,13 @@ from pathlib import Path
 
 import onnxruntime
 
+from bcaudio.digests import sha256_file
 from bcaudio.graph_entry import graph_entry
 from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.quant.fp16 import quantize_fp16
 from bcaudio.quant.int8 import quantize_int8
 from bcaudio.quant.recipes import FP32, QuantError, Recipe, load_recipe
-from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from bcaudio.runtime.package.manifest import MANIFEST, Manifest, load_manifest
 
 # int8 as weight-only 8-bit blocks rather than dynamic int8: the decode-loop graphs, whose MatMul weights are
 # constants (more accurate than dynamic int8 on small's llm at the same speed: docs/quantization-choices.md).

@@ -27,10 +27,10 @@ A TOML recipe (so device profiles can point at one)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bcaudio.documents import read_document
 from bcaudio.runtime.package.manifest import GRAPHS
 from bcaudio.runtime.package.profiles import PRECISIONS
 
@@ -107,8 +107,5 @@ def load_recipe(recipe: str | Path) -> Recipe:
     path = Path(recipe)
     if path.suffix != ".toml" or not path.is_file():
         raise QuantError(f"unknown recipe {str(recipe)!r}; built in: {', '.join(BUILTIN)}, or a path to a .toml file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise QuantError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_document(path, QuantError, f"fix the file, or use a built-in recipe: {', '.join(BUILTIN)}")
     return parse_recipe(raw, path.stem, str(path))

@@ -244,7 +244,7 @@ def test_corrupt_package_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> 
     with pytest.raises(ManifestError, match="graphs.llm lacks 'inputs'"):
         load_manifest(bad, verify=False)
     (bad / MANIFEST).write_text("{")
-    with pytest.raises(ManifestError, match="corrupt JSON"):
+    with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(bad)
 
 

@@ -22,6 +22,7 @@ from bcaudio.config.architecture import (
 from bcaudio.config.base import ConfigError, check, from_plain
 from bcaudio.config.generation import GenerationConfig
 from bcaudio.config.tokens import SpecialTokens
+from bcaudio.documents import read_document
 
 
 @dataclass
@@ -92,11 +93,6 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no config.json; point --checkpoint at a checkpoint folder") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raw = read_document(path, ConfigError, "point --checkpoint at a checkpoint folder (`bcaudio init` makes one)",
+                            missing="no config.json")
         return cls.from_official(raw)

@@ -7,13 +7,14 @@ that names the problem instead of failing deep inside onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bcaudio.config import ConfigError, ModelConfig
+from bcaudio.digests import sha256_file
+from bcaudio.documents import read_document
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 3: the vocoder's NSF source takes harmonic phases and a carried phase, returns frame_phase
@@ -74,14 +75,6 @@ class Manifest:
         for graph in self.graphs.values():
             out.update(graph.sha256)
         return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _require(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -151,10 +144,7 @@ def load_manifest(package: Path, verify: bool = True, graphs: tuple[str, ...] | 
     path = package / MANIFEST
     if not path.exists():
         raise ManifestError(f"{package}: no {MANIFEST}; is this a model package? Make one with `bcaudio export`")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno}); re-export the package") from None
+    raw = read_document(path, ManifestError, "re-export the package with `bcaudio export`")
     manifest = parse_manifest(raw)
     if verify:
         files = dict(manifest.tokenizer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bcaudio.config import StreamSettings
+from bcaudio.documents import read_document
 from bcaudio.runtime.audio.vad import EndpointSettings
 from bcaudio.runtime.package.manifest import GRAPHS
 from bcaudio.runtime.package.sessions import PROVIDERS, SessionSettings
@@ -151,10 +151,8 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     if not path.exists():
         raise ProfileError(f"no device profile {name_or_path!r}; shipped: {', '.join(sorted(shipped))}, "
                            "or pass a path to a .toml file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_document(path, ProfileError, "fix the file, or use a shipped profile (`bcaudio profiles` lists them)",
+                        kind="TOML")
     return parse_profile(raw, path.stem, str(path))
 
 

@@ -7,7 +7,6 @@ validator, so checking a report needs no extra dependency.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bcaudio.documents import read_document
 from bcaudio.errors import UserError
 from bcaudio.runtime.package.profiles import DeviceProfile
 from bcaudio.runtime.profiling.profiler import STAGES, Span, TurnMeasure, merge_spans
@@ -256,12 +256,8 @@ def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device
 def load_report(path: str | Path) -> dict[str, Any]:
     """A saved report, refused with one clear line when it is not one."""
     path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such report") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not JSON ({exc})") from None
+    report = read_document(path, UserError, "make one with `bcaudio profile --model PKG --output report.json`",
+                           missing="no such report")
     errors = validate(report)
     if errors:
         raise UserError(f"{path}: not a bcaudio profile report ({'; '.join(errors[:3])}); "
