@@ -155,3 +155,36 @@ def test_demo_answers_its_spoken_question(tiny_package: tuple[Path, Path], tmp_p
     audio, rate = sf.read(tmp_path / "reply.wav")
     question, qrate = sf.read(tmp_path / "question.wav")
     assert rate == 24000 and qrate == 16000 and audio.size > 0 and question.size > 16000
+
+
+def _commands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from _commands(sub)
+
+
+def test_every_command_has_a_description_and_every_option_help_and_its_default(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from bcaudio.cli import build_parser
+
+    commands = dict(_commands(build_parser()))
+    assert {"init", "info", "generate", "export", "validate", "demo", "respond", "transcribe", "speak", "quantize",
+            "quantize-table", "bench", "profile", "compare", "profiles", "chat", "devices"} <= set(commands)
+    undescribed, unhelped, hidden_defaults = [], [], []
+    for name, parser in commands.items():
+        undescribed += [] if parser.description else [name]
+        text = "".join(parser.format_help().split())  # help lines wrap anywhere, hyphens included
+        options = [a for a in parser._actions if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]
+        unhelped += [f"{name} {a.dest}" for a in options if not a.help]
+        hidden_defaults += [f"{name} {a.dest}" for a in options if a.option_strings and a.default is not None
+                            and a.default is not False and "".join(f"{a.default}".split()) not in text]
+    assert undescribed == [] and unhelped == [] and hidden_defaults == []
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    assert "(default: 2048.0)" in capsys.readouterr().out

@@ -43,7 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_bench_parser(sub)
+    _describe(sub)
     return parser
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Appends an option's default to its help, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not unset and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _describe(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand's --help opens with its one-line help and shows each option's default."""
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        parser.description = parser.description or helps.get(name)
+        parser.formatter_class = DefaultsShown
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -252,5 +252,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--history", choices=["published", "live"], default=None,
                    help="what later turns see of an answer: as the published demo rebuilds it (the package "
                         "default, rebuilt while the answer plays) or the KV cache as generated")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and of every noise draw (same seed, same turn)")
     p.set_defaults(func=_chat)

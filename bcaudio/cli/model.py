@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="write a deterministic random checkpoint in the official layout")
     p.add_argument("--preset", required=True, help="tiny | small | baichuan-audio-7b")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (same seed, same checkpoint)")
     p.add_argument("--layers", type=int, default=None, help="cut every transformer stack to at most N layers")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="storage dtype (the official checkpoints are bfloat16)")
@@ -73,25 +73,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_init)
 
     p = sub.add_parser("info", help="summarize a checkpoint: preset, shapes, parameters per part")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder (from `bcaudio init` or a download)")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("generate", help="one turn with the torch reference model (the parity oracle)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--mode", choices=["respond", "text", "asr", "tts"], default="respond")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--mode", choices=["respond", "text", "asr", "tts"], default="respond",
+                   help="respond: speech in, text + speech out; text: text answer only; asr: transcribe; tts: speak")
     p.add_argument("--input", help="input speech (any rate, mono or stereo) for respond/text/asr")
     p.add_argument("--text", help="text to speak for tts")
     p.add_argument("--output", help="write the answer audio (24 kHz wav)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and of every noise draw (same seed, same turn)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding in every phase")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("export", help="split a checkpoint into ONNX graphs + manifest (a model package)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--out", required=True, help="model package folder to write")
     p.add_argument("--graphs", help="comma-separated subset of: audio_tokenizer,llm,audio_head,flow_prenet,"
                                     "flow_estimator,vocoder (default: all)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported graphs")
     p.add_argument("--llm-graph", choices=("fast", "plain"), default="fast",
                    help="fast: ONNX Runtime fused operators with a shared KV buffer (default); plain: the torch "
                         "export (concatenating KV cache)")
@@ -102,12 +104,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("validate", help="run every graph of a package against the torch reference")
-    p.add_argument("package")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("package", help="model package folder (from `bcaudio export`)")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint the package was exported from")
     p.add_argument("--speech", help="speech wav for the audio tokenizer check (default: fixed noise)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("demo", help="the embedded default end to end (what `make demo` runs)")
-    p.add_argument("--workdir", default="demo")
+    p.add_argument("--workdir", default="demo", help="folder for the checkpoint, package, question and reply")
     p.set_defaults(func=_demo)

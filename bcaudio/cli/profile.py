@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="speech file for the user's turn (default: a sentence spoken by espeak-ng)")
     p.add_argument("--turns", type=int, default=3, help="measured turns (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured turns first (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and of every noise draw (same seed, same turn)")
     p.add_argument("--output", default="profile-report.json",
                    help="report JSON; the markdown and PNGs are written next to it (default profile-report.json)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
         if name == "speak":
-            p.add_argument("--text", required=True)
+            p.add_argument("--text", required=True, help="the text to speak")
         else:
             p.add_argument("--input", required=True, help="speech file: any rate, mono or stereo")
         if name != "transcribe":
@@ -66,8 +66,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--stream-chunk-frames", type=int, default=None,
                            help="decode each segment in windows of N new frames while it is generated "
                                 "(0: whole segments; default: the device profile's, else 0)")
-        p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+        p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                       help="onnxruntime execution provider (cuda falls back to cpu with one line)")
         p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and of every noise draw (same seed, same turn)")
         p.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
         p.set_defaults(func=_runtime_turn)
