@@ -32,62 +32,62 @@ def question(tiny_package: tuple[Path, Path], speech_16k: np.ndarray) -> Path:
     return path
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def run(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(argv)
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     return code, captured.out + captured.err
 
 
 def test_init_writes_the_official_layout_and_info_describes_it(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "ckpt"
-    code, out = run(["init", "--preset", "tiny", "--out", str(ckpt), "--seed", "2", "--shard-size-mb", "0.5"], capsys)
+    code, out = run(["init", "--preset", "tiny", "--out", str(ckpt), "--seed", "2", "--shard-size-mb", "0.5"], capfd)
     assert code == 0
     names = {p.name for p in ckpt.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors.index.json", "hift.safetensors",
             "tokenizer.json"} <= names and any(n.startswith("model-0000") for n in names)
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {n for n in names if n.startswith("model-0000")}
-    code, info = run(["info", str(ckpt)], capsys)
+    code, info = run(["info", str(ckpt)], capfd)
     assert code == 0 and info in out  # init ends with the same summary
     cfg = load_checkpoint(ckpt, parts=["bridge"]).cfg
     assert f"checkpoint {ckpt}  (preset tiny)" in info
     assert f"hidden {cfg.llm.hidden_size}, {cfg.llm.layers} layers" in info
     assert f"eos {cfg.tokens.eos}, audio pad {cfg.tokens.audio_pad}" in info
     assert "parameters: llm " in info and f"files: {len(names)}," in info
-    code, out = run(["info", str(tmp_path / "nothing")], capsys)
+    code, out = run(["info", str(tmp_path / "nothing")], capfd)
     assert code == 2 and "not a folder" in out and "Traceback" not in out
 
 
 def test_generate_prints_the_reference_turn_and_writes_its_audio(tiny_package: tuple[Path, Path], question: Path,
                                                                  speech_16k: np.ndarray, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
     ckpt, _ = tiny_package
     wav = tmp_path / "answer.wav"
     code, out = run(["generate", "--checkpoint", str(ckpt), "--input", str(question), "--greedy",
-                     "--output", str(wav)], capsys)
+                     "--output", str(wav)], capfd)
     assert code == 0
     ref = load_checkpoint(ckpt)
     want = collect(reference_events(ref, TextCodec(ckpt / "tokenizer.json"), "respond", speech_16k, None, 0, True), 240)
     assert out.startswith(want.text) and f"stop: {want.reason}]" in out
     audio, rate = sf.read(wav, dtype="float32")
     assert rate == 24000 and np.abs(audio - want.waveform(240)).max() < 1e-4  # 16-bit PCM: half a step is 1.5e-5
-    code, out = run(["generate", "--checkpoint", str(ckpt), "--mode", "tts"], capsys)
+    code, out = run(["generate", "--checkpoint", str(ckpt), "--mode", "tts"], capfd)
     assert code == 2 and "--mode tts needs --text" in out
 
 
 def test_export_writes_the_asked_graphs_with_progress(tiny_package: tuple[Path, Path], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
     ckpt, _ = tiny_package
     pkg = tmp_path / "pkg"
     code, out = run(["export", "--checkpoint", str(ckpt), "--out", str(pkg), "--graphs", "audio_head,vocoder"],
-                    capsys)
+                    capfd)
     assert code == 0
     manifest = load_manifest(pkg)  # sha256 of every file verified
     assert set(manifest.graphs) == {"audio_head", "vocoder"}
     assert "audio_head" in out and "vocoder" in out
     code, out = run(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"), "--graphs", "llm,ears"],
-                    capsys)
+                    capfd)
     assert code == 2 and "ears" in out and "Traceback" not in out
 
 
@@ -100,10 +100,10 @@ def greedy_assistant(tiny_package: tuple[Path, Path]):
 
 def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path, Path], question: Path,
                                                         speech_16k: np.ndarray, greedy_assistant, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "a.wav"
     code, out = run(["respond", "--model", str(tiny_package[1]), "--input", str(question), "--output", str(wav)],
-                    capsys)
+                    capfd)
     assert code == 0
     want = collect(greedy_assistant().respond(speech_16k, 16000), 240)
     assert out.startswith(want.text) and f"stop: {want.reason}]" in out
@@ -111,7 +111,7 @@ def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path
     assert rate == 24000 and audio.size == want.waveform(240).size
     assert np.abs(audio - want.waveform(240)).max() < 1e-4
     code, out = run(["respond", "--model", str(tiny_package[1]), "--input", str(question), "--text-only",
-                     "--json"], capsys)
+                     "--json"], capfd)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     text_only = collect(greedy_assistant().respond_text(speech_16k, 16000), 240)
@@ -119,21 +119,21 @@ def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path
 
 
 def test_transcribe_prints_the_asr_text(tiny_package: tuple[Path, Path], question: Path, speech_16k: np.ndarray,
-                                        greedy_assistant, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run(["transcribe", "--model", str(tiny_package[1]), "--input", str(question), "--json"], capsys)
+                                        greedy_assistant, capfd: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["transcribe", "--model", str(tiny_package[1]), "--input", str(question), "--json"], capfd)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     want = collect(greedy_assistant().transcribe(speech_16k, 16000), 240)
     assert result["text_ids"] == want.text_ids and result["stop"] == want.reason and want.text_ids
     code, out = run(["transcribe", "--model", str(tiny_package[1]), "--input", str(question.parent / "no.wav")],
-                    capsys)
+                    capfd)
     assert code == 2 and "no.wav" in out and "Traceback" not in out
 
 
 def test_speak_writes_the_spoken_text(tiny_package: tuple[Path, Path], greedy_assistant, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                      capfd: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "s.wav"
-    code, out = run(["speak", "--model", str(tiny_package[1]), "--text", SPOKEN, "--output", str(wav)], capsys)
+    code, out = run(["speak", "--model", str(tiny_package[1]), "--text", SPOKEN, "--output", str(wav)], capfd)
     assert code == 0
     want = collect(greedy_assistant().speak(SPOKEN), 240)
     assert out.startswith(want.text) and want.text.replace(" ", "") == SPOKEN.replace(" ", "")
@@ -143,12 +143,12 @@ def test_speak_writes_the_spoken_text(tiny_package: tuple[Path, Path], greedy_as
 
 
 def test_demo_answers_its_spoken_question(tiny_package: tuple[Path, Path], tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+                                          capfd: pytest.CaptureFixture[str]) -> None:
     """On a workdir that already holds the checkpoint and package, as a second `make demo` finds it."""
     ckpt, pkg = tiny_package
     shutil.copytree(ckpt, tmp_path / "tiny-checkpoint")
     shutil.copytree(pkg, tmp_path / "tiny-package")
-    code, out = run(["demo", "--workdir", str(tmp_path)], capsys)
+    code, out = run(["demo", "--workdir", str(tmp_path)], capfd)
     assert code == 0
     assert "== 1/3" not in out and "== 2/3" not in out  # both were there: not made again
     assert "== 3/3 a voice turn on ONNX Runtime" in out and "answer: " in out and "stop: " in out
@@ -168,7 +168,7 @@ def _commands(parser):
 
 
 def test_every_command_has_a_description_and_every_option_help_and_its_default(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str]) -> None:
     import argparse
 
     from bcaudio.cli import build_parser
@@ -187,4 +187,4 @@ def test_every_command_has_a_description_and_every_option_help_and_its_default(
     assert undescribed == [] and unhelped == [] and hidden_defaults == []
     with pytest.raises(SystemExit):
         main(["init", "--help"])
-    assert "(default: 2048.0)" in capsys.readouterr().out
+    assert "(default: 2048.0)" in capfd.readouterr().out
