@@ -33,7 +33,7 @@ def greedy_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, fp32 package) of the tiny preset, seed 1, exported once for the whole session.
 
     Shared read-only: a test that changes a package works on a copy."""
@@ -69,11 +69,6 @@ def speech_16k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_package(tiny_exported: tuple[Path, Path]) -> Path:
     """A `tiny` package (seed 1) shared by the modules that only need one to run (server, page, README)."""
-    from bcaudio.export.checkpoint import init_checkpoint
-    from bcaudio.export.package import export_package
-
-    root = tmp_path_factory.mktemp("tiny-package")
-    export_package(init_checkpoint(get_preset("tiny"), root / "ckpt", seed=1), root / "pkg", progress=lambda _: None)
-    return root / "pkg"
+    return tiny_exported[1]

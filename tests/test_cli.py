@@ -26,8 +26,8 @@ SPOKEN = "Good morning, here is the weather."
 
 
 @pytest.fixture(scope="module")
-def question(tiny_package: tuple[Path, Path], speech_16k: np.ndarray) -> Path:
-    path = tiny_package[0].parent / "question.wav"
+def question(tiny_exported: tuple[Path, Path], speech_16k: np.ndarray) -> Path:
+    path = tiny_exported[0].parent / "question.wav"
     sf.write(path, speech_16k, 16000)
     return path
 
@@ -59,10 +59,10 @@ def test_init_writes_the_official_layout_and_info_describes_it(tmp_path: Path,
     assert code == 2 and "not a folder" in out and "Traceback" not in out
 
 
-def test_generate_prints_the_reference_turn_and_writes_its_audio(tiny_package: tuple[Path, Path], question: Path,
+def test_generate_prints_the_reference_turn_and_writes_its_audio(tiny_exported: tuple[Path, Path], question: Path,
                                                                  speech_16k: np.ndarray, tmp_path: Path,
                                                                  capfd: pytest.CaptureFixture[str]) -> None:
-    ckpt, _ = tiny_package
+    ckpt, _ = tiny_exported
     wav = tmp_path / "answer.wav"
     code, out = run(["generate", "--checkpoint", str(ckpt), "--input", str(question), "--greedy",
                      "--output", str(wav)], capfd)
@@ -76,9 +76,9 @@ def test_generate_prints_the_reference_turn_and_writes_its_audio(tiny_package: t
     assert code == 2 and "--mode tts needs --text" in out
 
 
-def test_export_writes_the_asked_graphs_with_progress(tiny_package: tuple[Path, Path], tmp_path: Path,
+def test_export_writes_the_asked_graphs_with_progress(tiny_exported: tuple[Path, Path], tmp_path: Path,
                                                       capfd: pytest.CaptureFixture[str]) -> None:
-    ckpt, _ = tiny_package
+    ckpt, _ = tiny_exported
     pkg = tmp_path / "pkg"
     code, out = run(["export", "--checkpoint", str(ckpt), "--out", str(pkg), "--graphs", "audio_head,vocoder"],
                     capfd)
@@ -92,17 +92,17 @@ def test_export_writes_the_asked_graphs_with_progress(tiny_package: tuple[Path, 
 
 
 @pytest.fixture(scope="module")
-def greedy_assistant(tiny_package: tuple[Path, Path]):
+def greedy_assistant(tiny_exported: tuple[Path, Path]):
     def make() -> VoiceAssistant:  # the package's own generation defaults, seed 0: what the commands run
-        return VoiceAssistant(tiny_package[1], log=lambda _: None)
+        return VoiceAssistant(tiny_exported[1], None, log=lambda _: None)
     return make
 
 
-def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path, Path], question: Path,
+def test_respond_prints_the_answer_and_writes_its_audio(tiny_exported: tuple[Path, Path], question: Path,
                                                         speech_16k: np.ndarray, greedy_assistant, tmp_path: Path,
                                                         capfd: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "a.wav"
-    code, out = run(["respond", "--model", str(tiny_package[1]), "--input", str(question), "--output", str(wav)],
+    code, out = run(["respond", "--model", str(tiny_exported[1]), "--input", str(question), "--output", str(wav)],
                     capfd)
     assert code == 0
     want = collect(greedy_assistant().respond(speech_16k, 16000), 240)
@@ -110,7 +110,7 @@ def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path
     audio, rate = sf.read(wav, dtype="float32")
     assert rate == 24000 and audio.size == want.waveform(240).size
     assert np.abs(audio - want.waveform(240)).max() < 1e-4
-    code, out = run(["respond", "--model", str(tiny_package[1]), "--input", str(question), "--text-only",
+    code, out = run(["respond", "--model", str(tiny_exported[1]), "--input", str(question), "--text-only",
                      "--json"], capfd)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
@@ -118,22 +118,22 @@ def test_respond_prints_the_answer_and_writes_its_audio(tiny_package: tuple[Path
     assert result["text_ids"] == text_only.text_ids and result["segments"] == []
 
 
-def test_transcribe_prints_the_asr_text(tiny_package: tuple[Path, Path], question: Path, speech_16k: np.ndarray,
+def test_transcribe_prints_the_asr_text(tiny_exported: tuple[Path, Path], question: Path, speech_16k: np.ndarray,
                                         greedy_assistant, capfd: pytest.CaptureFixture[str]) -> None:
-    code, out = run(["transcribe", "--model", str(tiny_package[1]), "--input", str(question), "--json"], capfd)
+    code, out = run(["transcribe", "--model", str(tiny_exported[1]), "--input", str(question), "--json"], capfd)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     want = collect(greedy_assistant().transcribe(speech_16k, 16000), 240)
     assert result["text_ids"] == want.text_ids and result["stop"] == want.reason and want.text_ids
-    code, out = run(["transcribe", "--model", str(tiny_package[1]), "--input", str(question.parent / "no.wav")],
+    code, out = run(["transcribe", "--model", str(tiny_exported[1]), "--input", str(question.parent / "no.wav")],
                     capfd)
     assert code == 2 and "no.wav" in out and "Traceback" not in out
 
 
-def test_speak_writes_the_spoken_text(tiny_package: tuple[Path, Path], greedy_assistant, tmp_path: Path,
+def test_speak_writes_the_spoken_text(tiny_exported: tuple[Path, Path], greedy_assistant, tmp_path: Path,
                                       capfd: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "s.wav"
-    code, out = run(["speak", "--model", str(tiny_package[1]), "--text", SPOKEN, "--output", str(wav)], capfd)
+    code, out = run(["speak", "--model", str(tiny_exported[1]), "--text", SPOKEN, "--output", str(wav)], capfd)
     assert code == 0
     want = collect(greedy_assistant().speak(SPOKEN), 240)
     assert out.startswith(want.text) and want.text.replace(" ", "") == SPOKEN.replace(" ", "")
@@ -142,10 +142,10 @@ def test_speak_writes_the_spoken_text(tiny_package: tuple[Path, Path], greedy_as
     assert np.abs(audio - want.waveform(240)).max() < 1e-4
 
 
-def test_demo_answers_its_spoken_question(tiny_package: tuple[Path, Path], tmp_path: Path,
+def test_demo_answers_its_spoken_question(tiny_exported: tuple[Path, Path], tmp_path: Path,
                                           capfd: pytest.CaptureFixture[str]) -> None:
     """On a workdir that already holds the checkpoint and package, as a second `make demo` finds it."""
-    ckpt, pkg = tiny_package
+    ckpt, pkg = tiny_exported
     shutil.copytree(ckpt, tmp_path / "tiny-checkpoint")
     shutil.copytree(pkg, tmp_path / "tiny-package")
     code, out = run(["demo", "--workdir", str(tmp_path)], capfd)

@@ -91,8 +91,8 @@ def test_audio_head_step_graph_equals_teacher_forced(tmp_path: Path) -> None:
         past = dict(zip(names[4:], out[2:], strict=True))
 
 
-def test_validate_passes_every_graph_of_a_tiny_package(tiny_package, speech_16k: np.ndarray) -> None:
-    ckpt, pkg = tiny_package
+def test_validate_passes_every_graph_of_a_tiny_package(tiny_exported, speech_16k: np.ndarray) -> None:
+    ckpt, pkg = tiny_exported
     reports = validate_package(pkg, ckpt, speech_16k, progress=lambda _: None)
     assert [r.graph for r in reports] == ["audio_tokenizer", "llm", "audio_head", "flow_prenet", "flow_estimator",
                                           "vocoder"]
@@ -101,8 +101,8 @@ def test_validate_passes_every_graph_of_a_tiny_package(tiny_package, speech_16k:
     assert all(r.task_value == 1.0 for r in reports if r.graph in ("audio_tokenizer", "llm", "audio_head"))
 
 
-def test_validate_cli_json_and_exit_code(tiny_package, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    ckpt, pkg = tiny_package
+def test_validate_cli_json_and_exit_code(tiny_exported, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ckpt, pkg = tiny_exported
     assert main(["validate", str(pkg), "--checkpoint", str(ckpt), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["graph"] for r in rows} >= {"llm", "vocoder"} and all(r["passed"] for r in rows)
@@ -116,11 +116,11 @@ GRAPH_PART = {"audio_tokenizer": "bridge", "llm": "llm", "audio_head": "audio_he
 
 
 @pytest.mark.parametrize("graph", list(GRAPH_PART))
-def test_validate_fails_a_graph_whose_reference_weight_has_one_percent_noise(tiny_package, graph: str) -> None:
+def test_validate_fails_a_graph_whose_reference_weight_has_one_percent_noise(tiny_exported, graph: str) -> None:
     """Negative control of every fp32 tolerance: the same check that passes fails once one weight tensor of the
     compared part (its largest) gets noise of 1 % of its spread on the torch side only (noise, not a scale:
     norms would undo a uniform scale)."""
-    ckpt, pkg = tiny_package
+    ckpt, pkg = tiny_exported
     ref = load_checkpoint(ckpt)
     sessions = PackageSessions(pkg, log=lambda _: None)
     check, tol = CHECKS[graph], FP32_TOLERANCES[graph]

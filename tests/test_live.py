@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pkg(tiny_package: tuple[Path, Path]) -> Path:
-    return tiny_package[1]
+def pkg(tiny_exported: tuple[Path, Path]) -> Path:
+    return tiny_exported[1]
 
 
 def greedy(pkg: Path) -> VoiceAssistant:

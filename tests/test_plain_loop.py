@@ -45,8 +45,8 @@ def as_plain(result: TurnResult) -> PlainTurn:
 
 
 @pytest.fixture(scope="module")
-def ref_and_codes(tiny_package: tuple[Path, Path], speech_16k: np.ndarray):
-    ckpt, _ = tiny_package
+def ref_and_codes(tiny_exported: tuple[Path, Path], speech_16k: np.ndarray):
+    ckpt, _ = tiny_exported
     ref = load_checkpoint(ckpt)
     half = speech_16k.size // 2
     return ckpt, ref, [reference_codes(ref, speech_16k[:half]), reference_codes(ref, speech_16k[half:])]

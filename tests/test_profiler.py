@@ -50,8 +50,8 @@ def run_cli(argv: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_pkg(tiny_package: tuple[Path, Path]) -> Path:
-    return tiny_package[1]
+def tiny_pkg(tiny_exported: tuple[Path, Path]) -> Path:
+    return tiny_exported[1]
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ WAVE_TOL = 1e-3  # max abs over the waveform: fp32 ORT vs torch through 4 graphs
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_package: tuple[Path, Path]) -> tuple[Path, Path]:
-    return tiny_package
+def tiny(tiny_exported: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_exported
 
 
 def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_16k: np.ndarray) -> None:

@@ -52,7 +52,7 @@ def test_turn_waveform_equals_the_torch_reference_before_the_clamp(unclamped: tu
     ref = load_checkpoint(ckpt)
     assert ref.cfg.vocoder.audio_limit == 1e6
     want = collect(reference_events(ref, TextCodec(ckpt / "tokenizer.json"), "respond", speech_16k, None, 0, True), 240)
-    got = collect(VoiceAssistant(pkg, generation=ref.cfg.generation.greedy(), log=lambda _: None)
+    got = collect(VoiceAssistant(pkg, None, generation=ref.cfg.generation.greedy(), log=lambda _: None)
                   .respond(speech_16k, 16000), 240)
     assert len(got.segments) == len(want.segments) >= 1
     for g, w in zip(got.segments, want.segments, strict=True):
@@ -68,11 +68,13 @@ def test_streamed_decode_keeps_the_whole_segments_content(unclamped: tuple[Path,
     but closer to the whole-segment decode than an independent sample of it (another noise draw) is, with the
     same loudness and energy over time."""
     _, pkg = unclamped
-    greedy = VoiceAssistant(pkg, log=lambda _: None).cfg.generation.greedy()
-    whole = collect(VoiceAssistant(pkg, generation=greedy, log=lambda _: None).respond(speech_16k, 16000), 240)
-    windows = dataclasses.replace(greedy, stream=StreamSettings(chunk_frames=4))
-    streamed = collect(VoiceAssistant(pkg, generation=windows, log=lambda _: None).respond(speech_16k, 16000), 240)
-    other = collect(VoiceAssistant(pkg, generation=greedy, seed=7, log=lambda _: None).respond(speech_16k, 16000), 240)
+    def turn(generation, seed: int = 0):
+        assistant = VoiceAssistant(pkg, None, generation=generation, seed=seed, log=lambda _: None)
+        return collect(assistant.respond(speech_16k, 16000), 240)
+
+    greedy = VoiceAssistant(pkg, None, log=lambda _: None).cfg.generation.greedy()
+    whole, other = turn(greedy), turn(greedy, seed=7)
+    streamed = turn(dataclasses.replace(greedy, stream=StreamSettings(chunk_frames=4)))
     codes = [c.tolist() for c in whole.segment_codes()]
     assert [c.tolist() for c in streamed.segment_codes()] == codes == [c.tolist() for c in other.segment_codes()]
     assert len(streamed.segments) > len(codes)  # it did stream
