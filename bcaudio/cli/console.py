@@ -12,8 +12,11 @@ from bcaudio.runtime.generation.speech_loop import Event, TextDelta, TurnResult,
 
 
 def stream_to_console(events: Iterator[Event], crossfade: int, rate: int, output_wav: str | Path | None = None,
-                      out: TextIO = sys.stdout) -> TurnResult:
-    """Print text deltas as they arrive; write the joined audio if asked; end with the turn's numbers."""
+                      out: TextIO | None = None) -> TurnResult:
+    """Print text deltas as they arrive; write the joined audio if asked; end with the turn's numbers.
+
+    ``out`` defaults to the ``sys.stdout`` of the call, not of the import, so a redirect made later holds."""
+    out = out or sys.stdout
 
     def echo() -> Iterator[Event]:
         for event in events:
