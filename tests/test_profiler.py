@@ -144,9 +144,6 @@ def test_turn_and_stage_times_and_counts_agree_with_outside_measures(tiny_pkg: P
         assert outside[graph] <= ms <= 1.1 * outside[graph] + 0.1 * sum(turn.counts.values())
     assert s["other"] == pytest.approx(turn.total_ms - sum(inside.values()), abs=0.01)
     assert turn.prefill_tokens + turn.decode_tokens == profiler.assistant.backend.position - position
-    fed = profiler.assistant.loop.context[position:]
-    answer_frames = fed.count(profiler.assistant.cfg.tokens.audio_pad) - len(profiler.assistant.tokenize(speech_16k))
-    assert answer_frames <= turn.audio_frames <= answer_frames + turn.segments  # + frames that ended a segment
     assert hwm_before <= turn.peak_rss_mb <= _hwm_mb()
 
 

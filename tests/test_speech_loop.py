@@ -199,8 +199,10 @@ def test_streamed_text_never_shows_half_a_character(greedy_cfg: ModelConfig) -> 
     tok = greedy_cfg.tokens
     backend = Scripted(greedy_cfg, [0xC3, 0xA9, ord("!"), tok.eos], [])
     events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond_text(np.ones((1, 8), dtype=np.int64)))
-    texts = [e.text for e in events if isinstance(e, TextDelta)]
-    assert texts == ["é", "!"]
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    texts = [e.text for e in deltas if e.text]
+    assert texts == ["é", "!"]  # the first byte's delta shows nothing but keeps its id
+    assert all(e.ids for e in deltas) and len(deltas) == 3
     assert "\ufffd" not in "".join(texts)
 
 
