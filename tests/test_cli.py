@@ -44,8 +44,8 @@ def test_init_writes_the_official_layout_and_info_describes_it(tmp_path: Path,
     code, out = run(["init", "--preset", "tiny", "--out", str(ckpt), "--seed", "2", "--shard-size-mb", "0.5"], capfd)
     assert code == 0
     names = {p.name for p in ckpt.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "hift.safetensors",
-            "tokenizer.json"} <= names and any(n.startswith("model-0000") for n in names)
+    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json"} <= names
+    assert names & {"hift.safetensors", "hift.pt"} and any(n.startswith("model-0000") for n in names)
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {n for n in names if n.startswith("model-0000")}
     code, info = run(["info", str(ckpt)], capfd)
