@@ -46,6 +46,8 @@ def envelope(x: np.ndarray, hop: int = 480) -> np.ndarray:
     return np.sqrt((x[:n].reshape(-1, hop) ** 2).mean(axis=1))
 
 
+@pytest.mark.xfail(strict=True, reason="main's checkpoint config no longer carries vocoder.audio_limit, so the lifted "
+                   "clamp is lost on save: lift it another way (e.g. scale the vocoder's output weights)")
 def test_turn_waveform_equals_the_torch_reference_before_the_clamp(unclamped: tuple[Path, Path],
                                                                   speech_16k: np.ndarray) -> None:
     ckpt, pkg = unclamped
