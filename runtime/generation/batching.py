@@ -35,7 +35,7 @@ from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import ChooseCode
 from bcaudio.runtime.package.llm_rows import LlmRows, Row, StepInput
 from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY
-from bcaudio.runtime.package.ort_backend import decode_window
+from bcaudio.runtime.package.ort_backend import decode_window, tokenize_audio
 from bcaudio.runtime.package.sessions import PackageSessions
 
 DEFAULT_GATHER_MS = 10.0
@@ -240,6 +240,15 @@ class BatchedBackend:
     def truncate(self, position: int) -> None:
         with self.scheduler._cond:  # rows move only under the scheduler's lock
             self.scheduler.rows.truncate(self.member.row, position)
+
+    def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
+        """The audio tokenizer on this conversation's thread (not batched); as ``decode_segment``, the scheduler
+        does not wait for it."""
+        self.scheduler._set_state(self.member, AWAY)
+        try:
+            return tokenize_audio(self.scheduler.sessions, audio16k)
+        finally:
+            self.scheduler._set_state(self.member, STEPPING)
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
                        phase: SourcePhase | None = None) -> np.ndarray:

@@ -57,9 +57,7 @@ class OrtBackend:
         return self.llm.feed(ids, codes)
 
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
-        chunks = [c for c in chunk_audio(audio16k, self.cfg.frontend) if token_frames(c.size, self.cfg) > 0]
-        codes = [self.s.run("audio_tokenizer", {"waveform": c[None]})[0][0] for c in chunks]
-        return np.concatenate(codes) if codes else np.zeros((0, self.cfg.bridge.num_codebooks), np.int64)
+        return tokenize_audio(self.s, audio16k)
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         h = np.asarray(hidden, dtype=np.float32)[None]
@@ -79,6 +77,14 @@ class OrtBackend:
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
                        phase: SourcePhase | None = None) -> np.ndarray:
         return decode_window(self.s, self.noise, self.flow_steps, codes, segment, first_code, phase)
+
+
+def tokenize_audio(sessions: PackageSessions, audio16k: np.ndarray) -> np.ndarray:
+    """The audio tokenizer's codes of 16 kHz audio, in <= 30 s chunks; shared by every backend on a package."""
+    cfg = sessions.cfg
+    chunks = [c for c in chunk_audio(audio16k, cfg.frontend) if token_frames(c.size, cfg) > 0]
+    codes = [sessions.run("audio_tokenizer", {"waveform": c[None]})[0][0] for c in chunks]
+    return np.concatenate(codes) if codes else np.zeros((0, cfg.bridge.num_codebooks), np.int64)
 
 
 def decode_window(sessions: PackageSessions, noise: NoiseSource, flow_steps: int, codes: np.ndarray, segment: int,
