@@ -7,7 +7,7 @@ DEMO_DIR ?= demo
 
 .PHONY: demo test test-slow test-scale lint sysdeps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,fleet]'  # fleet: Ray, for tests/test_fleet.py; no runtime install pulls it
