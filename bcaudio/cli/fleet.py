@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bcaudio.cli.serve import MIN_TOKEN_CHARS
+from bcaudio.cli.serve import check_network
 from bcaudio.errors import UserError
 
 MAX_REPLICAS = 1024
@@ -16,8 +16,6 @@ MAX_REPLICAS = 1024
 
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be refused before Ray starts."""
-    from bcaudio.runtime.serve.security import bind_problem
-
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0-65535, got {args.port}")
     if args.replicas is not None and not 1 <= args.replicas <= MAX_REPLICAS:
@@ -34,16 +32,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cpus-per-replica must be in (0, 1024] and --gpus-per-replica in [0, 64]")
     if not 1 <= args.idle_timeout <= 86400:
         raise UserError(f"--idle-timeout must be 1-86400 seconds, got {args.idle_timeout:g}")
-    if args.token is not None and len(args.token) < MIN_TOKEN_CHARS:
-        raise UserError(f"--token must be at least {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 16`)")
-    if bool(args.certfile) != bool(args.keyfile):
-        raise UserError("--certfile and --keyfile go together (the certificate and its private key)")
-    for flag, value in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
-        if value and not Path(value).is_file():
-            raise UserError(f"{flag} {value}: no such file")
-    problem = bind_problem(args.host, bool(args.certfile), args.token)
-    if problem:
-        raise UserError(problem)
+    check_network(args)
     if not (Path(args.model) / "manifest.json").is_file():
         raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
                         "`bcaudio export` (on a multi-node cluster the path must exist on every node)")

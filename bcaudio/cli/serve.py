@@ -13,20 +13,10 @@ MAX_SESSIONS = 256
 MIN_TOKEN_CHARS = 16
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before the model is loaded."""
+def check_network(args: argparse.Namespace) -> None:
+    """TLS files, token and bind address: the same rule for ``serve`` and ``fleet``."""
     from bcaudio.runtime.serve.security import bind_problem
 
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, got {args.port}")
-    if not 1 <= args.max_sessions <= MAX_SESSIONS:
-        raise UserError(f"--max-sessions must be 1-{MAX_SESSIONS}, got {args.max_sessions}")
-    if not 1 <= args.idle_timeout <= 86400:
-        raise UserError(f"--idle-timeout must be 1-86400 seconds, got {args.idle_timeout:g}")
-    if not 1 <= args.max_turn_seconds <= 300:
-        raise UserError(f"--max-turn-seconds must be 1-300, got {args.max_turn_seconds:g}")
-    if not 4096 <= args.max_message_bytes <= 16 * 1024 * 1024:
-        raise UserError(f"--max-message-bytes must be 4096-16777216, got {args.max_message_bytes}")
     if bool(args.certfile) != bool(args.keyfile):
         raise UserError("--certfile and --keyfile go together (the certificate and its private key)")
     for flag, value in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
@@ -37,6 +27,21 @@ def check_args(args: argparse.Namespace) -> None:
     problem = bind_problem(args.host, bool(args.certfile), args.token)
     if problem:
         raise UserError(problem)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the model is loaded."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0-65535, got {args.port}")
+    if not 1 <= args.max_sessions <= MAX_SESSIONS:
+        raise UserError(f"--max-sessions must be 1-{MAX_SESSIONS}, got {args.max_sessions}")
+    if not 1 <= args.idle_timeout <= 86400:
+        raise UserError(f"--idle-timeout must be 1-86400 seconds, got {args.idle_timeout:g}")
+    if not 1 <= args.max_turn_seconds <= 300:
+        raise UserError(f"--max-turn-seconds must be 1-300, got {args.max_turn_seconds:g}")
+    if not 4096 <= args.max_message_bytes <= 16 * 1024 * 1024:
+        raise UserError(f"--max-message-bytes must be 4096-16777216, got {args.max_message_bytes}")
+    check_network(args)
     if not (Path(args.model) / "manifest.json").is_file():
         raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
                         "`bcaudio export`")
