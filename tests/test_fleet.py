@@ -140,8 +140,12 @@ def test_a_killed_replica_loses_only_its_own_clients_who_reconnect_at_once(fleet
     assert wait_running(2, 120), f"Ray Serve did not restart the replica: {replica_status()}"
 
 
-def test_a_full_fleet_refuses_a_new_client_clearly(fleet) -> None:
-    url, _ = fleet
+def sessions_now(port: int) -> int:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30).read())["sessions"]
+
+
+def test_a_full_fleet_refuses_a_new_client_clearly_and_frees_slots_on_disconnect(fleet) -> None:
+    url, port = fleet
     clients = [Client(url) for _ in range(2 * SESSIONS_PER_REPLICA)]
     try:
         assert all(c.created["type"] == "session.created" for c in clients)
@@ -151,6 +155,10 @@ def test_a_full_fleet_refuses_a_new_client_clearly(fleet) -> None:
     finally:
         for c in clients:
             c.close()
+    deadline = time.monotonic() + 60
+    while sessions_now(port) and time.monotonic() < deadline:  # the ingress frees a slot when its relay ends
+        time.sleep(0.2)
+    assert sessions_now(port) == 0, "closed clients keep their slots"
 
 
 def test_one_metrics_view_holds_ray_and_bcaudio_series_of_both_replicas(fleet, question: np.ndarray) -> None:
