@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     log = setup_logging(args.log_format)
     try:
-        model = SharedModel(args.model, args.device_profile, log=log.info)
+        model = SharedModel(args.model, args.device_profile, log=log.info, batching=args.batching)
     except (VadModelError, TurnModelError) as exc:
         raise UserError(str(exc)) from None
     limits = Limits(max_message_bytes=args.max_message_bytes, max_turn_seconds=args.max_turn_seconds,
@@ -107,6 +107,9 @@ def add_parser(sub: Any) -> None:
                         "which keeps it out of the process list")
     p.add_argument("--allow-origin", action="append", default=[],
                    help="a web origin (https://host:port) allowed besides this server's own; repeatable")
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
+                   help="step concurrent conversations' llm and audio head as one batch (default: the device "
+                        "profile's generation.batching, on)")
     p.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log lines as text or JSON")
     p.set_defaults(func=_serve)
 

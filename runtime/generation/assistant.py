@@ -36,8 +36,8 @@ class VoiceAssistant:
         ``settings``, ``flow_steps``, ``context_tokens`` and ``stream`` override it one by one. ``sessions`` and
         ``codec`` let several conversations share one loaded package (``bcaudio serve``). With ``scheduler`` (one
         per package on a box serving several conversations) the conversation uses the scheduler's sessions and its
-        llm and audio-head steps are batched with the other conversations' (runtime/generation/batching.py);
-        ``close`` leaves the batch."""
+        llm and audio-head steps are batched with the other conversations' (runtime/generation/batching.py), its
+        other graphs run on ``sessions`` (default: the scheduler's); ``close`` leaves the batch."""
         self.package = Path(package)
         self.profile = resolve_profile(device_profile, log) if isinstance(device_profile, str) else device_profile
         if self.profile is not None:
@@ -46,13 +46,14 @@ class VoiceAssistant:
             flow_steps, context_tokens = flow_steps or gen.flow_steps, context_tokens or gen.context_tokens
             stream = gen.stream() if stream is None else stream
         if scheduler is not None:
-            sessions = scheduler.sessions
+            sessions = sessions or scheduler.sessions
         self.sessions = sessions or PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
         self.log = log
         self.codec = codec or TextCodec(self.package / "tokenizer.json")
-        self.backend: OrtBackend | BatchedBackend = (scheduler.backend(seed, flow_steps) if scheduler else
-                                                     OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps))
+        self.backend: OrtBackend | BatchedBackend = (
+            scheduler.backend(seed, flow_steps, self.sessions) if scheduler else
+            OrtBackend(self.sessions, seed=seed, flow_steps=flow_steps))
         generation = generation or self.cfg.generation
         if stream is not None:
             generation = dataclasses.replace(generation, stream=stream)

@@ -17,8 +17,13 @@ not batched: they run on its own thread) is away and not waited for; one that mi
 are one batched llm run; longer feeds (prefill) run on their row alone; frames of all rows are
 8 batched head runs (one per codebook; each conversation's sampler picks its code in between).
 
-Integration point for a server: make one ``BatchScheduler`` per loaded package and one
-``VoiceAssistant(package, scheduler=...)`` per conversation (see ``VoiceAssistant``).
+A server makes one ``BatchScheduler`` per loaded package and one ``VoiceAssistant(package,
+scheduler=..., sessions=...)`` per conversation (runtime/serve/model.py): ``run_batch`` puts each
+batched run on the server's compute queue, and a conversation's own runs (tokenizer, flow,
+vocoder) go through its own ``sessions``. Rows are joined, moved and freed only between batched
+runs (``_step_lock``), so a conversation may leave from any thread (a client that disconnects):
+its waiting request fails at once with ``LeftBatch``, and its row is freed as soon as the run in
+flight, if any, ends.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ from bcaudio.runtime.package.ort_backend import decode_window, tokenize_audio
 from bcaudio.runtime.package.sessions import PackageSessions
 
 DEFAULT_GATHER_MS = 10.0
+
+RunBatch = Callable[[Callable[[], list]], list]
+
+
+class LeftBatch(RuntimeError):
+    """The conversation left the batch (it was closed) while or before it asked for a step."""
 
 # a member's state, as the scheduler sees it: awaited when "stepping"
 STEPPING, POSTED, AWAY, LATE = "stepping", "posted", "away", "late"
@@ -61,6 +72,7 @@ class _Request:
 class _Member:
     row: Row
     state: str = STEPPING
+    closed: bool = False
 
 
 @dataclass
@@ -79,7 +91,9 @@ class BatchScheduler:
     """One package's decode-loop graphs shared by many conversations, stepped together on one thread."""
 
     def __init__(self, sessions: PackageSessions, gather_ms: float = DEFAULT_GATHER_MS,
-                 kv_capacity: int = DEFAULT_KV_CAPACITY) -> None:
+                 kv_capacity: int = DEFAULT_KV_CAPACITY, run_batch: RunBatch | None = None) -> None:
+        """``run_batch(fn)`` runs one batched graph run ``fn`` where the host wants it (a server's compute queue);
+        by default on the scheduler's own thread."""
         if sessions.device != "cpu":
             raise ValueError("batched decoding runs on the CPU execution provider")
         self.sessions, self.cfg = sessions, sessions.cfg
@@ -89,6 +103,8 @@ class BatchScheduler:
                             c.max_position_embeddings, observe=lambda s, e: sessions.notify("llm", s, e))
         self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
         self.stats = BatchStats()
+        self._run_batch = run_batch or (lambda fn: fn())
+        self._step_lock = threading.Lock()  # held while a batched run is in flight: rows move only outside it
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._members: list[_Member] = []
@@ -96,12 +112,14 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._serve, name="bcaudio-batch", daemon=True)
         self._thread.start()
 
-    def backend(self, seed: int = 0, flow_steps: int | None = None) -> BatchedBackend:
-        """A new conversation's backend (it joins at the next step)."""
-        with self._cond:
+    def backend(self, seed: int = 0, flow_steps: int | None = None,
+                sessions: PackageSessions | None = None) -> BatchedBackend:
+        """A new conversation's backend (it joins at the next step); ``sessions`` run its own graphs (tokenizer,
+        flow, vocoder), by default the scheduler's."""
+        with self._step_lock, self._cond:
             member = _Member(self.rows.join())
             self._members.append(member)
-        return BatchedBackend(self, member, seed, flow_steps)
+        return BatchedBackend(self, member, seed, flow_steps, sessions or self.sessions)
 
     def close(self) -> None:
         """Stop the scheduler's thread once the requests already posted are answered."""
@@ -122,6 +140,8 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batch scheduler is closed")
+            if request.member.closed:
+                raise LeftBatch("this conversation has left the batch")
             request.member.state = POSTED
             self._pending.append(request)
             self._cond.notify_all()
@@ -136,10 +156,31 @@ class BatchScheduler:
             self._cond.notify_all()
 
     def _leave(self, member: _Member) -> None:
-        with self._cond:  # the scheduler moves rows only under this lock, between steps
+        """Stop stepping ``member`` now (its waiting request fails), free its row once no batched run is in
+        flight."""
+        with self._cond:
+            if member.closed:
+                return
+            member.closed = True
+            dropped = [r for r in self._pending if r.member is member]
+            self._pending = [r for r in self._pending if r.member is not member]
             self._members.remove(member)
-            self.rows.leave(member.row)
             self._cond.notify_all()
+        for r in dropped:
+            r.error = LeftBatch("this conversation has left the batch")
+            r.done.set()
+        with self._step_lock:
+            self.rows.leave(member.row)
+
+    def _truncate(self, member: _Member, position: int) -> None:
+        with self._step_lock:
+            self.rows.truncate(member.row, position)
+
+    def summary(self) -> dict[str, int]:
+        """Conversations in the batch now, and the largest llm and head batches run so far (for /healthz)."""
+        with self._cond:
+            return {"conversations": len(self._members), "largest_llm_batch": max(self.stats.llm_batches, default=0),
+                    "largest_head_batch": max(self.stats.head_batches, default=0)}
 
     # ----- the scheduler's thread -----
 
@@ -163,19 +204,8 @@ class BatchScheduler:
 
     def _serve(self) -> None:
         while (batch := self._gather()) is not None:
-            feeds = [r for r in batch if r.kind == "feed"]
-            for r in [r for r in feeds if len(r.ids) != 1]:
-                self._guard([r], lambda r=r: [self.rows.feed(r.member.row, r.ids, r.codes)])
-                self.stats.prefills += 1
-            steps = [r for r in feeds if len(r.ids) == 1]
-            if steps:
-                self.stats.add(self.stats.llm_batches, len(steps))
-                inputs = [StepInput(r.member.row, int(r.ids[0]), r.codes) for r in steps]
-                self._guard(steps, lambda inputs=inputs: self.rows.step(inputs))
-            frames = [r for r in batch if r.kind == "frame"]
-            if frames:
-                self.stats.add(self.stats.head_batches, len(frames))
-                self._guard(frames, lambda frames=frames: self._frames(frames))
+            with self._step_lock:
+                self._step(batch)
             with self._cond:
                 for r in batch:
                     if r.member.state == POSTED:
@@ -183,10 +213,25 @@ class BatchScheduler:
             for r in batch:
                 r.done.set()
 
-    @staticmethod
-    def _guard(requests: list[_Request], run: Callable[[], list]) -> None:
+    def _step(self, batch: list[_Request]) -> None:
+        """The gathered requests: each prefill alone, the single-position feeds as one run, the frames as one."""
+        feeds = [r for r in batch if r.kind == "feed"]
+        for r in [r for r in feeds if len(r.ids) != 1]:
+            self._guard([r], lambda r=r: [self.rows.feed(r.member.row, r.ids, r.codes)])
+            self.stats.prefills += 1
+        steps = [r for r in feeds if len(r.ids) == 1]
+        if steps:
+            self.stats.add(self.stats.llm_batches, len(steps))
+            inputs = [StepInput(r.member.row, int(r.ids[0]), r.codes) for r in steps]
+            self._guard(steps, lambda inputs=inputs: self.rows.step(inputs))
+        frames = [r for r in batch if r.kind == "frame"]
+        if frames:
+            self.stats.add(self.stats.head_batches, len(frames))
+            self._guard(frames, lambda frames=frames: self._frames(frames))
+
+    def _guard(self, requests: list[_Request], run: Callable[[], list]) -> None:
         try:
-            for r, result in zip(requests, run(), strict=True):
+            for r, result in zip(requests, self._run_batch(run), strict=True):
                 r.result = result
         except Exception as exc:  # noqa: BLE001 - handed to the waiting conversations, which raise it
             for r in requests:
@@ -214,8 +259,9 @@ class BatchScheduler:
 class BatchedBackend:
     """One conversation on a ``BatchScheduler``: the ``Backend`` its ``SpeechLoop`` drives, from its own thread."""
 
-    def __init__(self, scheduler: BatchScheduler, member: _Member, seed: int, flow_steps: int | None) -> None:
-        self.scheduler, self.member, self.cfg = scheduler, member, scheduler.cfg
+    def __init__(self, scheduler: BatchScheduler, member: _Member, seed: int, flow_steps: int | None,
+                 sessions: PackageSessions) -> None:
+        self.scheduler, self.member, self.cfg, self.sessions = scheduler, member, scheduler.cfg, sessions
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
 
@@ -238,15 +284,14 @@ class BatchedBackend:
         self.truncate(0)
 
     def truncate(self, position: int) -> None:
-        with self.scheduler._cond:  # rows move only under the scheduler's lock
-            self.scheduler.rows.truncate(self.member.row, position)
+        self.scheduler._truncate(self.member, position)
 
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
         """The audio tokenizer on this conversation's thread (not batched); as ``decode_segment``, the scheduler
         does not wait for it."""
         self.scheduler._set_state(self.member, AWAY)
         try:
-            return tokenize_audio(self.scheduler.sessions, audio16k)
+            return tokenize_audio(self.sessions, audio16k)
         finally:
             self.scheduler._set_state(self.member, STEPPING)
 
@@ -255,12 +300,12 @@ class BatchedBackend:
         """Flow and vocoder on this conversation's thread (not batched); the scheduler does not wait for it."""
         self.scheduler._set_state(self.member, AWAY)
         try:
-            return decode_window(self.scheduler.sessions, self.noise, self.flow_steps, codes, segment, first_code,
+            return decode_window(self.sessions, self.noise, self.flow_steps, codes, segment, first_code,
                                  phase)
         finally:
             self.scheduler._set_state(self.member, STEPPING)
 
     def close(self) -> None:
-        """Leave the batch: the row is freed between steps."""
-        if self.member.row.open:
-            self.scheduler._leave(self.member)
+        """Leave the batch, from any thread: a waiting step fails with ``LeftBatch``, the row is freed between
+        batched runs."""
+        self.scheduler._leave(self.member)

@@ -37,6 +37,7 @@ class GenerationSettings:
     prefill_chunk_ms: int = 640
     tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
+    batching: bool = True  # serve: the llm and audio-head steps of concurrent conversations run as one batch
 
     def stream(self) -> StreamSettings:
         return StreamSettings(self.stream_chunk_frames, self.stream_first_chunk_frames,

@@ -64,6 +64,7 @@ def create_app(model: SharedModel, options: ServeOptions | None = None) -> FastA
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "model": model.package.name, "sessions": len(active),
                              "max_sessions": options.max_sessions, "queued_steps": model.scheduler.waiting,
+                             "batch": None if model.batcher is None else model.batcher.summary(),
                              "profile": model.profile.name if model.profile else None})
 
     @app.get("/metrics")

@@ -233,6 +233,7 @@ class Connection:
         """The client is gone: its queued work is dropped now, the worker stops after the step it is in."""
         self.closed = True
         self.lane.close()
+        self.assistant.close()  # its batch row: a waiting step fails now, the row is free after the run in flight
         self.session.close()
 
     # ----- session events -> protocol events -----
