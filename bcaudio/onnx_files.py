@@ -7,7 +7,7 @@ graph's files the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -30,6 +30,20 @@ def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from subgraphs(attr.g)
             for sub in attr.graphs:
                 yield from subgraphs(sub)
+
+
+# name -> (shape, is float32) of a constant a graph can read, or None when the name is not a constant
+ConstantInfo = Callable[[str], "tuple[tuple[int, ...], bool] | None"]
+
+
+def input_uses(model: onnx.ModelProto) -> dict[str, int]:
+    """How many node inputs read each name, over every (sub)graph."""
+    uses: dict[str, int] = {}
+    for sub in subgraphs(model.graph):
+        for n in sub.node:
+            for i in n.input:
+                uses[i] = uses.get(i, 0) + 1
+    return uses
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from bcaudio.export.external_data import ExternalData
-from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, model_tensors, save_model
+from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, ConstantInfo, model_tensors, save_model
 
 INLINE_BYTES = 1024  # smaller tensors stay in the protobuf (shape inference reads them), as save_model does
 PROGRESS_SECONDS = 10.0
@@ -54,6 +54,10 @@ class Rewrite(Protocol):
     def apply(self, node: onnx.NodeProto, weight: np.ndarray
               ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
         """New nodes and initializers for ``node``, or None to keep it."""
+
+    def finish(self, model: onnx.ModelProto, constant: ConstantInfo) -> None:
+        """Rewrite the graph's structure once every node was seen (``constant`` tells a constant's shape and
+        whether it is float32, placeholders included)."""
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -151,6 +155,23 @@ def _rewrite_nodes(model: onnx.ModelProto, deferred: Deferred, rewrite: Rewrite,
     return consumed
 
 
+def _constant_info(model: onnx.ModelProto, deferred: Deferred) -> ConstantInfo:
+    """Shape and float32-ness of any (sub)graph's initializer; a placeholder's from its value (read once more:
+    only asked for small constants, such as a bias)."""
+    tensors = {t.name: t for stack in _stacks(model.graph) for t in stack[-1].initializer}
+
+    def info(name: str) -> tuple[tuple[int, ...], bool] | None:
+        tensor = tensors.get(name)
+        if tensor is None:
+            return None
+        if name in deferred.thunks:
+            value = deferred.thunks[name]()
+            return tuple(value.shape), value.dtype == np.float32
+        return tuple(tensor.dims), tensor.data_type == onnx.TensorProto.FLOAT
+
+    return info
+
+
 def _write_pending(model: onnx.ModelProto, deferred: Deferred, writer: _Writer, consumed: set[str]) -> None:
     for stack in _stacks(model.graph):
         graph = stack[-1]
@@ -192,6 +213,8 @@ def write_graph(model: onnx.ModelProto, deferred: Deferred, path: Path, rewrite:
     with ExternalData(temp, location=data.name) as external:
         writer = _Writer(external, len(deferred.thunks), label or path.stem, progress)
         consumed = set() if rewrite is None else _rewrite_nodes(model, deferred, rewrite, writer)
+        if rewrite is not None:
+            rewrite.finish(model, _constant_info(model, deferred))
         _write_pending(model, deferred, writer, consumed)
         large = external.bytes_written >= EXTERNAL_DATA_THRESHOLD
     if not large:  # as save_model would store it: everything inline

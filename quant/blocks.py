@@ -32,7 +32,8 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
     MatMulNBitsQuantizer,
 )
 
-from bcaudio.onnx_files import save_model, subgraphs
+from bcaudio.onnx_files import input_uses, save_model, subgraphs
+from bcaudio.quant.bias_fold import fold_bias_adds, initializer_info
 from bcaudio.quant.fragile import fp32_nodes
 from bcaudio.quant.io import quiet_quantizer
 from bcaudio.quant.recipes import ROUNDING
@@ -94,16 +95,6 @@ def _quantize_table(table: np.ndarray, block_size: int, rows: int = 4096) -> tup
     return codes.reshape(table.shape), scale.reshape(*lead, -1), zero.reshape(*lead, -1)
 
 
-def table_uses(model: onnx.ModelProto) -> dict[str, int]:
-    """How many node inputs read each name, over every (sub)graph."""
-    uses: dict[str, int] = {}
-    for sub in subgraphs(model.graph):
-        for n in sub.node:
-            for i in n.input:
-                uses[i] = uses.get(i, 0) + 1
-    return uses
-
-
 def is_table_gather(node: onnx.NodeProto, uses: dict[str, int], exclude: set[str]) -> bool:
     """An axis-0 Gather whose table (input 0) nothing else reads: the embedding lookups. The table itself
     must also pass :func:`table_fits`."""
@@ -134,7 +125,7 @@ def quantize_tables(model: onnx.ModelProto, block_size: int, exclude: set[str]) 
     GatherBlockQuantized, in place; -> the tables quantized."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    uses = table_uses(model)
+    uses = input_uses(model)
     done = []
     for index, node in enumerate(graph.node):
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
@@ -202,6 +193,7 @@ def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int
     if eight:
         model = _matmul_pass(model, 8, block_size, eight, exclude)
     model = _matmul_pass(model, bits, block_size, None, exclude, rounding if bits == 4 else "rtn")
+    fold_bias_adds(model, initializer_info(model))
     progress(f"    {graph}: {len(tables)} table(s) and {len(eight or ())} attention projection(s) in 8 bits"
              if bits == 4 else f"    {graph}: {len(tables)} table(s) in 8 bits")
     return save_model(model, dst)

@@ -16,6 +16,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
+from bcaudio.onnx_files import ConstantInfo, input_uses
+from bcaudio.quant.bias_fold import fold_bias_adds
 from bcaudio.quant.blocks import (
     ACCURACY_LEVEL,
     TABLE_BLOCK_SIZE,
@@ -23,7 +25,6 @@ from bcaudio.quant.blocks import (
     is_table_gather,
     quantize_table_node,
     table_fits,
-    table_uses,
 )
 from bcaudio.quant.fragile import fp32_nodes
 
@@ -56,7 +57,7 @@ class BlockRewrite:
         self.bits, self.block_size = bits, block_size
         self.exclude = set(fp32_nodes(graph, model))
         self.eight = attention_projections(model) - self.exclude if bits == 4 else set()
-        self.uses = table_uses(model)
+        self.uses = input_uses(model)
         self.tables: list[str] = []
         self.matmuls = 0
 
@@ -79,3 +80,7 @@ class BlockRewrite:
             return None
         self.matmuls += 1
         return matmul_nbits_node(node, weight, 8 if node.name in self.eight else self.bits, self.block_size)
+
+    def finish(self, model: onnx.ModelProto, constant: ConstantInfo) -> None:
+        """Bias Adds into their MatMulNBits, as ``quantize_blocks`` folds them."""
+        fold_bias_adds(model, constant)

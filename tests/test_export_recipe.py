@@ -74,6 +74,10 @@ def test_direct_recipe_equals_export_then_quantize(tiny: Path, tmp_path: Path, r
         assert direct.graphs[graph].precision == two.graphs[graph].precision
         assert direct.graphs[graph].recipe == two.graphs[graph].recipe == name
         assert_same_graph(tmp_path / "two-step" / f"{graph}.onnx", tmp_path / "direct" / f"{graph}.onnx")
+    if recipe == "int4":  # both fold the q|k|v bias into MatMulNBits (quant/bias_fold.py): the same graph, folded
+        llm = onnx.load(str(tmp_path / "direct" / "llm.onnx"))
+        assert sum(n.op_type == "MatMulNBits" and len(n.input) == 6 for n in llm.graph.node) == \
+            get_preset("tiny").llm.layers
     assert not [p for p in (tmp_path / "direct").iterdir() if p.name.startswith(".")]  # no temporary left
 
 

@@ -255,3 +255,36 @@ def test_quantize_table(fp32_pkg: Path, tmp_path: Path) -> None:
         quantize_table(fp32_pkg, ["int4"], tmp_path / "work", tmp_path / "t.txt", progress=QUIET)
     with pytest.raises(QuantError, match="unknown recipe"):
         quantize_table(fp32_pkg, ["int4", "int2"], tmp_path / "work", out, progress=QUIET)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_bias_adds_fold_into_matmulnbits(fp32_pkg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         bits: int) -> None:
+    """The llm's q|k|v bias Add goes into its MatMulNBits' bias input (one per layer, no such Add left), and the
+    logits equal the same quantized graph with the Adds kept, over a prefill and decode steps."""
+    from bcaudio.quant import blocks
+    from bcaudio.runtime.package.llm_state import LlmState
+    from bcaudio.runtime.package.manifest import load_manifest
+
+    cfg = load_manifest(fp32_pkg).model_config()
+    quantize_blocks(fp32_pkg / "llm.onnx", tmp_path / "folded.onnx", "llm", bits, progress=QUIET)
+    monkeypatch.setattr(blocks, "fold_bias_adds", lambda model, constant: 0)
+    quantize_blocks(fp32_pkg / "llm.onnx", tmp_path / "kept.onnx", "llm", bits, progress=QUIET)
+    folded, kept = onnx.load(str(tmp_path / "folded.onnx")), onnx.load(str(tmp_path / "kept.onnx"))
+
+    def biased(model: onnx.ModelProto) -> int:
+        return sum(len(n.input) == 6 and n.input[5] != "" for n in model.graph.node if n.op_type == "MatMulNBits")
+
+    def bias_adds(model: onnx.ModelProto) -> int:
+        made = {n.output[0] for n in model.graph.node if n.op_type == "MatMulNBits"}
+        return sum(n.op_type == "Add" and bool(made & set(n.input)) for n in model.graph.node)
+
+    assert biased(folded) == cfg.llm.layers and bias_adds(folded) == 0
+    assert biased(kept) == 0 and bias_adds(kept) == cfg.llm.layers  # the control: the Adds are there to fold
+    assert len(kept.graph.node) - len(folded.graph.node) == cfg.llm.layers
+    states = [LlmState(ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"]),
+                       cfg.llm.kv_heads, cfg.llm.head_dim, cfg.bridge.num_codebooks) for name in ("folded", "kept")]
+    rng = np.random.default_rng(0)
+    for ids in [rng.integers(0, 1000, 12).tolist()] + [[int(t)] for t in rng.integers(0, 1000, 4)]:
+        (a, _), (b, _) = (s.feed(ids) for s in states)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
