@@ -128,6 +128,7 @@ function onEvent(ev) {
     case "session.created":
       retryMs = 1000;
       notice("");
+      setState("listening"); // a new session listens; the server reports changes from here on
       applyMode();
       break;
     case "session.state":
