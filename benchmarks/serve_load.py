@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sessions", default="1,2,4,8")
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--realtime", action="store_true", help="pace the audio as a microphone does")
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass --batching / --no-batching to the server (default: its device profile's)")
+    p.add_argument("--turn-timeout", type=float, default=120.0, help="seconds a client waits for a turn's answer")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.input:
@@ -230,15 +233,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.input}: need 16 kHz mono")
     levels = [int(n) for n in args.sessions.split(",")]
     port = free_port()
-    proc = start_server(args.model, port, "--max-sessions", str(max(levels)), device_profile=args.device_profile,
-                        startup_seconds=600)
+    batching = [] if args.batching is None else ["--batching" if args.batching else "--no-batching"]
+    proc = start_server(args.model, port, "--max-sessions", str(max(levels)), *batching,
+                        device_profile=args.device_profile, startup_seconds=600)
     url = f"ws://127.0.0.1:{port}/v1/realtime"
     rows = []
     try:
-        run_load(url, question, 1, 1, args.realtime)  # warm-up: first runs allocate
+        run_load(url, question, 1, 1, args.realtime, timeout=args.turn_timeout)  # warm-up: first runs allocate
         for n in levels:
             start = time.perf_counter()
-            results = run_load(url, question, n, args.turns, args.realtime)
+            results = run_load(url, question, n, args.turns, args.realtime, timeout=args.turn_timeout)
             row = summarize(results, time.perf_counter() - start)
             row.update(process_stats(proc.pid), load_average=os.getloadavg()[0])  # a shared machine says so
             rows.append(row)
@@ -249,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         tmp = Path(args.out + ".tmp")
         tmp.write_text(json.dumps({"model": args.model, "device_profile": args.device_profile,
-                                   "realtime": args.realtime, "turns": args.turns, "rows": rows}, indent=1))
+                                   "batching": args.batching, "realtime": args.realtime, "turns": args.turns,
+                                   "rows": rows}, indent=1))
         tmp.rename(args.out)
 
 
