@@ -12,6 +12,8 @@ for reruns), then:
 
     python tools/int4_llm_study.py --package small-pkg --workdir int4-study \\
         --configs rtn:32:8,rtn:64:8,rtn:128:8,rtn:128:4 --contexts 128,1024
+    python tools/int4_llm_study.py --package small-pkg --workdir int4-study --prompts 0 \
+        --graphs folded=new-int4/llm.onnx,unfolded=old-int4/llm.onnx
 """
 
 from __future__ import annotations
@@ -83,14 +85,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config per round and context")
     ap.add_argument("--prompts", type=int, default=3, help="probe prompts for accuracy (0: speed only)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--graphs", default="", help="NAME=llm.onnx,...: already quantized llm graphs to time instead "
+                    "of --configs (e.g. one quantizer change against another)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--profile", help="only profile this configuration's decode step per op (at the first context)")
     args = ap.parse_args()
     manifest = load_manifest(args.package, verify=False)
     cfg = manifest.model_config()
     fp32 = args.package / manifest.graphs["llm"].file
-    graphs = {}
-    for spec in args.configs.split(","):
+    graphs = {name: Path(path) for name, path in (g.split("=", 1) for g in args.graphs.split(",") if g)}
+    for spec in args.configs.split(",") if not graphs else ():
         rounding, block, attention = spec.split(":")
         dst = args.workdir / spec.replace(":", "-") / "llm.onnx"
         if not dst.exists():
@@ -105,7 +109,7 @@ def main() -> None:
         for k, v in rows:
             print(f"{k:40s} {v:7.2f} ms/step {100 * v / total:5.1f} %")
         return
-    results: dict[str, dict] = {s: {"bytes": sum(p.stat().st_size for p in g.parent.iterdir())}
+    results: dict[str, dict] = {s: {"bytes": sum(p.stat().st_size for p in g.parent.glob(g.name + "*"))}
                                 for s, g in graphs.items()}
     reference = _session(fp32, args.threads) if args.prompts else None
     for spec, graph in graphs.items() if args.prompts else ():
