@@ -8,6 +8,7 @@ batches really held several conversations.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,49 @@ def test_batched_conversations_equal_each_one_alone(pkg: Path, speech_16k: np.nd
         assert _tokens(results[i]) == alone[i], f"conversation {i} differs from its run alone"
     assert max(stats.llm_batches) >= 2 and max(stats.head_batches) >= 2  # steps really were shared
     assert not scheduler.rows.rows  # every conversation left: its row is free
+
+
+def test_leaving_from_another_thread_fails_the_waiting_step_at_once(pkg: Path) -> None:
+    """A conversation closed from another thread (a client that disconnected) while a batched run is in flight:
+    its waiting step fails with ``LeftBatch`` at once, its row is freed when that run ends, and the other
+    conversation's step completes."""
+    from bcaudio.runtime.generation.batching import LeftBatch
+
+    sessions = PackageSessions(pkg, graphs=("llm", "audio_head"), log=lambda _: None)
+    release, running = threading.Event(), threading.Event()
+
+    def held(fn):  # the host's queue: the first batched run waits for the test
+        running.set()
+        release.wait(30)
+        return fn()
+
+    with BatchScheduler(sessions, run_batch=held) as scheduler:
+        staying, leaving = scheduler.backend(), scheduler.backend()
+        outcome: dict[str, object] = {}
+
+        def feed(name: str, backend: object) -> None:
+            try:
+                outcome[name] = backend.feed([1, 2, 3])
+            except LeftBatch as exc:
+                outcome[name] = exc
+
+        first = threading.Thread(target=feed, args=("staying", staying))
+        first.start()
+        assert running.wait(30)  # staying's prefill is in flight
+        second = threading.Thread(target=feed, args=("leaving", leaving))
+        second.start()
+        deadline = time.monotonic() + 10
+        while not scheduler._pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        closer = threading.Thread(target=leaving.close)
+        closer.start()
+        second.join(5)
+        assert isinstance(outcome.get("leaving"), LeftBatch)  # failed while the run was still held
+        assert len(scheduler.rows.rows) == 2  # the row moves only once no batched run is in flight
+        release.set()
+        first.join(30)
+        closer.join(30)
+        assert isinstance(outcome["staying"], tuple) and staying.position == 3
+        assert len(scheduler.rows.rows) == 1 and scheduler.summary()["conversations"] == 1
+        with pytest.raises(LeftBatch):
+            leaving.feed([4])
