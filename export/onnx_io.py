@@ -16,8 +16,8 @@ from bcaudio.onnx_files import save_model
 
 def export_module(module: nn.Module, args: Sequence[torch.Tensor], path: Path, input_names: list[str],
                   output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> list[Path]:
-    """TorchScript export (8x faster than dynamo on these graphs and it keeps dynamic_axes names),
-    through a temporary folder so graphs over 2 GiB end up with a single external-data file."""
+    """TorchScript export (several times faster than dynamo on these graphs: README, "The model package"; and it keeps
+    dynamic_axes names), through a temporary folder so graphs over 2 GiB end up with a single external-data file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -146,7 +146,8 @@ def quantize_tables(model: onnx.ModelProto, block_size: int, exclude: set[str]) 
 
 def _algo(rounding: str, bits: int, block_size: int) -> object | None:
     """onnxruntime's rounding of the 4-bit blocks: ``rtn`` (round to nearest over the block's min/max range) or
-    ``hqq`` (half-quadratic: fits scale and zero point per block; float zero points; 8+ min for small's llm).
+    ``hqq`` (half-quadratic: fits scale and zero point per block; float zero points; minutes on small's llm,
+    docs/benchmarks.md).
     Its k-quant is left out: in onnxruntime 1.32 it packs zero points wrongly for a weight with an odd number of
     blocks (small's K=896 at block 128) and quantizes only the main graph."""
     if rounding == "hqq":
@@ -155,7 +156,8 @@ def _algo(rounding: str, bits: int, block_size: int) -> object | None:
 
 
 def _set_accuracy_level(model: onnx.ModelProto) -> None:
-    """HQQ's nodes come without ``accuracy_level``; without it the CPU kernel computes in fp32 (5x slower)."""
+    """HQQ's nodes come without ``accuracy_level``; without it the CPU kernel computes in fp32, several times slower
+    (docs/benchmarks.md, accuracy levels)."""
     for graph in subgraphs(model.graph):
         for node in graph.node:
             if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
@@ -181,8 +183,8 @@ def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int
                     progress: Callable[[str], None] = print, rounding: str = "rtn",
                     attention_bits: int = 8) -> list[Path]:
     """``src`` -> ``dst``: ``bits`` = 8 (everything 8-bit) or 4 (4-bit MatMuls, 8-bit attention projections
-    and tables), blocks of ``block_size`` along each weight's input axis; asymmetric (with zero points: on
-    tiny, int4 logits rel L2 0.36 vs 0.39 symmetric at block 32)."""
+    and tables), blocks of ``block_size`` along each weight's input axis; asymmetric (with zero points, which
+    measured more accurate than symmetric blocks: docs/quantization-choices.md)."""
     if bits not in (4, 8) or attention_bits not in (4, 8) or rounding not in ROUNDING:
         raise ValueError(f"block quantization is 4 or 8 bits with rounding {ROUNDING}, got {bits}, {attention_bits}, "
                          f"{rounding}")

@@ -9,8 +9,8 @@ too shallow to show the error a deep stack builds up):
   CPU); the tokenizer for the reason below (fp16 saves little and breaks its codes past the bound);
 - ``int8``  llm and audio head in 8-bit weight blocks, flow pre-net and estimator dynamic int8 (uint8
   weights per channel). The audio tokenizer stays fp32: its bytes are the RVQ codebooks, kept fp32 for
-  the distances, so int8 saved only 12-15 % and broke codes (small: agreement 0.74 dynamic, 0.88-0.895
-  in 8-bit blocks, bound 0.90). The vocoder's only MatMuls are in its fp32-kept F0 predictor and source;
+  the distances, so int8 saves little and breaks its codes past the bound, dynamic or in 8-bit blocks
+  (docs/quantization-choices.md). The vocoder's only MatMuls are in its fp32-kept F0 predictor and source;
 - ``int4``  4-bit blocks of 128 on the llm and the audio head (the decode loop's weights), the rest fp32;
 - ``mixed`` the CPU default: int4 llm and audio head, everything else fp32 (the tokenizer for the reason
   above; flow and vocoder run once per segment, are conv-heavy and their errors are audible).
@@ -35,9 +35,9 @@ from bcaudio.runtime.package.manifest import GRAPHS
 from bcaudio.runtime.package.profiles import PRECISIONS
 
 DEFAULT_BLOCK_SIZE = 32
-# the built-in int4 recipes' blocks: on small's llm block 128 reads 13 % fewer bytes and does a quarter of the
-# per-block work of block 32, for logits rel L2 0.32-0.34 instead of 0.26-0.28 (tools/int4_llm_study.py,
-# docs/benchmarks.md); onnxruntime-genai's int4 build of the same weights is at 0.48
+# the built-in int4 recipes' blocks: block 128 reads fewer bytes and does a quarter of the per-block work of
+# block 32, for a larger logits error that stays inside the int4 bounds and below onnxruntime-genai's int4 build
+# of the same weights (measured: docs/benchmarks.md, "The int4 blocks", tools/int4_llm_study.py)
 INT4_BLOCK_SIZE = 128
 ROUNDING = ("rtn", "hqq")  # onnxruntime's roundings of 4-bit blocks (quant/blocks.py)
 FP32 = "fp32"

@@ -1,6 +1,7 @@
 """``bcaudio quantize-table``: every recipe of a package -> one table of size, accuracy and decode speed.
 
-Per recipe the package is quantized (one after the other: quantizing ``small`` peaks near 9 GB),
+Per recipe the package is quantized (one after the other: each quantization holds whole graphs in memory;
+the peak on ``small`` is in docs/quantization-choices.md),
 measured against its fp32 source (:func:`accuracy_report`) and timed on this CPU: the llm's decode
 step at a fixed context and the audio head's frame (K depth steps), both through the runtime's own
 drivers (``LlmState`` via ``OrtBackend``), so the timing follows whatever graph layout the package holds.

@@ -128,6 +128,49 @@ def test_refuses_quantized_and_corrupt_input(fp32_pkg: Path, quantized: dict[str
     assert json.loads((fp32_pkg / MANIFEST).read_text())["recipe"] == "fp32"
 
 
+
+def _break_matmul(path: Path, node: str, how: str) -> None:
+    """One MatMulNBits of a quantized graph damaged in place: its block scales zeroed (the layer's output lost) or
+    its packed weight rows permuted (the layer computes with the wrong weights)."""
+    model = onnx.load(str(path))
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and node in n.name)
+    name = matmul.input[2 if how == "zero scales" else 1]
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    values = numpy_helper.to_array(tensor)
+    rows = np.random.default_rng(0).permutation(len(values))
+    values = np.zeros_like(values) if how == "zero scales" else values[rows]
+    tensor.CopyFrom(numpy_helper.from_array(values, name))
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("how", ["zero scales", "permute weights"])
+def test_a_broken_quantized_graph_fails_the_recipe_bounds(how: str, fp32_pkg: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """Negative control of the accuracy check: the int4 recipe whose last llm layer's FFN output projection is
+    damaged (before the manifest hashes it, so the package is consistent) must fail the bounds, and the command
+    must say so and exit 2."""
+    from bcaudio.cli import main
+    from bcaudio.quant import package
+
+    real = package.convert_graph
+
+    def broken(precision, src, dst, graph, recipe, progress):
+        files = real(precision, src, dst, graph, recipe, progress)
+        if graph == "llm":
+            _break_matmul(dst, "layers.1.mlp_out", how)
+        return files
+
+    monkeypatch.setattr(package, "convert_graph", broken)
+    out = tmp_path / "broken"
+    assert main(["quantize", str(fp32_pkg), "--recipe", "int4", "--out", str(out)]) == 2
+    assert "llm out of tolerance for recipe int4" in capfd.readouterr().err
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert not report["passed"]
+    assert [g["graph"] for g in report["graphs"] if not g["passed"]] == ["llm"]
+    assert "**FAIL**" in (out / REPORT_MD).read_text()
+
+
 def _saturating_mlp(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Two layers with large uniform weights after a ReLU: activations near the top of their uint8 range meet
     weights near +-127, the case where AVX2's u8s8 kernel saturates its int16 pair sums."""

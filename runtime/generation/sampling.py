@@ -33,7 +33,7 @@ def sample_token(logits: np.ndarray, params: SamplingParams, history: Iterable[i
     """One token id from 1-D ``logits`` (float); temperature 0 is greedy.
 
     With top-k, only the k candidates (in index order) go through softmax, top-p and the draw:
-    a 151k vocabulary costs ~0.3 ms a token instead of ~8 ms, with the same distribution and,
+    a 151k vocabulary costs a fraction of a full softmax (docs/benchmarks.md), with the same distribution and,
     since zero-probability entries do not move ``rng.choice``'s cumulative sum, the same draw.
     """
     scores = apply_repetition_penalty(np.asarray(logits, dtype=np.float64), history, params.repetition_penalty)
