@@ -36,11 +36,11 @@ def run_demo(workdir: Path) -> None:
     ckpt, package = workdir / "tiny-checkpoint", workdir / "tiny-package"
     if not (ckpt / "config.json").exists():
         print("== 1/3 init: a deterministic random `tiny` checkpoint in the official layout")
-        init_checkpoint(get_preset("tiny"), ckpt, seed=0, progress=print)
+        init_checkpoint(get_preset("tiny"), ckpt, seed=0, progress=print, overwrite=True)  # an interrupted init
     print_summary(ckpt)
     if not (package / "manifest.json").exists():
         print("\n== 2/3 export: one ONNX graph per part + manifest")
-        export_package(ckpt, package)
+        export_package(ckpt, package, overwrite=True)
     question = speak_question(workdir / "question.wav")
     print(f"\n== 3/3 a voice turn on ONNX Runtime (no torch)\nquestion: {QUESTION!r} ({question})")
     start = time.perf_counter()

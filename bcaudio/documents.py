@@ -19,9 +19,11 @@ def read_document(path: str | Path, error: type[Exception], fix: str, missing: s
     path = Path(path)
     kind = kind or ("TOML" if path.suffix == ".toml" else "JSON")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {missing}; {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); {fix}") from None
     try:
         return tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,38 +7,37 @@ runs the same load as ``benchmarks/serve_load.py`` through the fleet's ingress.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 
-from bcaudio.benchmarks.serve_load import free_port, run_load, summarize
+from bcaudio.benchmarks.serve_load import free_port, question_pcm16, run_load, summarize
 
 
 def main(argv: list[str] | None = None) -> None:
     import ray
-    import soundfile as sf
     from ray import serve
 
-    from bcaudio.demo import speak_question
+    from bcaudio.atomic import write_json
+    from bcaudio.cli import validators as v
     from bcaudio.runtime.fleet.deploy import FleetOptions, start, wait_running
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
+    p = v.OneLineParser(prog="python -m bcaudio.benchmarks.fleet_load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, type=v.input_folder)
     p.add_argument("--device-profile", default="cpu-2core")
-    p.add_argument("--replicas", default="1,2")
-    p.add_argument("--sessions", type=int, default=4)
-    p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--replicas", type=v.int_list(1, 64), default=(1, 2))
+    p.add_argument("--sessions", type=v.int_range(1, 256), default=4)
+    p.add_argument("--turns", type=v.int_range(1, 1000), default=3)
+    p.add_argument("--cpus-per-replica", type=v.float_range(0, 1024, open_low=True), default=1.0)
     p.add_argument("--realtime", action="store_true", help="pace the audio as a microphone does")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", type=v.output_file(".json"), help="write the results as JSON here")
     args = p.parse_args(argv)
-    question, rate = sf.read(str(speak_question(Path(f"/tmp/bcaudio-fleet-load-{os.getpid()}.wav"))), dtype="int16")
+    question = question_pcm16(None, Path(f"/tmp/bcaudio-fleet-load-{os.getpid()}.wav"))
     ray.init(include_dashboard=False, log_to_driver=False)
     rows = []
     try:
-        for replicas in [int(n) for n in args.replicas.split(",")]:
+        for replicas in args.replicas:
             port = free_port()
             options = FleetOptions(package=str(Path(args.model).resolve()), device_profile=args.device_profile,
                                    replicas=replicas, sessions_per_replica=args.sessions,
@@ -57,10 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         ray.shutdown()
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(json.dumps({"model": args.model, "device_profile": args.device_profile,
-                                   "sessions": args.sessions, "turns": args.turns, "rows": rows}, indent=1))
-        tmp.rename(args.out)
+        write_json(args.out, {"model": str(args.model), "device_profile": args.device_profile,
+                              "sessions": args.sessions, "turns": args.turns, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

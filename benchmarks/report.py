@@ -1,12 +1,11 @@
-"""The results document as a printed table and as ``benchmarks/results/<preset>-<date>.json``."""
+"""The results document as a printed table and as ``<workdir>/results/<preset>-<date>.json``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from bcaudio.atomic import write_json
 
 
 def _f(value: float | None, fmt: str = ".2f") -> str:
@@ -73,18 +72,17 @@ def format_table(result: dict[str, Any]) -> str:
                         _f(r["first_audio_ms_median"], ".0f"), _f(r["first_audio_ms_max"], ".0f"), _f(r["rtf_max"]),
                         _f(r["mean_llm_batch"], ".2f")] for r in sess["runs"]])
     if result["targets"]:
-        out += ["", "targets (set for the small preset on 2 cores; logits against the fp32 reference, teacher-forced):"]
+        out += ["", "targets (README, Performance; small preset on 2 cores; logits vs fp32, teacher-forced):"]
         out += [f"  {k}: {v['value']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}"
                 for k, v in result["targets"].items()]
     return "\n".join(out)
 
 
-def write_results(result: dict[str, Any], folder: Path = RESULTS_DIR) -> Path:
+def write_results(result: dict[str, Any], folder: Path) -> Path:
     """``<folder>/<preset>-<date>.json``; a second run on the same day gets a time suffix instead of overwriting."""
     folder.mkdir(parents=True, exist_ok=True)
     day, time_ = result["date"][:10], result["date"][11:19].replace(":", "")
     path = folder / f"{result['preset']}-{day}.json"
     if path.exists():
         path = folder / f"{result['preset']}-{day}-{time_}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return path
+    return write_json(path, result, indent=1)

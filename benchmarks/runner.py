@@ -171,10 +171,15 @@ def _sessions_figures(inputs: BenchInputs, opts: BenchOptions, workdir: Path, pr
                                                                opts.sessions, workdir, progress)}
 
 
+def default_workdir(preset: str | None) -> Path:
+    """``work/bench-PRESET`` in the current folder (never inside the installed package)."""
+    return Path("work") / f"bench-{preset or 'custom'}"
+
+
 def run_bench(opts: BenchOptions, progress: Progress = print) -> dict[str, Any]:
     """Measure every selected variant; -> the results document (see docs/benchmarks.md for its fields)."""
     opts.check()
-    workdir = opts.workdir or Path("work") / f"bench-{opts.preset or 'custom'}"
+    workdir = opts.workdir or default_workdir(opts.preset)
     threads = opts.thread_count
     started = datetime.datetime.now(datetime.UTC)
     load_start = os.getloadavg()

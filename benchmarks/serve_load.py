@@ -206,32 +206,39 @@ def process_stats(pid: int) -> dict[str, int]:
     return stats
 
 
-def main(argv: list[str] | None = None) -> None:
-    import soundfile as sf
+def question_pcm16(path: str | Path | None, scratch: Path) -> np.ndarray:
+    """The question as 16 kHz mono int16 (what a browser sends): read through the one audio loader, or spoken by
+    espeak-ng into ``scratch`` when no file is given."""
+    from bcaudio.runtime.audio.files import load_audio
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
+    if path is None:
+        from bcaudio.demo import QUESTION, speak_question
+
+        path = speak_question(scratch)
+        print(f"question: {QUESTION!r}")
+    audio = load_audio(path, 16000)
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bcaudio.atomic import write_json
+    from bcaudio.cli import validators as v
+
+    p = v.OneLineParser(prog="python -m bcaudio.benchmarks.serve_load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, type=v.input_folder)
     p.add_argument("--device-profile", default="auto")
-    p.add_argument("--input", help="16 kHz mono question wav (default: espeak-ng speaks one)")
-    p.add_argument("--sessions", default="1,2,4,8")
-    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--input", type=v.input_file, help="question wav, any rate (default: espeak-ng speaks one)")
+    p.add_argument("--sessions", type=v.int_list(1, 256), default=(1, 2, 4, 8))
+    p.add_argument("--turns", type=v.int_range(1, 1000), default=3)
     p.add_argument("--realtime", action="store_true", help="pace the audio as a microphone does")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
                    help="pass --batching / --no-batching to the server (default: its device profile's)")
-    p.add_argument("--turn-timeout", type=float, default=120.0, help="seconds a client waits for a turn's answer")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--turn-timeout", type=v.float_range(1, 3600), default=120.0,
+                   help="seconds a client waits for a turn's answer")
+    p.add_argument("--out", type=v.output_file(".json"), help="write the results as JSON here")
     args = p.parse_args(argv)
-    if args.input:
-        question, rate = sf.read(args.input, dtype="int16")
-    else:
-        from bcaudio.demo import QUESTION, speak_question
-
-        path = speak_question(Path(f"/tmp/bcaudio-serve-load-{os.getpid()}.wav"))
-        question, rate = sf.read(str(path), dtype="int16")
-        print(f"question: {QUESTION!r}")
-    if rate != 16000 or question.ndim != 1:
-        sys.exit(f"{args.input}: need 16 kHz mono")
-    levels = [int(n) for n in args.sessions.split(",")]
+    question = question_pcm16(args.input, Path(f"/tmp/bcaudio-serve-load-{os.getpid()}.wav"))
+    levels = list(args.sessions)
     port = free_port()
     batching = [] if args.batching is None else ["--batching" if args.batching else "--no-batching"]
     proc = start_server(args.model, port, "--max-sessions", str(max(levels)), *batching,
@@ -251,11 +258,9 @@ def main(argv: list[str] | None = None) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(json.dumps({"model": args.model, "device_profile": args.device_profile,
-                                   "batching": args.batching, "realtime": args.realtime, "turns": args.turns,
-                                   "rows": rows}, indent=1))
-        tmp.rename(args.out)
+        write_json(args.out, {"model": str(args.model), "device_profile": args.device_profile,
+                              "batching": args.batching, "realtime": args.realtime, "turns": args.turns,
+                              "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bcaudio.atomic import write_json
 from bcaudio.digests import sha256_file
 from bcaudio.errors import UserError
 from bcaudio.quant.recipes import BUILTIN, Recipe
@@ -73,15 +74,14 @@ def _checkpoint_and_package(workdir: Path, preset: str | None, checkpoint: Path 
             from bcaudio.presets import get_preset
 
             progress(f"init: random {preset} checkpoint in {checkpoint}")
-            init_checkpoint(get_preset(preset), checkpoint, dtype=torch.bfloat16, progress=lambda _: None)
+            init_checkpoint(get_preset(preset), checkpoint, dtype=torch.bfloat16, progress=lambda _: None,
+                            overwrite=True)  # a folder without config.json is an interrupted init
     package = workdir / "pkg-fp32"
-    if reexport and package.exists():
-        shutil.rmtree(package)  # the quantized packages follow: they record their source's hash
-    if not (package / MANIFEST).exists():
+    if reexport or not (package / MANIFEST).exists():  # the quantized packages follow: they record their source
         from bcaudio.export.package import export_package
 
         progress(f"export: {checkpoint} -> {package}")
-        export_package(checkpoint, package, progress=lambda m: progress(f"  {m}"))
+        export_package(checkpoint, package, progress=lambda m: progress(f"  {m}"), overwrite=True)
     return checkpoint, package
 
 
@@ -93,10 +93,9 @@ def _quantized(workdir: Path, fp32: Path, precision: str, progress: Progress) ->
     expected = {"fp32_manifest_sha256": sha256_file(fp32 / MANIFEST), "quantizer_sha256": quantizer_hash()}
     if (out / MANIFEST).exists() and _stamp_ok(stamp, expected):
         return out
-    shutil.rmtree(out, ignore_errors=True)
     progress(f"quantize: {fp32} -> {out} ({precision}: llm + audio head)")
-    quantize_package(fp32, RECIPES[precision], out, progress=lambda m: progress(f"  {m}"))
-    stamp.write_text(json.dumps(expected))
+    quantize_package(fp32, RECIPES[precision], out, progress=lambda m: progress(f"  {m}"), overwrite=True)
+    write_json(stamp, expected)
     return out
 
 
@@ -134,7 +133,7 @@ def _optimum(workdir: Path, hf_dir: Path, stamp: dict[str, str], precisions: set
         shutil.rmtree(fp32, ignore_errors=True)
         progress(f"optimum: {hf_dir} -> {fp32}")
         main_export(str(hf_dir), fp32, task="text-generation-with-past", device="cpu", do_validation=False)
-        (fp32 / STAMP).write_text(json.dumps(stamp))
+        write_json(fp32 / STAMP, stamp)
     out = {"fp32": fp32 / OPTIMUM_GRAPH}
     if "int4" in precisions:
         from bcaudio.quant.blocks import quantize_blocks
@@ -146,7 +145,7 @@ def _optimum(workdir: Path, hf_dir: Path, stamp: dict[str, str], precisions: set
             progress(f"optimum: {fp32} -> {int4} (the int4 recipe's quantizer, block {RECIPES['int4'].block_size})")
             quantize_blocks(fp32 / OPTIMUM_GRAPH, int4 / OPTIMUM_GRAPH, "optimum", 4, RECIPES["int4"].block_size,
                             progress=lambda m: progress(f"  {m}"), rounding=RECIPES["int4"].int4_rounding)
-            (int4 / STAMP).write_text(json.dumps(stamp4))
+            write_json(int4 / STAMP, stamp4)
         out["int4"] = int4 / OPTIMUM_GRAPH
     return out
 

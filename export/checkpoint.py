@@ -8,20 +8,24 @@ unexpected or mis-shaped key is one line naming the key and both shapes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from bcaudio.atomic import atomic_folder, write_json
 from bcaudio.config import ConfigError, GenerationConfig, ModelConfig, from_plain
 from bcaudio.config.official import vocoder_widths
 from bcaudio.digests import update_with_file
+from bcaudio.documents import read_document
 from bcaudio.export.random_init import random_tensor
 from bcaudio.export.reference import MAIN_PARTS, PARTS, Reference, build_part, is_ignored, part_of
 from bcaudio.export.tokenizer_files import save_published_tokenizer
@@ -45,6 +49,28 @@ def _quiet(_: str) -> None:
     pass
 
 
+@contextlib.contextmanager
+def open_weights(path: Path) -> Iterator[Any]:
+    """``safe_open`` with a truncated or corrupt file as one line naming the file (safetensors' own error names
+    neither the file nor the fix)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            yield f
+    except (SafetensorError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({reason}); re-copy it or "
+                              "re-create the checkpoint") from None
+
+
+def finite(name: str, tensor: torch.Tensor, path: Path) -> torch.Tensor:
+    """Non-finite weights would export into graphs that answer NaN: refused, naming the tensor."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{path.name}: tensor {name} has {bad} NaN or infinite value(s); the checkpoint is "
+                              "damaged: re-copy it or re-create it")
+    return tensor
+
+
 def expected_shapes(cfg: ModelConfig, part: str) -> dict[str, tuple[int, ...]]:
     """Official key -> shape of one part, built on the meta device (free even at 7B)."""
     prefix = PARTS[part][0]
@@ -54,22 +80,23 @@ def expected_shapes(cfg: ModelConfig, part: str) -> dict[str, tuple[int, ...]]:
 
 def init_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
                     shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Progress = _quiet,
-                    parts: Iterable[str] = MAIN_PARTS) -> Path:
+                    parts: Iterable[str] = MAIN_PARTS, overwrite: bool = False) -> Path:
     """Write a random checkpoint of ``cfg`` to ``out`` in the official layout; ``parts`` limits the weights to
-    some parts (tests that export one graph at 7B width need not wait for the rest)."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / CONFIG)
-    (out / GENERATION).write_text(json.dumps(generation_file(cfg), indent=2, ensure_ascii=False) + "\n")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for part in parts:
-        shapes.update(expected_shapes(cfg, part))
-    files = _write_shards(shapes, out, seed, dtype, shard_bytes, progress)
-    progress(f"wrote {len(shapes)} tensors in {len(files)} shard(s)")
-    # as published: HiFT is its own fp32 torch state dict (weight_g / weight_v pairs), hift.pt
-    vocoder = {k: random_tensor(k, s, seed) for k, s in expected_shapes(cfg, "vocoder").items()}
-    torch.save(vocoder, out / ".hift.pt.partial")
-    (out / ".hift.pt.partial").replace(out / HIFT_FILE)
-    save_published_tokenizer(cfg, out)
+    some parts (tests that export one graph at 7B width need not wait for the rest). It is built beside ``out``
+    and swapped in whole; an existing checkpoint is replaced only with ``overwrite``."""
+    out = Path(out)
+    with atomic_folder(out, overwrite, "checkpoint", log=progress) as stage:
+        cfg.save(stage / CONFIG)
+        write_json(stage / GENERATION, generation_file(cfg))
+        shapes: dict[str, tuple[int, ...]] = {}
+        for part in parts:
+            shapes.update(expected_shapes(cfg, part))
+        files = _write_shards(shapes, stage, seed, dtype, shard_bytes, progress)
+        progress(f"wrote {len(shapes)} tensors in {len(files)} shard(s)")
+        # as published: HiFT is its own fp32 torch state dict (weight_g / weight_v pairs), hift.pt
+        vocoder = {k: random_tensor(k, s, seed) for k, s in expected_shapes(cfg, "vocoder").items()}
+        torch.save(vocoder, stage / HIFT_FILE)
+        save_published_tokenizer(cfg, stage)
     progress(f"checkpoint {cfg.preset} (seed {seed}) written to {out}")
     return out
 
@@ -101,10 +128,10 @@ def _write_shards(shapes: dict[str, tuple[int, ...]], out: Path, seed: int, dtyp
     weight_map = {}
     for temp, name in zip(temp_names, final, strict=True):
         (out / temp).rename(out / name)
-        with safe_open(str(out / name), "pt") as f:
+        with open_weights(out / name) as f:
             weight_map.update(dict.fromkeys(f.keys(), name))
     total = sum((out / name).stat().st_size for name in final)
-    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    write_json(out / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return final
 
 
@@ -123,11 +150,14 @@ def load_config(ckpt: Path, vocoder: Path | None = None) -> ModelConfig:
     HiFT widths read from the vocoder's state dict (``vocoder``, else the one beside the checkpoint) when found."""
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: not a folder; pass the checkpoint folder (make one with `bcaudio init`)")
+    if (ckpt / "manifest.json").is_file() and not (ckpt / CONFIG).is_file():
+        raise CheckpointError(f"{ckpt} is a model package (it has manifest.json), not a checkpoint; pass the "
+                              "checkpoint folder it was exported from")
     cfg = ModelConfig.load(ckpt / CONFIG)
     gen_path = ckpt / GENERATION
     if gen_path.exists():
-        raw = json.loads(gen_path.read_text())
-        if "bcaudio" in raw:
+        raw = read_document(gen_path, CheckpointError, "re-copy it or delete it (the spec defaults apply without it)")
+        if isinstance(raw, dict) and "bcaudio" in raw:
             cfg.generation = from_plain(GenerationConfig, raw["bcaudio"], f"{gen_path.name}: bcaudio")
     found = vocoder if vocoder is not None else next((ckpt / n for n in VOCODER_FILES if (ckpt / n).is_file()), None)
     if found is not None and Path(found).is_file():
@@ -147,7 +177,7 @@ def weight_files(ckpt: Path) -> dict[str, Path]:
             raise CheckpointError(f"{ckpt}: shard {missing[0]} named in {INDEX} is missing")
         return {k: ckpt / f for k, f in weight_map.items()}
     if (ckpt / SINGLE).exists():
-        with safe_open(str(ckpt / SINGLE), "pt") as f:
+        with open_weights(ckpt / SINGLE) as f:
             return dict.fromkeys(f.keys(), ckpt / SINGLE)
     raise CheckpointError(f"{ckpt}: no {SINGLE} or {INDEX}; is this a Baichuan-Audio checkpoint folder?")
 
@@ -158,9 +188,9 @@ def _read(files: dict[str, Path], keys: Iterable[str]) -> dict[str, torch.Tensor
         by_file.setdefault(files[k], []).append(k)
     out = {}
     for path, names in by_file.items():
-        with safe_open(str(path), "pt") as f:
+        with open_weights(path) as f:
             for k in names:
-                out[k] = f.get_tensor(k).to(torch.float32)
+                out[k] = finite(k, f.get_tensor(k).to(torch.float32), path)
     return out
 
 
@@ -180,8 +210,8 @@ def vocoder_path(ckpt: Path, vocoder: Path | None = None) -> Path:
 
 def _vocoder_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
+        with open_weights(path) as f:
+            return {k: finite(k, f.get_tensor(k).to(torch.float32), path) for k in f.keys()}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or non-torch file
@@ -189,13 +219,13 @@ def _vocoder_tensors(path: Path) -> dict[str, torch.Tensor]:
             from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors; pass HiFT's hift.pt")
-    return {k: v.to(torch.float32) for k, v in state.items()}
+    return {k: finite(k, v.to(torch.float32), path) for k, v in state.items()}
 
 
 def vocoder_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Shapes of the vocoder's tensors (from the header for safetensors)."""
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
+        with open_weights(path) as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     return {k: tuple(v.shape) for k, v in _vocoder_tensors(path).items()}
 
@@ -235,7 +265,7 @@ def file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the safetensors headers only (no tensor data is read)."""
     shapes = {}
     for path in sorted(set(files.values())):
-        with safe_open(str(path), "pt") as f:
+        with open_weights(path) as f:
             for k in f.keys():
                 shapes[k] = tuple(f.get_slice(k).get_shape())
     return shapes

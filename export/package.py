@@ -21,6 +21,7 @@ import onnxruntime
 import torch
 
 import bcaudio
+from bcaudio.atomic import atomic_folder
 from bcaudio.config import ConfigError, ModelConfig
 from bcaudio.digests import sha256_file
 from bcaudio.export.audio_head_graph import build_audio_head_graph
@@ -50,7 +51,7 @@ from bcaudio.graph_entry import graph_entry
 from bcaudio.quant.package import BLOCK_INT8_GRAPHS, convert_graph
 from bcaudio.quant.recipes import Recipe, load_recipe
 from bcaudio.quant.streamed import BlockRewrite
-from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError
+from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError, load_manifest
 
 DEFAULT_OPSET = 17
 
@@ -182,9 +183,13 @@ def _export_graph(name: str, checkpoint: Path, cfg: ModelConfig, weights: Weight
 
 def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = None, opset: int = DEFAULT_OPSET,
                    progress: Callable[[str], None] = print, llm_graph: str = "fast",
-                   recipe: str | Path | Recipe | None = None, vocoder: Path | None = None) -> Manifest:
+                   recipe: str | Path | Recipe | None = None, vocoder: Path | None = None,
+                   overwrite: bool = False) -> Manifest:
     """Write the package of ``checkpoint`` to ``out``; with ``recipe`` (a built-in name or a TOML file) its graphs
-    are quantized while they are written, equal to exporting and then running ``bcaudio quantize``."""
+    are quantized while they are written, equal to exporting and then running ``bcaudio quantize``.
+
+    The package is built in a folder beside ``out`` and swapped in once complete and sha256-verified: a failed or
+    killed export leaves an existing package as it was (replacing one needs ``overwrite``)."""
     checkpoint, out = Path(checkpoint), Path(out)
     names = _parse_graphs(graphs)
     if llm_graph not in LLM_GRAPHS:
@@ -194,27 +199,28 @@ def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = N
     cfg, files = check_inputs(checkpoint, names, llm_graph, vocoder)
     _check_memory(cfg, names, llm_graph, plan)
     progress(f"checked {checkpoint}: {', '.join(names)}" + (f" at recipe {plan.name}" if plan else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    weights = CheckpointWeights(files)
-    entries = {}
-    for i, name in enumerate(names, 1):
-        t0 = time.perf_counter()
-        precision = plan.precision(name) if plan else "fp32"
-        files = _export_graph(name, checkpoint, cfg, weights, out, opset, llm_graph, precision, plan,
-                              vocoder, progress)
-        entries[name] = graph_entry(out, files, precision=precision, recipe=plan.name if plan else "fp32")
-        size = sum(f.stat().st_size for f in files) / 1e6
-        progress(f"[{i}/{len(names)}] {name}: {precision}, {size:.1f} MB in {time.perf_counter() - t0:.1f} s"
-                 + (" (external data)" if len(files) > 1 else ""))
-    tokenizer = {n: sha256_file(out / n) for n in write_package_tokenizer(checkpoint, cfg, out)}
-    source = {"checkpoint": str(checkpoint), "sha256": checkpoint_hash(checkpoint)}
-    versions = {"bcaudio": bcaudio.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__}
-    if plan is not None:
-        source["int4_block_size"] = str(plan.block_size)
-        versions["onnxruntime_quantization"] = onnxruntime.__version__
-    manifest = Manifest(config=cfg.to_dict(), graphs=entries, tokenizer=tokenizer, source=source,
-                        versions=versions, recipe=plan.name if plan else "fp32")
-    manifest.save(out)
+    with atomic_folder(out, overwrite, "package", log=progress) as stage:
+        weights = CheckpointWeights(files)
+        entries = {}
+        for i, name in enumerate(names, 1):
+            t0 = time.perf_counter()
+            precision = plan.precision(name) if plan else "fp32"
+            files = _export_graph(name, checkpoint, cfg, weights, stage, opset, llm_graph, precision, plan,
+                                  vocoder, progress)
+            entries[name] = graph_entry(stage, files, precision=precision, recipe=plan.name if plan else "fp32")
+            size = sum(f.stat().st_size for f in files) / 1e6
+            progress(f"[{i}/{len(names)}] {name}: {precision}, {size:.1f} MB in {time.perf_counter() - t0:.1f} s"
+                     + (" (external data)" if len(files) > 1 else ""))
+        tokenizer = {n: sha256_file(stage / n) for n in write_package_tokenizer(checkpoint, cfg, stage)}
+        source = {"checkpoint": str(checkpoint), "sha256": checkpoint_hash(checkpoint)}
+        versions = {"bcaudio": bcaudio.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                    "onnxruntime": onnxruntime.__version__}
+        if plan is not None:
+            source["int4_block_size"] = str(plan.block_size)
+            versions["onnxruntime_quantization"] = onnxruntime.__version__
+        manifest = Manifest(config=cfg.to_dict(), graphs=entries, tokenizer=tokenizer, source=source,
+                            versions=versions, recipe=plan.name if plan else "fp32")
+        manifest.save(stage)
+        load_manifest(stage, verify=True)  # every file as the manifest says, before it replaces anything
     progress(f"package written to {out} in {time.perf_counter() - start:.1f} s")
     return manifest

@@ -9,10 +9,10 @@ import numpy as np
 
 from bcaudio.cli.console import stream_to_console
 from bcaudio.errors import UserError
-from bcaudio.export.checkpoint import load_checkpoint
+from bcaudio.export.checkpoint import load_checkpoint, load_config
 from bcaudio.export.reference import Reference
 from bcaudio.export.reference_backend import TorchBackend, tokenize_chunks
-from bcaudio.runtime.audio.files import load_audio
+from bcaudio.runtime.audio.files import check_speech, load_audio
 from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
 from bcaudio.runtime.package.text_codec import TextCodec
 
@@ -41,9 +41,13 @@ def reference_events(ref: Reference, codec: TextCodec, mode: str, audio: np.ndar
 
 def run_reference_turn(ckpt: Path, mode: str, input_wav: str | None, text: str | None, output_wav: str | None,
                        seed: int, greedy: bool) -> None:
+    rate = load_config(ckpt).frontend.sampling_rate  # the input is read (and refused) before the weights
+    audio = load_audio(input_wav, rate) if input_wav else None
+    if audio is not None:
+        check_speech(audio, print)
     ref = load_checkpoint(ckpt)
-    audio = load_audio(input_wav, ref.cfg.frontend.sampling_rate) if input_wav else None
     codec = TextCodec(ckpt / "tokenizer.json")
     events = reference_events(ref, codec, mode, audio, text, seed, greedy)
+    speech = mode in ("respond", "tts")
     stream_to_console(events, ref.cfg.generation.crossfade_samples, ref.cfg.vocoder.sampling_rate,
-                      output_wav if mode in ("respond", "tts") else None)
+                      output_wav if speech else None, audio=speech)

@@ -14,13 +14,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from safetensors import safe_open
-
 from bcaudio.export.checkpoint import (
     VOCODER_FILES,
     expected_shapes,
     file_shapes,
     load_config,
+    open_weights,
     vocoder_shapes,
     weight_files,
 )
@@ -49,7 +48,7 @@ def stored_parameters(shapes: dict[str, tuple[int, ...]], vocoder: dict[str, tup
 def _dtypes(files: dict[str, Path]) -> Counter:
     found: Counter = Counter()
     for path in sorted(set(files.values())):
-        with safe_open(str(path), "pt") as f:
+        with open_weights(path) as f:
             for key in f.keys():
                 found[f.get_slice(key).get_dtype()] += 1
     return found

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors import safe_open
+
+from bcaudio.export.checkpoint import finite, open_weights
 
 
 class Weights(Protocol):
@@ -39,12 +40,12 @@ class CheckpointWeights:
         self.files = dict(files)
 
     def get(self, key: str) -> np.ndarray:
-        with safe_open(str(self.files[key]), "pt") as f:
-            return _fp32(f.get_tensor(key))
+        with open_weights(self.files[key]) as f:
+            return _fp32(finite(key, f.get_tensor(key), self.files[key]))
 
     def columns(self, key: str, start: int, stop: int) -> np.ndarray:
-        with safe_open(str(self.files[key]), "pt") as f:
-            return _fp32(f.get_slice(key)[:, start:stop])
+        with open_weights(self.files[key]) as f:
+            return _fp32(finite(key, f.get_slice(key)[:, start:stop], self.files[key]))
 
 
 class StateDictWeights:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bcaudio.atomic import write_text
 from bcaudio.config import ModelConfig
 from bcaudio.digests import sha256_file
 from bcaudio.metrics import rel_l2, snr_db
@@ -309,6 +310,6 @@ def accuracy_report(package: Path, fp32: Path | None = None, save: bool = True,
                  + ("" if result.passed else "  FAILED: " + "; ".join(result.failures)))
     report = AccuracyReport(str(package), str(fp32_path), manifest.recipe, results)
     if save:
-        (package / REPORT_JSON).write_text(report.to_json())
-        (package / REPORT_MD).write_text(report.table() + "\n")
+        write_text(package / REPORT_JSON, report.to_json())
+        write_text(package / REPORT_MD, report.table() + "\n")
     return report

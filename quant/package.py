@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnxruntime
 
+from bcaudio.atomic import atomic_folder
 from bcaudio.digests import sha256_file
 from bcaudio.graph_entry import graph_entry
 from bcaudio.quant.blocks import quantize_blocks
@@ -55,45 +56,49 @@ def check_source(src: Path, recipe: Recipe) -> Manifest:
 
 
 def quantize_package(src: Path, recipe: str | Path | Recipe, out: Path,
-                     progress: Callable[[str], None] = print) -> Manifest:
+                     progress: Callable[[str], None] = print, overwrite: bool = False) -> Manifest:
     """Write ``out``: the graphs of ``src`` at ``recipe``'s precisions, the tokenizer, and a manifest that records
-    precision and recipe per graph and for the package. Returns that manifest."""
+    precision and recipe per graph and for the package. Returns that manifest.
+
+    Built beside ``out`` and swapped in once complete and sha256-verified; replacing a package needs ``overwrite``.
+    """
     src, out = Path(src), Path(out)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise QuantError(f"--out {out} is the source package or inside it; choose a new folder")
     manifest = check_source(src, recipe)
-    if out.resolve() == src.resolve():
-        raise QuantError(f"--out {out} is the source package; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    entries = {}
-    for i, (name, entry) in enumerate(manifest.graphs.items(), 1):
-        t0 = time.perf_counter()
-        precision = recipe.precision(name)
-        graph_src, graph_dst = src / entry.file, out / entry.file
-        if precision == FP32:
-            files = []
-            for rel in entry.sha256:
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                files.append(Path(shutil.copyfile(src / rel, out / rel)))
-            files.sort(key=lambda f: f.name != entry.file)
-        else:
-            files = convert_graph(precision, graph_src, graph_dst, name, recipe, progress)
-        entries[name] = graph_entry(out, files, precision=precision, recipe=recipe.name)
-        before = sum((src / rel).stat().st_size for rel in entry.sha256)
-        after = sum(f.stat().st_size for f in files)
-        progress(f"[{i}/{len(manifest.graphs)}] {name}: {precision}, {before / 1e6:.2f} -> {after / 1e6:.2f} MB "
-                 f"({after / before:.2f}x) in {time.perf_counter() - t0:.1f} s")
-    tokenizer = {}
-    for rel in manifest.tokenizer:
-        shutil.copyfile(src / rel, out / rel)
-        tokenizer[rel] = sha256_file(out / rel)
-    quantized = Manifest(
-        config=manifest.config, graphs=entries, tokenizer=tokenizer,
-        source={**manifest.source, "fp32_package": str(src.resolve()),
-                "fp32_manifest_sha256": sha256_file(src / MANIFEST), "int4_block_size": str(recipe.block_size),
-                "int4_rounding": recipe.int4_rounding},
-        versions={**manifest.versions, "onnxruntime_quantization": onnxruntime.__version__},
-        recipe=recipe.name)
-    quantized.save(out)
+    with atomic_folder(out, overwrite, "package", log=progress) as stage:
+        entries = {}
+        for i, (name, entry) in enumerate(manifest.graphs.items(), 1):
+            t0 = time.perf_counter()
+            precision = recipe.precision(name)
+            graph_src, graph_dst = src / entry.file, stage / entry.file
+            if precision == FP32:
+                files = []
+                for rel in entry.sha256:
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    files.append(Path(shutil.copyfile(src / rel, stage / rel)))
+                files.sort(key=lambda f: f.name != entry.file)
+            else:
+                files = convert_graph(precision, graph_src, graph_dst, name, recipe, progress)
+            entries[name] = graph_entry(stage, files, precision=precision, recipe=recipe.name)
+            before = sum((src / rel).stat().st_size for rel in entry.sha256)
+            after = sum(f.stat().st_size for f in files)
+            progress(f"[{i}/{len(manifest.graphs)}] {name}: {precision}, {before / 1e6:.2f} -> {after / 1e6:.2f} MB "
+                     f"({after / before:.2f}x) in {time.perf_counter() - t0:.1f} s")
+        tokenizer = {}
+        for rel in manifest.tokenizer:
+            shutil.copyfile(src / rel, stage / rel)
+            tokenizer[rel] = sha256_file(stage / rel)
+        quantized = Manifest(
+            config=manifest.config, graphs=entries, tokenizer=tokenizer,
+            source={**manifest.source, "fp32_package": str(src.resolve()),
+                    "fp32_manifest_sha256": sha256_file(src / MANIFEST), "int4_block_size": str(recipe.block_size),
+                    "int4_rounding": recipe.int4_rounding},
+            versions={**manifest.versions, "onnxruntime_quantization": onnxruntime.__version__},
+            recipe=recipe.name)
+        quantized.save(stage)
+        load_manifest(stage, verify=True)  # every file as the manifest says, before it replaces anything
     progress(f"package written to {out} (recipe {recipe.name}) in {time.perf_counter() - start:.1f} s")
     return quantized

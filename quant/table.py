@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bcaudio.atomic import write_json, write_text
 from bcaudio.benchmarks.decoders import PackageDecoder
 from bcaudio.benchmarks.frame import audio_head_ms
 from bcaudio.benchmarks.llm_timing import time_decoder
@@ -111,11 +112,9 @@ def quantize_table(package: Path, recipes: Sequence[str], workdir: Path, out: Pa
     rows = []
     for recipe in recipes:
         dst = workdir / Path(recipe).stem
-        if dst.exists():
-            shutil.rmtree(dst)
         start = time.perf_counter()
         progress(f"{recipe}: quantizing into {dst}")
-        quantize_package(package, recipe, dst, progress=progress)
+        quantize_package(package, recipe, dst, progress=progress, overwrite=True)  # the work folder is the table's
         seconds = time.perf_counter() - start
         report: AccuracyReport = accuracy_report(dst, progress=progress)
         speed = None if Path(recipe).stem in UNTIMED else measure_speed(dst, threads, context)
@@ -126,9 +125,9 @@ def quantize_table(package: Path, recipes: Sequence[str], workdir: Path, out: Pa
         if not keep:
             shutil.rmtree(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(rows, fp32_speed, str(package), command))
-    out.with_suffix(".json").write_text(json.dumps(
-        {"schema": SCHEMA, "package": str(package), "command": command, "cpu_count": os.cpu_count(),
-         "fp32_speed": asdict(fp32_speed), "recipes": [asdict(r) for r in rows]}, indent=2) + "\n")
+    write_text(out, markdown(rows, fp32_speed, str(package), command))
+    write_json(out.with_suffix(".json"), {"schema": SCHEMA, "package": str(package), "command": command,
+                                          "cpu_count": os.cpu_count(), "fp32_speed": asdict(fp32_speed),
+                                          "recipes": [asdict(r) for r in rows]})
     progress(f"table written to {out} and {out.with_suffix('.json')}")
     return rows

@@ -39,7 +39,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     with contextlib.redirect_stdout(out):
         code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts",
                      ",".join(map(str, CONTEXTS)), "--iterations", "2", "--warmup", "1", "--prefill-repeats", "1",
-                     "--bandwidth-mb", "64", "--first-text-tokens", "4", "--results-dir", str(tmp / "results"),
+                     "--bandwidth-mb", "64", "--first-text-tokens", "4",
                      "--accuracy-steps", "8", "--sessions", "1,2", "--variants", ",".join(RUN), "--json"])
     assert code == 0
     return json.loads(out.getvalue()), tmp
@@ -119,16 +119,33 @@ def test_genai_variant_runs_its_own_generator_on_the_same_weights(bench: tuple[d
 
 def test_results_file_and_cached_inputs(bench: tuple[dict, Path]) -> None:
     result, tmp = bench
-    files = list((tmp / "results").glob("tiny-*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["variants"].keys() == result["variants"].keys()
     work = tmp / "work"
+    files = list((work / "results").glob("tiny-*.json"))  # under --workdir, never in the installed package
+    assert len(files) == 1 and json.loads(files[0].read_text())["variants"].keys() == result["variants"].keys()
+    import bcaudio.benchmarks
+
+    installed = Path(bcaudio.benchmarks.__file__).parent
+    assert not [p for p in installed.rglob("tiny-*.json")], "bench wrote into the package folder"
+    assert not [p for p in work.iterdir() if ".bcaudio-" in p.name]  # no staging folder left behind
     made = {"ckpt", "pkg-fp32", "pkg-int8", "pkg-int4", "hf-qwen2", "optimum-fp32", "optimum-int4"}
     assert {p.name for p in work.iterdir()} >= made | ({"genai-int4"} if HAS_GENAI else set())
+
+
+def test_printed_targets_are_the_readmes() -> None:
+    """The targets `bcaudio bench` checks are the table in README's "Performance", value for value."""
+    import re
+
+    from bcaudio.benchmarks.runner import TARGETS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| [<>]= ([\d.]+)", readme, re.MULTILINE))
+    assert rows, "README has no bench targets table"
+    assert {k: float(v) for k, v in rows.items()} == {k: float(v) for k, v in TARGETS.items()}
 
 
 def test_unknown_variant_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "--preset", "tiny", "--workdir", str(tmp_path), "--variants", "bcaudio-int3"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("bcaudio bench: error: unknown variant(s) bcaudio-int3") and "\n" not in err
+    assert err.startswith("bcaudio bench: error: argument --variants: unknown bcaudio-int3") and "\n" not in err
     assert not any(tmp_path.iterdir())  # refused before any work

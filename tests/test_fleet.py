@@ -183,7 +183,8 @@ def test_one_metrics_view_holds_ray_and_bcaudio_series_of_both_replicas(fleet, q
 @pytest.mark.parametrize(("extra", "message"), [
     (["--model", "/nonexistent"], "not a model package"),
     (["--host", "0.0.0.0"], "not a loopback address"),
-    (["--replicas", "0"], "--replicas must be"),
+    (["--replicas", "0"], "argument --replicas: 0 is out of range: must be in 1..1024"),
+    (["--cpus-per-replica", "0"], "argument --cpus-per-replica: 0 is out of range: must be in (0, 1024]"),
     (["--min-replicas", "3", "--max-replicas", "2"], "--min-replicas"),
     (["--target-sessions", "20"], "--target-sessions"),
 ])

@@ -285,11 +285,13 @@ def test_idle_sessions_are_closed_and_long_utterances_cut(pkg: Path, question: n
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--port", "70000"], "--port must be 0-65535"),
-    (["--max-sessions", "0"], "--max-sessions must be 1-256"),
+    (["--port", "70000"], "argument --port: 70000 is out of range: must be in 0..65535"),
+    (["--max-sessions", "0"], "argument --max-sessions: 0 is out of range: must be in 1..256"),
+    (["--idle-timeout", "nan"], "argument --idle-timeout: 'nan' is not a finite number"),
     (["--token", "short"], "--token must be at least 16 characters"),
-    (["--certfile", "/nonexistent.pem", "--keyfile", "/nonexistent.key"], "--certfile /nonexistent.pem: no such file"),
-    (["--certfile", "/nonexistent.pem"], "--certfile and --keyfile go together"),
+    (["--certfile", "/nonexistent.pem", "--keyfile", "/nonexistent.key"],
+     "argument --certfile: /nonexistent.pem: no such file"),
+    (["--certfile", __file__], "--certfile and --keyfile go together"),
 ])
 def test_bad_serve_arguments_are_one_line_before_any_work(pkg: Path, args: list[str], message: str,
                                                           capsys: pytest.CaptureFixture) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from bcaudio.atomic import append_line
+from bcaudio.cli import validators as v
 from bcaudio.errors import UserError
 
 RETRY_SECONDS = 2.0
@@ -57,12 +59,11 @@ class ChatView:
                        f"sound -> first answer sound) {felt}; end of turn ({report.ended_by}) -> first audio "
                        f"{latency}{cut}\n")
         if self.transcript is not None:
-            with self.transcript.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"turn": report.index, "user_seconds": round(report.user_seconds, 3),
-                                    "assistant": report.text, "latency_s": report.latency,
-                                    "felt_latency_s": report.felt, "ended_by": report.ended_by,
-                                    "interrupted": report.interrupted, "played_segments": report.played_segments,
-                                    "segments": report.segments}, ensure_ascii=False) + "\n")
+            append_line(self.transcript, json.dumps({
+                "turn": report.index, "user_seconds": round(report.user_seconds, 3), "assistant": report.text,
+                "latency_s": report.latency, "felt_latency_s": report.felt, "ended_by": report.ended_by,
+                "interrupted": report.interrupted, "played_segments": report.played_segments,
+                "segments": report.segments}, ensure_ascii=False))
 
 
 def _devices(args: argparse.Namespace) -> None:
@@ -98,11 +99,11 @@ def _chat(args: argparse.Namespace) -> None:
         settings, flow_steps, gen = profile.session, profile.generation.flow_steps, profile.generation
         context, chunk_ms, left_ms = gen.context_tokens, gen.prefill_chunk_ms, gen.tokenize_left_context_ms
     stream = stream_settings(profile, args.stream_chunk_frames)
-    if args.tokenize_left_context_ms is not None and args.tokenize_left_context_ms < 0:
-        raise UserError(f"--tokenize-left-context-ms must be >= 0, got {args.tokenize_left_context_ms}")
     endpoint = dataclasses.replace(profile.endpoint if profile else EndpointSettings(),
                                    **{k: v for k, v in (("threshold", args.vad_threshold), ("start_ms", args.start_ms),
                                                         ("end_ms", args.end_ms)) if v is not None})
+    # a threshold below the release level would end speech on the frames that start it
+    endpoint = dataclasses.replace(endpoint, release=min(endpoint.release, 0.7 * endpoint.threshold))
     if args.turn_detector is not None:
         endpoint = dataclasses.replace(endpoint, turn_detector=args.turn_detector == "on")
     live = LiveSettings(endpoint,
@@ -110,18 +111,26 @@ def _chat(args: argparse.Namespace) -> None:
                         tokenize_left_context_ms=left_ms if args.tokenize_left_context_ms is None
                         else args.tokenize_left_context_ms,
                         push_to_talk=args.push_to_talk, barge_in=not args.no_barge_in)
+    recording = None
+    if args.input_wav:  # read (and refused when bad) before the model is loaded
+        from bcaudio.runtime.audio.devices import MIC_RATE
+        from bcaudio.runtime.audio.files import load_audio
+
+        recording = load_audio(args.input_wav, MIC_RATE)
     assistant = VoiceAssistant(args.model, None, settings=settings, seed=args.seed, flow_steps=flow_steps,
                                context_tokens=context,
                                stream=stream, log=log)
     if args.history:
         assistant.loop.gen = dataclasses.replace(assistant.loop.gen, history=args.history)
     try:
-        if args.input_wav:
-            _chat_files(args, assistant, live, view)
+        if recording is not None:
+            _chat_files(args, assistant, live, view, recording)
             return
-        rate = DeviceStreams.output_rate(args.output_device, assistant.sample_rate)
+        rate = _wait_for_output(args.output_device, assistant.sample_rate, view)
     except (AudioDeviceError, VadModelError, TurnModelError) as exc:
         raise UserError(str(exc)) from None
+    if rate is None:
+        return
     speaker = SpeakerOutput(assistant.sample_rate, rate)
     try:
         session = LiveSession(assistant, speaker, live, ui=view)
@@ -131,29 +140,48 @@ def _chat(args: argparse.Namespace) -> None:
     _chat_live(session, streams, view, AudioDeviceError)
 
 
-def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatView) -> None:
-    """Headless: the wav goes through the microphone callback; the speaker's output is written aligned to it.
+def _wait_for_output(device: str | None, source_rate: int, view: ChatView) -> int | None:
+    """The output rate once an output device exists: with none yet, one message and a retry every 2 s (a kiosk
+    may start before its USB speaker); None after Ctrl-C. A missing sounddevice or PortAudio is an error."""
+    from bcaudio.runtime.audio.devices import AudioBackendMissing, AudioDeviceError, DeviceStreams
+
+    reported = ""
+    try:
+        while True:
+            try:
+                return DeviceStreams.output_rate(device, source_rate)
+            except AudioBackendMissing:
+                raise
+            except AudioDeviceError as exc:
+                if str(exc) != reported:
+                    print(f"! {exc}; retrying every {RETRY_SECONDS:.0f} s (Ctrl-C to quit)", file=view.out)
+                    reported = str(exc)
+                time.sleep(RETRY_SECONDS)
+    except KeyboardInterrupt:
+        print("\nbye", file=view.out)
+        return None
+
+
+def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatView, audio: Any) -> None:
+    """Headless: the recording (16 kHz) goes through the microphone callback; the speaker's output is written
+    aligned to it.
 
     Ctrl-C stops feeding (``--realtime`` runs take as long as the recording): what was played so far
     is still written, so a long file can be cut short without losing the run.
     """
     import numpy as np
-    import soundfile as sf
 
-    from bcaudio.runtime.audio.devices import BLOCK_MS, SpeakerOutput
+    from bcaudio.runtime.audio.devices import BLOCK_MS, MIC_RATE, SpeakerOutput
     from bcaudio.runtime.audio.files import save_audio
     from bcaudio.runtime.live.conversation import LiveSession, drive_from_audio
 
-    path = Path(args.input_wav)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    rate = MIC_RATE
     speaker = SpeakerOutput(assistant.sample_rate)
     session = LiveSession(assistant, speaker, live, ui=view)
     played: list[np.ndarray] = []
     stopped = False
     try:
-        drive_from_audio(session, audio.mean(axis=1), rate, realtime=args.realtime, out=played)
+        drive_from_audio(session, audio, rate, realtime=args.realtime, out=played)
     except KeyboardInterrupt:
         stopped = True
         print(f"\nstopped by Ctrl-C after {len(played) * BLOCK_MS / 1000:.1f} s of the input", file=view.out)
@@ -215,11 +243,14 @@ def push_to_talk_keys(session: Any, keys: Iterable[str]) -> None:
 
 def add_parser(sub: Any) -> None:
     """Register ``chat`` and ``devices`` on the ``bcaudio`` subcommand parser."""
-    p = sub.add_parser("devices", help="list audio input/output devices and onnxruntime providers")
+    p = sub.add_parser("devices", help="list audio input/output devices and onnxruntime providers",
+                       description="List audio input/output devices and onnxruntime providers.")
     p.set_defaults(func=_devices)
 
-    p = sub.add_parser("chat", help="live spoken conversation: microphone in, speaker out, barge-in")
-    p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
+    p = sub.add_parser("chat", help="live spoken conversation: microphone in, speaker out, barge-in",
+                       description="Live spoken conversation on microphone and speaker (or --input-wav / "
+                                   "--output-wav). With no audio device yet it waits, retrying every 2 s.")
+    p.add_argument("--model", required=True, type=v.input_folder, help="model package folder (from `bcaudio export`)")
     p.add_argument("--device-profile", default="auto",
                    help="shipped profile name, a .toml path, or `auto` (default: the one that fits this machine); "
                         "sets threads, flow steps, segment streaming and the incremental prefill chunk")
@@ -228,30 +259,35 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--push-to-talk", action="store_true", help="Enter starts and ends each utterance (no VAD)")
     p.add_argument("--no-barge-in", action="store_true",
                    help="do not stop the answer when speech is heard (open speakers without echo cancellation)")
-    p.add_argument("--transcript", help="append one JSON line per turn to this file")
-    p.add_argument("--input-wav", help="drive the session from this recording instead of a microphone")
-    p.add_argument("--output-wav", help="with --input-wav: write what the speaker played, aligned with the input")
+    p.add_argument("--transcript", type=v.output_file(".jsonl", ".json", ".txt"),
+                   help="append one JSON line per turn to this file (.jsonl)")
+    p.add_argument("--input-wav", type=v.input_file, help="drive the session from this recording instead of a "
+                                                          "microphone")
+    p.add_argument("--output-wav", type=v.output_file(".wav", ".flac"),
+                   help="with --input-wav: write what the speaker played, aligned with the input")
     p.add_argument("--realtime", action="store_true", help="with --input-wav: pace the file in real time "
                                                            "(default: as fast as the model allows)")
-    p.add_argument("--vad-threshold", type=float, help="Silero speech probability threshold (default: the device "
-                                                        "profile's [endpoint], else 0.5)")
-    p.add_argument("--start-ms", type=int, help="speech needed to start an utterance (default: profile's, else 96)")
-    p.add_argument("--end-ms", type=int, help="silence that ends an utterance, the hangover (default: profile's, "
-                                              "else 640)")
+    p.add_argument("--vad-threshold", type=v.threshold,
+                   help="Silero speech probability threshold, between 0 and 1 exclusive (default: the device "
+                        "profile's [endpoint], else 0.5)")
+    p.add_argument("--start-ms", type=v.duration_ms(10_000),
+                   help="speech needed to start an utterance, 0..10000 ms (default: profile's, else 96)")
+    p.add_argument("--end-ms", type=v.duration_ms(10_000),
+                   help="silence that ends an utterance, the hangover, 0..10000 ms (default: profile's, else 640)")
     p.add_argument("--turn-detector", choices=("on", "off"),
                    help="Smart Turn judges each short pause; 'finished' ends the turn before the hangover "
                         "(default: the device profile's endpoint.turn_detector)")
-    p.add_argument("--prefill-chunk-ms", type=int, default=0,
-                   help="incremental prefill chunk (default: the device profile's, else 640)")
-    p.add_argument("--tokenize-left-context-ms", type=int, default=None,
+    p.add_argument("--prefill-chunk-ms", type=v.duration_ms(30_000), default=0,
+                   help="incremental prefill chunk, ms (default: the device profile's, else 640)")
+    p.add_argument("--tokenize-left-context-ms", type=v.duration_ms(30_000), default=None,
                    help="audio before each prefill chunk that its tokenization sees again "
                         "(default: the device profile's, else 640)")
-    p.add_argument("--stream-chunk-frames", type=int, default=None,
+    p.add_argument("--stream-chunk-frames", type=v.int_range(0, 1000), default=None,
                    help="decode each answer segment in windows of N new frames while it is generated "
                         "(0: whole segments; default: the device profile's, else 0)")
     p.add_argument("--history", choices=["published", "live"], default=None,
                    help="what later turns see of an answer: as the published demo rebuilds it (the package "
                         "default, rebuilt while the answer plays) or the KV cache as generated")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=v.seed, default=0,
                    help="seed of the sampler and of every noise draw (same seed, same turn)")
     p.set_defaults(func=_chat)

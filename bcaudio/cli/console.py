@@ -12,11 +12,12 @@ from bcaudio.runtime.generation.speech_loop import Event, TextDelta, TurnResult,
 
 
 def stream_to_console(events: Iterator[Event], crossfade: int, rate: int, output_wav: str | Path | None = None,
-                      out: TextIO | None = None) -> TurnResult:
-    """Print text deltas as they arrive; write the joined audio if asked; end with the turn's numbers.
+                      out: TextIO | None = None, stats: TextIO | None = None, audio: bool = True) -> TurnResult:
+    """Print text deltas to ``out`` as they arrive; write the joined audio if asked; the turn's numbers go to
+    ``stats``, so ``> answer.txt`` holds only the answer. ``audio``: the mode makes speech (it is discarded,
+    with a note, when there is no ``output_wav``)."""
 
-    ``out`` defaults to the ``sys.stdout`` of the call, not of the import, so a redirect made later holds."""
-    out = out or sys.stdout
+    out, stats = out or sys.stdout, stats or sys.stderr  # looked up at the call: a later redirect holds
 
     def echo() -> Iterator[Event]:
         for event in events:
@@ -32,8 +33,12 @@ def stream_to_console(events: Iterator[Event], crossfade: int, rate: int, output
                f"{wave.size / rate:.2f} s of audio in {result.timings.get('total', 0.0):.2f} s")
     if "first_audio" in result.timings:
         summary += f"; first audio after {result.timings['first_audio']:.2f} s"
-    out.write(f"\n{summary}; stop: {result.reason}]\n")
+    out.write("\n")
+    out.flush()
+    stats.write(f"{summary}; stop: {result.reason}]\n")
     if output_wav is not None:
         save_audio(output_wav, wave, rate)
-        out.write(f"wrote {output_wav}\n")
+        stats.write(f"wrote {output_wav}\n")
+    elif audio and wave.size:
+        stats.write(f"note: {wave.size / rate:.2f} s of answer audio discarded; pass --output answer.wav to keep it\n")
     return result

@@ -8,30 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bcaudio.cli.serve import check_network
+from bcaudio.cli import validators as v
+from bcaudio.cli.serve import MAX_SESSIONS, check_network
 from bcaudio.errors import UserError
 
 MAX_REPLICAS = 1024
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before Ray starts."""
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, got {args.port}")
-    if args.replicas is not None and not 1 <= args.replicas <= MAX_REPLICAS:
-        raise UserError(f"--replicas must be 1-{MAX_REPLICAS}, got {args.replicas}")
-    if not 1 <= args.min_replicas <= args.max_replicas <= MAX_REPLICAS:
+    """What needs more than one option, refused before Ray starts (single values are range-checked where they are
+    parsed, bcaudio.cli.validators)."""
+    if not args.min_replicas <= args.max_replicas:
         raise UserError(f"need 1 <= --min-replicas <= --max-replicas <= {MAX_REPLICAS}, got {args.min_replicas} "
                         f"and {args.max_replicas}")
-    if not 1 <= args.sessions_per_replica <= 256:
-        raise UserError(f"--sessions-per-replica must be 1-256, got {args.sessions_per_replica}")
-    if not 0 < args.target_sessions <= args.sessions_per_replica:
+    if not args.target_sessions <= args.sessions_per_replica:
         raise UserError(f"--target-sessions must be in (0, --sessions-per-replica {args.sessions_per_replica}], got "
                         f"{args.target_sessions:g}")
-    if not 0 < args.cpus_per_replica <= 1024 or not 0 <= args.gpus_per_replica <= 64:
-        raise UserError("--cpus-per-replica must be in (0, 1024] and --gpus-per-replica in [0, 64]")
-    if not 1 <= args.idle_timeout <= 86400:
-        raise UserError(f"--idle-timeout must be 1-86400 seconds, got {args.idle_timeout:g}")
     check_network(args)
     if not (Path(args.model) / "manifest.json").is_file():
         raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
@@ -75,20 +67,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (`auto`: the one `ray start` began here; default: start a local one)")
     p.add_argument("--host", default="127.0.0.1", help="address Ray Serve's proxy binds (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port of the proxy (default 8765)")
-    p.add_argument("--replicas", type=int, default=None, help="a fixed replica count (default: autoscale)")
-    p.add_argument("--min-replicas", type=int, default=1, help="autoscaling floor (default 1)")
-    p.add_argument("--max-replicas", type=int, default=4, help="autoscaling ceiling (default 4)")
-    p.add_argument("--sessions-per-replica", type=int, default=8,
+    p.add_argument("--port", type=v.PORT, default=8765, help="TCP port of the proxy (default 8765)")
+    p.add_argument("--replicas", type=v.int_range(1, MAX_REPLICAS), default=None,
+                   help="a fixed replica count (default: autoscale)")
+    p.add_argument("--min-replicas", type=v.int_range(1, MAX_REPLICAS), default=1, help="autoscaling floor (default 1)")
+    p.add_argument("--max-replicas", type=v.int_range(1, MAX_REPLICAS), default=4,
+                   help="autoscaling ceiling (default 4)")
+    p.add_argument("--sessions-per-replica", type=v.int_range(1, MAX_SESSIONS), default=8,
                    help="conversations one replica holds (default 8: what `bcaudio serve --max-sessions` holds)")
-    p.add_argument("--target-sessions", type=float, default=4.0,
+    p.add_argument("--target-sessions", type=v.float_range(0, MAX_SESSIONS, open_low=True), default=4.0,
                    help="autoscaling aims at this many conversations per replica (default 4)")
-    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica (default 1)")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0,
+    p.add_argument("--cpus-per-replica", type=v.float_range(0, 1024, open_low=True), default=1.0,
+                   help="CPUs Ray reserves per replica (default 1)")
+    p.add_argument("--gpus-per-replica", type=v.float_range(0, 64), default=0.0,
                    help="GPUs per replica (default 0; 1 puts each replica on its own GPU, with a CUDA profile)")
-    p.add_argument("--certfile", help="TLS certificate (PEM): the proxy serves https/wss")
-    p.add_argument("--keyfile", help="TLS private key (PEM)")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
+    p.add_argument("--certfile", type=v.input_file, help="TLS certificate (PEM): the proxy serves https/wss")
+    p.add_argument("--keyfile", type=v.input_file, help="TLS private key (PEM)")
+    p.add_argument("--idle-timeout", type=v.IDLE_SECONDS, default=300.0,
                    help="close a session after this many seconds without a message (default 300)")
     p.add_argument("--token", default=os.environ.get("BCAUDIO_TOKEN"),
                    help="clients must send it (?token=... or Authorization: Bearer ...); default $BCAUDIO_TOKEN")

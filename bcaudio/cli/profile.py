@@ -6,13 +6,14 @@ The main parser calls ``add_parser(sub)``. Torch-free like the rest of the runti
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bcaudio.atomic import write_json, write_text
+from bcaudio.cli import validators as v
 from bcaudio.errors import UserError
 
 
@@ -22,15 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "`profile compare a.json b.json ...` puts reports side by side",
                        description="Run real voice turns and report where the time goes. "
                                    "Or: bcaudio profile compare a.json b.json [...] [--chart out.png]")
-    p.add_argument("--model", help="model package folder (from `bcaudio export`)")
+    p.add_argument("--model", type=v.input_folder, help="model package folder (from `bcaudio export`)")
     p.add_argument("--device-profile", default="auto",
                    help="shipped profile name, a .toml path, or `auto` (default: pick from this hardware)")
-    p.add_argument("--input", help="speech file for the user's turn (default: a sentence spoken by espeak-ng)")
-    p.add_argument("--turns", type=int, default=3, help="measured turns (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured turns first (default 1)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--input", type=v.input_file,
+                   help="speech file for the user's turn (default: a sentence spoken by espeak-ng)")
+    p.add_argument("--turns", type=v.int_range(1, 1000), default=3, help="measured turns, 1..1000 (default 3)")
+    p.add_argument("--warmup", type=v.int_range(0, 100), default=1, help="unmeasured turns first (default 1)")
+    p.add_argument("--seed", type=v.seed, default=0,
                    help="seed of the sampler and of every noise draw (same seed, same turn)")
-    p.add_argument("--output", default="profile-report.json",
+    p.add_argument("--output", type=v.output_file(".json"), default=Path("profile-report.json"),
                    help="report JSON; the markdown and PNGs are written next to it (default profile-report.json)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument("--live-prefill", action="store_true",
@@ -38,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "while spoken, the turn timed from end of speech (default: all of it at end of speech)")
     modes = p.add_subparsers(dest="profile_command", metavar="compare")
     c = modes.add_parser("compare", help="side-by-side table and chart of saved reports")
-    c.add_argument("reports", nargs="+", help="two or more report JSON files")
-    c.add_argument("--chart", default="profile-compare.png", help="comparison chart PNG (default profile-compare.png)")
+    c.add_argument("reports", nargs="+", type=v.input_file, help="two or more report JSON files")
+    c.add_argument("--chart", type=v.output_file(".png"), default=Path("profile-compare.png"),
+                   help="comparison chart PNG (default profile-compare.png)")
     p.set_defaults(func=_profile)
 
     p = sub.add_parser("profiles", help="list the shipped device profiles; `--device-profile auto` says which fits")
@@ -67,8 +70,6 @@ def _profile(args: argparse.Namespace) -> None:
         return
     if not args.model:
         raise UserError("--model is required: bcaudio profile --model PKG [--device-profile NAME|auto|path]")
-    if args.turns < 1 or args.warmup < 0:
-        raise UserError("--turns must be >= 1 and --warmup >= 0")
     from bcaudio.runtime.package.profiles import resolve_profile
     from bcaudio.runtime.profiling.profiler import Profiler, device_info, speech_input
     from bcaudio.runtime.profiling.report import build_report, metric_rows, to_markdown
@@ -76,6 +77,11 @@ def _profile(args: argparse.Namespace) -> None:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
+    from bcaudio.runtime.package.manifest import load_manifest
+
+    rate = load_manifest(args.model, verify=False).model_config().frontend.sampling_rate
+    with tempfile.TemporaryDirectory() as tmp:  # the input is read (and refused when bad) before the model loads
+        audio, source = speech_input(args.input, rate, Path(tmp))
     profile = resolve_profile(args.device_profile, log)
     log(f"profiling {args.model} with device profile {profile.name}: {profile.session.provider}, "
         f"{profile.session.intra_op_threads or 'default'} threads, {profile.generation.flow_steps} flow steps")
@@ -84,9 +90,6 @@ def _profile(args: argparse.Namespace) -> None:
     if mismatches:
         log("note: the package's precisions differ from the profile's recipe (" + "; ".join(mismatches)
             + "); timings are for the package as built")
-    rate = profiler.assistant.cfg.frontend.sampling_rate
-    with tempfile.TemporaryDirectory() as tmp:
-        audio, source = speech_input(args.input, rate, Path(tmp))
     log(f"input: {source} ({audio.size / rate:.2f} s)")
     measures = profiler.run(audio, args.turns, args.warmup, progress=_progress_printer())
     manifest = profiler.assistant.sessions.manifest
@@ -94,12 +97,11 @@ def _profile(args: argparse.Namespace) -> None:
                           {g: e.precision for g, e in manifest.graphs.items()}, mismatches, source, audio.size / rate,
                           args.warmup, args.seed, "bcaudio " + shlex.join(_argv_of(args)), args.live_prefill)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_charts:
         report["charts"] = _charts(report, out, log)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     md = out.with_suffix(".md")
-    md.write_text(to_markdown(report))
+    write_text(md, to_markdown(report))
     width = max(len(r[0]) for r in metric_rows(report))
     print(f"{'metric'.ljust(width)}  {'median':>9}  {'p90':>9}")
     for label, median, p90 in metric_rows(report):
@@ -131,7 +133,7 @@ def _charts(report: dict, out: Path, log: Callable[[str], None]) -> dict[str, st
 
 def _compare(paths: list[str], chart: Path) -> None:
     from bcaudio.runtime.profiling.charts import ChartsUnavailable, compare_chart
-    from bcaudio.runtime.profiling.report import compare_table, load_report
+    from bcaudio.runtime.profiling.report import comparability_notes, compare_table, load_report
 
     if len(paths) < 2:
         raise UserError("compare needs two or more reports: bcaudio profile compare a.json b.json")
@@ -140,6 +142,8 @@ def _compare(paths: list[str], chart: Path) -> None:
     if len(set(labels)) < len(labels):
         labels = [str(p) for p in paths]
     print(compare_table(reports, labels))
+    for line in comparability_notes(reports, labels):
+        print(f"warning: {line}")
     for label, report in zip(labels, reports, strict=True):
         print(f"{label}: {report['verdict']['line']}")
     try:

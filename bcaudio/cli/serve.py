@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bcaudio.cli import validators as v
 from bcaudio.errors import UserError
 
 MAX_SESSIONS = 256
@@ -19,9 +20,6 @@ def check_network(args: argparse.Namespace) -> None:
 
     if bool(args.certfile) != bool(args.keyfile):
         raise UserError("--certfile and --keyfile go together (the certificate and its private key)")
-    for flag, value in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
-        if value and not Path(value).is_file():
-            raise UserError(f"{flag} {value}: no such file")
     if args.token is not None and len(args.token) < MIN_TOKEN_CHARS:
         raise UserError(f"--token must be at least {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 16`)")
     problem = bind_problem(args.host, bool(args.certfile), args.token)
@@ -30,17 +28,8 @@ def check_network(args: argparse.Namespace) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Everything that can be refused before the model is loaded."""
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, got {args.port}")
-    if not 1 <= args.max_sessions <= MAX_SESSIONS:
-        raise UserError(f"--max-sessions must be 1-{MAX_SESSIONS}, got {args.max_sessions}")
-    if not 1 <= args.idle_timeout <= 86400:
-        raise UserError(f"--idle-timeout must be 1-86400 seconds, got {args.idle_timeout:g}")
-    if not 1 <= args.max_turn_seconds <= 300:
-        raise UserError(f"--max-turn-seconds must be 1-300, got {args.max_turn_seconds:g}")
-    if not 4096 <= args.max_message_bytes <= 16 * 1024 * 1024:
-        raise UserError(f"--max-message-bytes must be 4096-16777216, got {args.max_message_bytes}")
+    """What needs more than one option, refused before the model is loaded (single values are range-checked where
+    they are parsed, bcaudio.cli.validators)."""
     check_network(args)
     if not (Path(args.model) / "manifest.json").is_file():
         raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
@@ -87,21 +76,22 @@ def _serve(args: argparse.Namespace) -> None:
 def add_parser(sub: Any) -> None:
     """Register ``serve`` on the ``bcaudio`` subcommand parser."""
     p = sub.add_parser("serve", help="WebSocket voice server and kiosk page: many clients on one loaded model")
-    p.add_argument("--model", required=True, help="model package folder (from `bcaudio export`)")
+    p.add_argument("--model", required=True, type=v.input_folder, help="model package folder (from `bcaudio export`)")
     p.add_argument("--device-profile", default="auto",
                    help="shipped profile name, a .toml path, or `auto` (default: the one that fits this machine)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; any other needs --certfile/--keyfile and --token)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
-    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions; one more is refused (default 8)")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
+    p.add_argument("--port", type=v.PORT, default=8765, help="TCP port (default 8765)")
+    p.add_argument("--max-sessions", type=v.int_range(1, MAX_SESSIONS), default=8,
+                   help=f"concurrent sessions, 1..{MAX_SESSIONS}; one more is refused (default 8)")
+    p.add_argument("--idle-timeout", type=v.IDLE_SECONDS, default=300.0,
                    help="close a session after this many seconds without a message (default 300)")
-    p.add_argument("--max-turn-seconds", type=float, default=30.0,
+    p.add_argument("--max-turn-seconds", type=v.float_range(1, 300), default=30.0,
                    help="audio of one utterance; longer is ended there and answered (default 30)")
-    p.add_argument("--max-message-bytes", type=int, default=256 * 1024,
+    p.add_argument("--max-message-bytes", type=v.int_range(4096, 16 * 1024 * 1024), default=256 * 1024,
                    help="largest client message (default 262144: 8 s of audio per append)")
-    p.add_argument("--certfile", help="TLS certificate (PEM): serve https/wss")
-    p.add_argument("--keyfile", help="TLS private key (PEM)")
+    p.add_argument("--certfile", type=v.input_file, help="TLS certificate (PEM): serve https/wss")
+    p.add_argument("--keyfile", type=v.input_file, help="TLS private key (PEM)")
     p.add_argument("--token", default=os.environ.get("BCAUDIO_TOKEN"),
                    help="clients must send it (?token=... or Authorization: Bearer ...); default $BCAUDIO_TOKEN, "
                         "which keeps it out of the process list")

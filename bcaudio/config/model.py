@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +88,13 @@ class ModelConfig:
         return from_plain(cls, raw, "config").validate()
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_official(), indent=2, ensure_ascii=False) + "\n")
+        from bcaudio.atomic import write_json
+
+        write_json(path, self.to_official())
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        raw = read_document(path, ConfigError, "point --checkpoint at a checkpoint folder (`bcaudio init` makes one)",
+        raw = read_document(path, ConfigError,
+                            "re-copy the checkpoint, or point --checkpoint at one (`bcaudio init` makes one)",
                             missing="no config.json")
         return cls.from_official(raw)

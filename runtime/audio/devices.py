@@ -24,13 +24,17 @@ class AudioDeviceError(RuntimeError):
     """No device, a busy device or a lost device; the message says what to do."""
 
 
+class AudioBackendMissing(AudioDeviceError):
+    """sounddevice or PortAudio is not installed: waiting for a device cannot help."""
+
+
 def _sounddevice() -> Any:
     try:
         import sounddevice
     except OSError as exc:  # the PortAudio shared library is missing
-        raise AudioDeviceError(f"PortAudio is not available ({exc}); apt-get install libportaudio2") from None
+        raise AudioBackendMissing(f"PortAudio is not available ({exc}); apt-get install libportaudio2") from None
     except ImportError:
-        raise AudioDeviceError("sounddevice is not installed: pip install sounddevice "
+        raise AudioBackendMissing("sounddevice is not installed: pip install sounddevice "
                                "(or use --input-wav/--output-wav)") from None
     return sounddevice
 

@@ -9,17 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from bcaudio.config import GenerationConfig, StreamSettings
-from bcaudio.runtime.audio.files import AudioInputError, to_mono_rate
+from bcaudio.runtime.audio.files import AudioInputError, check_speech, to_mono_rate
 from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.batching import BatchedBackend, BatchScheduler
 from bcaudio.runtime.generation.speech_loop import Event, SpeechLoop
+from bcaudio.runtime.package.manifest import GRAPHS, ManifestError
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile, resolve_profile
 from bcaudio.runtime.package.sessions import PackageSessions, SessionSettings
 from bcaudio.runtime.package.text_codec import TextCodec
 
-SILENCE_PEAK = 1e-4  # below this the input carries no speech worth tokenizing
-CLIP_LEVEL = 0.999
+# The graphs each mode runs: a package exported with `--graphs` serves only the modes it has all graphs for.
+MODE_GRAPHS = {"respond": GRAPHS, "respond_text": ("audio_tokenizer", "llm"), "transcribe": ("audio_tokenizer", "llm"),
+               "speak": ("llm", "audio_head", "flow_prenet", "flow_estimator", "vocoder")}
+MODE_NAMES = {"respond": "respond", "respond_text": "respond --text-only", "transcribe": "transcribe",
+              "speak": "speak"}
 
 
 class VoiceAssistant:
@@ -49,6 +53,9 @@ class VoiceAssistant:
             sessions = sessions or scheduler.sessions
         self.sessions = sessions or PackageSessions(self.package, settings, log=log)
         self.cfg = self.sessions.cfg
+        if "llm" not in self.sessions.sessions:
+            raise ManifestError(f"{self.package} has no llm graph (it has {', '.join(self.sessions.sessions)}); "
+                                "every mode needs it: re-export with `bcaudio export` (all graphs)")
         self.log = log
         self.codec = codec or TextCodec(self.package / "tokenizer.json")
         self.backend: OrtBackend | BatchedBackend = (
@@ -80,19 +87,33 @@ class VoiceAssistant:
 
     def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Any rate, mono or (samples, channels) -> 16 kHz mono, refusing input that cannot be an utterance."""
-        audio = to_mono_rate(audio, sample_rate, self.cfg.frontend.sampling_rate)
-        peak = float(np.abs(audio).max())
-        if peak < SILENCE_PEAK:
-            raise AudioInputError("input is silent (peak below -80 dBFS); check the microphone or the file")
-        if np.mean(np.abs(audio) >= CLIP_LEVEL) > 0.001:
-            self.log("warning: input is clipped (over 0.1% of samples at full scale); lower the input gain")
-        return audio
+        return check_speech(to_mono_rate(audio, sample_rate, self.cfg.frontend.sampling_rate), self.log)
+
+    def require(self, mode: str) -> None:
+        """Refuse a mode whose graphs this package lacks, naming them and the modes it can serve."""
+        missing = [g for g in MODE_GRAPHS[mode] if g not in self.sessions.sessions]
+        if missing:
+            can = [MODE_NAMES[m] for m, gs in MODE_GRAPHS.items() if all(g in self.sessions.sessions for g in gs)]
+            raise ManifestError(f"{self.package} lacks graph(s) {', '.join(missing)}, which {MODE_NAMES[mode]} needs "
+                                f"(it can serve: {', '.join(can) or 'no mode'}); export them with `bcaudio export "
+                                f"--graphs {','.join(MODE_GRAPHS[mode])}`")
 
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
-        """16 kHz mono -> (frames, K) codes; over 30 s is cut into 30 s chunks, each tokenized on its own."""
+        """16 kHz mono -> (frames, K) codes; over 30 s is cut into 30 s chunks, each tokenized on its own.
+
+        Input whose codes cannot fit the context window with the prompt and a first answer is refused here,
+        before any tokenizing: the loop would otherwise end the turn at once with ``context_full``."""
         chunks = [c for c in chunk_audio(audio16k, self.cfg.frontend) if token_frames(c.size, self.cfg) > 0]
         if not chunks:
             raise AudioInputError("input is shorter than one audio token (60 ms); speak a little longer")
+        needed = sum(token_frames(c.size, self.cfg) for c in chunks) + self.loop.turn_overhead()
+        if needed > self.loop.max_context:
+            seconds = audio16k.size / self.cfg.frontend.sampling_rate
+            fe = self.cfg.frontend
+            per_second = fe.sampling_rate / (fe.hop_length * self.cfg.encoder.stride * self.cfg.bridge.avg_pooler)
+            fits = (self.loop.max_context - self.loop.turn_overhead()) / per_second
+            raise AudioInputError(f"{seconds:.0f} s of audio needs {needed} positions; the context holds "
+                                  f"{self.loop.max_context}: split the recording (at most {fits:.0f} s per turn)")
         if len(chunks) > 1:
             self.log(f"input is {audio16k.size / self.cfg.frontend.sampling_rate:.1f} s: "
                      f"tokenized in {len(chunks)} chunks of at most {self.cfg.frontend.max_audio_seconds} s")
@@ -100,15 +121,19 @@ class VoiceAssistant:
 
     def respond(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
         """Speech in -> events: text deltas and audio segments as they are made, then the turn end."""
+        self.require("respond")
         return self.loop.respond(self.tokenize(self.prepare(audio, sample_rate)))
 
     def respond_text(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
+        self.require("respond_text")
         return self.loop.respond_text(self.tokenize(self.prepare(audio, sample_rate)))
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> Iterator[Event]:
+        self.require("transcribe")
         return self.loop.transcribe(self.tokenize(self.prepare(audio, sample_rate)))
 
     def speak(self, text: str) -> Iterator[Event]:
+        self.require("speak")
         if not text.strip():
             raise AudioInputError("nothing to speak: the text is empty")
         return self.loop.speak(text)

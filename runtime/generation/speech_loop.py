@@ -188,15 +188,27 @@ class SpeechLoop:
         self._codes.append(np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes, np.int64))
         return self.backend.feed(ids, codes)
 
+    def turn_overhead(self) -> int:
+        """Positions a spoken turn takes besides its audio codes: the system prompt (always kept), the turn's
+        special tokens, and room for a first text round and its ``<audiogen_start>``."""
+        system = 1 + len(self.codec.encode(self.gen.system_prompt))
+        specials = 5  # <C_Q> <audio_start> <audio_end> <audiotext_start> <C_A>
+        return system + specials + self.gen.first_text.max_new_tokens + 1
+
+    def _context_full(self, needed: int) -> ContextFull:
+        current = len(self.context) - (self.turn_starts[-1] if self.turn_starts else 0)
+        return ContextFull(f"the turn needs {current + needed} positions and the context holds {self.max_context} "
+                           "even with older turns dropped; speak in shorter turns")
+
     def _make_room(self, needed: int) -> None:
         """Drop the oldest whole turns (never the system prompt or the current turn) and re-prefill."""
         if len(self.turn_starts) < 2:
-            raise ContextFull
+            raise self._context_full(needed)
         system_end = self.turn_starts[0]
         keep_from = next((s for s in self.turn_starts[1:]
                           if system_end + len(self.context) - s + needed <= self.max_context), None)
         if keep_from is None:
-            raise ContextFull
+            raise self._context_full(needed)
         codes = np.concatenate(self._codes)
         ids = self.context[:system_end] + self.context[keep_from:]
         kept = np.concatenate([codes[:system_end], codes[keep_from:]])

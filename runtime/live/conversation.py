@@ -403,7 +403,7 @@ class LiveSession:
                     return
                 self._handle(command)
             except (AudioInputError, ContextFull) as exc:
-                self._notice(f"turn dropped: {exc or 'the turn does not fit the context window'}")
+                self._notice(f"turn dropped: {str(exc) or 'the turn does not fit the context window'}")
                 self._drop_turn()
             except Exception as exc:  # a live session outlives one bad turn; the message says what broke
                 self.errors.append(f"{type(exc).__name__}: {exc}")

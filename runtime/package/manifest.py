@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bcaudio.atomic import write_text
 from bcaudio.config import ConfigError, ModelConfig
 from bcaudio.digests import sha256_file
 from bcaudio.documents import read_document
@@ -67,7 +68,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
     def save(self, package: Path) -> None:
-        (package / MANIFEST).write_text(self.to_json())
+        write_text(package / MANIFEST, self.to_json())
 
     def files(self) -> dict[str, str]:
         """Every file of the package -> its sha256."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,9 +35,13 @@ class OrtBackend:
             sessions.log("warning: ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only, so this fp32 llm "
                          "graph's attention falls back to the CPU; for CUDA quantize with `--recipe fp16` or export "
                          "with `--llm-graph plain`")
-        self.head_past_names = [i.name for i in sessions["audio_head"].get_inputs() if i.name.startswith("past_")]
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+
+    @functools.cached_property
+    def head_past_names(self) -> list[str]:
+        """The depth cache's input names (looked up on first use: a text-only package has no audio head)."""
+        return [i.name for i in self.s["audio_head"].get_inputs() if i.name.startswith("past_")]
 
     @property
     def position(self) -> int:

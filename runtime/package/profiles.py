@@ -167,6 +167,19 @@ class DeviceInfo:
     def gpu(self) -> bool:
         return bool(self.gpu_name)
 
+    def describe(self) -> str:
+        """What was detected, in words: "2 cores, AVX-512 VNNI, no GPU" (the flags a profile can match on)."""
+        flags = set(self.isa)
+        isa = next((label for flag, label in ISA_WORDS if flag in flags), "no SIMD flags read")
+        gpu = f"GPU {self.gpu_name}" if self.gpu else "no GPU"
+        return f"{self.cores} core{'s' * (self.cores != 1)}, {isa}, {gpu}"
+
+
+# The most telling CPU feature first: int8 dot products, then vector width.
+ISA_WORDS = (("amx_int8", "AMX int8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI (no AVX-512)"),
+             ("avx512f", "AVX-512 without VNNI"), ("avx2", "AVX2, no VNNI"), ("asimddp", "Arm dot product"),
+             ("asimd", "Arm NEON"))
+
 
 def detect_device() -> DeviceInfo:
     """Cores, CPU feature flags and the CUDA device name (when the CUDA provider is usable)."""
@@ -218,6 +231,7 @@ def resolve_profile(name: str, log: Callable[[str], None]) -> DeviceProfile:
     """A device profile by name or path; ``auto`` picks from the detected hardware and says which."""
     if name != "auto":
         return load_profile(name)
-    profile = pick_profile(detect_device())
-    log(f"device profile: {profile.name} (auto: {profile.description})")
+    device = detect_device()
+    profile = pick_profile(device)
+    log(f"device profile: {profile.name} (auto: this machine has {device.describe()}; profile: {profile.description})")
     return profile

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bcaudio.config import ModelConfig
+from bcaudio.machine import cores, max_threads
 from bcaudio.runtime.package.manifest import Manifest, ManifestError, load_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -29,6 +30,9 @@ class SessionSettings:
     spin_wait: bool = False
 
     def validate(self) -> None:
+        if not 0 <= self.intra_op_threads <= max_threads():
+            raise ManifestError(f"intra_op_threads {self.intra_op_threads} is out of range: this machine has "
+                                f"{cores()} core(s); use 0 (one per core) or 1..{max_threads()}")
         if self.provider not in PROVIDERS:
             raise ManifestError(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
         if self.graph_optimization not in _OPT_LEVELS:
@@ -90,6 +94,9 @@ class PackageSessions:
                                 "re-export the package") from None
 
     def __getitem__(self, name: str) -> ort.InferenceSession:
+        if name not in self.sessions:
+            raise ManifestError(f"{self.package}: graph {name} is not in this package (it has "
+                                f"{', '.join(self.sessions)}); export it with `bcaudio export --graphs ...,{name}`")
         return self.sessions[name]
 
     @property
@@ -104,6 +111,6 @@ class PackageSessions:
 
     def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
         start = time.perf_counter()
-        result = self.sessions[name].run(outputs, feeds)
+        result = self[name].run(outputs, feeds)
         self.notify(name, start, time.perf_counter())
         return result

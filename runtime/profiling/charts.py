@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bcaudio.atomic import atomic_path
 from bcaudio.errors import UserError
 from bcaudio.runtime.profiling.profiler import STAGES
 
@@ -149,6 +150,7 @@ def compare_chart(reports: Sequence[dict[str, Any]], labels: Sequence[str], path
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")  # keeps legends placed outside the axes
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")  # bbox keeps legends placed outside the axes
     plt.close(fig)
     return path

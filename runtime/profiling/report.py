@@ -328,6 +328,26 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparability_notes(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
+    """What differs between the reports besides the device and package: their turns measured different work.
+
+    Input audio, live prefill (whether the clock starts at end of speech after incremental prefill) and flow
+    steps each change every time in the table, so a side-by-side of reports that differ in them is not a
+    comparison of devices."""
+    def described(value: Any) -> str:
+        return ", ".join(f"{label}: {value(r)}" for label, r in zip(labels, reports, strict=True))
+
+    checks = (("input", lambda r: f"{r['input']['source']} ({r['input']['seconds']:.2f} s)"),
+              ("live prefill", lambda r: "on" if r["settings"].get("live_prefill") else "off"),
+              ("flow steps", lambda r: str(r["profile"]["generation"].get("flow_steps"))))
+    notes = []
+    for name, value in checks:
+        if len({value(r) for r in reports}) > 1:
+            notes.append(f"the reports differ in {name} ({described(value)}): their times are not "
+                         "comparable")
+    return notes
+
+
 def compare_table(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """Side by side: device, profile, every metric's median, every stage's median ms, the verdict."""
     rows: list[list[str]] = [
