@@ -31,6 +31,8 @@ def test_every_shipped_profile_validates() -> None:
     ("[recipe]\nllm = 'int3'\n", r"recipe.llm = 'int3'"),
     ("[extras]\nx = 1\n", r"unknown section"),
     ("[session\n", r"not valid TOML"),
+    ("[generation]\nstream_chunk_growth = 0.5\n", r"stream_chunk_growth must be in \[1, 4\]"),
+    ("[generation]\nstream_max_chunk_frames = -1\n", r"stream_max_chunk_frames >= 0"),
 ])
 def test_broken_profile_fails_with_one_clear_line(tmp_path: Path, body: str, pattern: str) -> None:
     path = tmp_path / "mine.toml"

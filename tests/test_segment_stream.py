@@ -71,3 +71,39 @@ def test_stream_settings_are_validated() -> None:
 
     with pytest.raises(ConfigError, match="left_context_frames"):
         StreamSettings(chunk_frames=8, left_context_frames=0).validate()
+
+
+def test_growing_schedule_sizes() -> None:
+    grow = StreamSettings(chunk_frames=6, first_chunk_frames=4, growth=1.5, max_chunk_frames=20)
+    assert [grow.window_frames(k) for k in range(8)] == [4, 6, 9, 14, 20, 20, 20, 20]
+    uncapped = StreamSettings(chunk_frames=4, growth=2.0)
+    assert [uncapped.window_frames(k) for k in range(5)] == [4, 4, 8, 16, 32]
+    constant = StreamSettings(chunk_frames=16, first_chunk_frames=6)
+    assert [constant.window_frames(k) for k in range(4)] == [6, 16, 16, 16]
+    assert StreamSettings(growth=2.0).window_frames(3) == 0  # not streamed
+
+
+@pytest.mark.parametrize("frames", [5, 11, 30, 57])
+def test_growing_windows_follow_the_schedule_and_join_to_the_whole(tiny_cfg: ModelConfig, frames: int) -> None:
+    calls: list[tuple[int, int]] = []
+    decode = positional_decoder(tiny_cfg, calls)
+    codes = np.zeros((frames, tiny_cfg.bridge.num_codebooks), np.int64)
+    whole = decode(codes, 0, SourcePhase(tiny_cfg.vocoder.nb_harmonics + 1))
+    calls.clear()
+    settings = StreamSettings(chunk_frames=4, first_chunk_frames=3, left_context_frames=3, holdback_samples=960,
+                              growth=2.0, max_chunk_frames=16)
+    joined = crossfade_join(stream_segment(SegmentStream(decode, settings, CROSSFADE, tiny_cfg), codes), CROSSFADE)
+    np.testing.assert_allclose(joined, whole, atol=1e-6)
+    # each window ends where the schedule's sizes of new codes add up to (3, then 4, 8, 16, 16, ...), and
+    # the segment's end gets a last window unless one ended there
+    expected, end, k = [], 0, 0
+    while end + settings.window_frames(k) <= frames:
+        end += settings.window_frames(k)
+        expected.append(end)
+        k += 1
+    if end < frames:
+        expected.append(frames)
+    assert [first + n for first, n in calls] == expected
+    code_samples = tiny_cfg.bridge.avg_pooler * tiny_cfg.vocoder.samples_per_frame
+    widest = max(3, -(-(960 + CROSSFADE + tiny_cfg.vocoder.samples_per_frame) // code_samples))
+    assert sum(n for _, n in calls) <= frames + len(calls) * widest  # bounded recompute, as with fixed windows

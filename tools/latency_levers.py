@@ -6,7 +6,7 @@ fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the prof
 load of a shared machine falls on all variants alike. Medians per variant and their ratios to the first.
 
     python tools/latency_levers.py --model PKG [--device-profile cpu-2core] [--input speech.wav] [--rounds 3] \
-        [--variants "base;first=4;chunk=25;steps=4;first=4,chunk=25"]
+        [--variants "base;first=4;chunk=25;steps=4;first=4,chunk=4,growth=2,max=32"]
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from bcaudio.runtime.package.profiles import resolve_profile
 from bcaudio.runtime.profiling.profiler import Profiler, speech_input
 
 KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "left": "stream_left_context_frames",
-        "steps": "flow_steps"}
+        "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames"}
 
 
-def parse_variant(spec: str) -> dict[str, int]:
-    """``base`` or ``first=4,chunk=25``: generation settings over the profile's."""
+def parse_variant(spec: str) -> dict[str, float]:
+    """``base`` or ``first=4,chunk=4,growth=2,max=32``: generation settings over the profile's."""
     if spec == "base":
         return {}
-    out = {}
+    out: dict[str, float] = {}
     for part in spec.split(","):
         key, value = part.split("=")
-        out[KEYS[key]] = int(value)
+        out[KEYS[key]] = float(value) if key == "growth" else int(value)
     return out
 
 
-def apply(profiler: Profiler, base: object, changes: dict[str, int]) -> None:
+def apply(profiler: Profiler, base: object, changes: dict[str, float]) -> None:
     gen = dataclasses.replace(base.generation, **changes)
     profiler.profile = dataclasses.replace(base, generation=gen)
     loop_gen = profiler.assistant.loop.gen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from bcaudio.config.base import check, from_plain
@@ -38,18 +39,38 @@ class StreamSettings:
     decoded as soon as its frames exist, and its last ``holdback_samples`` wait for the next window
     (the vocoder looks ahead). 0 ``chunk_frames`` decodes whole segments, as the reference does.
     ``first_chunk_frames`` (0: ``chunk_frames``) sizes a segment's first window on its own: small for
-    an early first sound, while the later, larger windows decode fewer codes twice.
+    an early first sound, while the later, larger windows decode fewer codes twice. A growing schedule
+    (``growth`` > 1) makes each window after the second ``growth`` times the one before (rounded up, at
+    most ``max_chunk_frames`` when that is > 0): a small window's fixed cost and left context are paid
+    while little audio is queued, and each later window is computed while the growing queue plays.
     """
 
     chunk_frames: int = 0
     first_chunk_frames: int = 0
     left_context_frames: int = 6  # 480 ms: at least the vocoder's look-back, holdback and crossfade
     holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
+    growth: float = 1.0
+    max_chunk_frames: int = 0
+
+    def window_frames(self, window: int) -> int:
+        """New codes of a segment's window number ``window`` (0 first); 0 when segments are not streamed."""
+        if self.chunk_frames == 0:
+            return 0
+        if window == 0:
+            return self.first_chunk_frames or self.chunk_frames
+        frames = self.chunk_frames
+        for _ in range(window - 1):
+            grown = math.ceil(frames * self.growth - 1e-9)
+            frames = min(grown, self.max_chunk_frames) if self.max_chunk_frames else grown
+            if frames == self.max_chunk_frames or self.growth == 1.0:
+                break
+        return frames
 
     def validate(self) -> None:
-        check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples) >= 0
-               and self.left_context_frames >= 1, "generation.stream: chunk_frames, first_chunk_frames and "
-               "holdback_samples must be >= 0, left_context_frames >= 1")
+        check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples, self.max_chunk_frames) >= 0
+               and self.left_context_frames >= 1, "generation.stream: chunk_frames, first_chunk_frames, "
+               "max_chunk_frames and holdback_samples must be >= 0, left_context_frames >= 1")
+        check(1.0 <= self.growth <= 4.0, f"generation.stream: growth must be in [1, 4], got {self.growth}")
 
 
 HISTORY_MODES = ("published", "live")

@@ -2,8 +2,9 @@
 
 The reference decodes a segment only after its last frame (spec §12), so the first audio waits for
 the first segment's 40-odd frames (0.8 s of int4 llm + head on a 2-core CPU) and then for their
-decode. Here, after ``first_chunk_frames`` codes and then every ``chunk_frames`` new codes, a
-window of those codes and ``left_context_frames`` codes before them is decoded (flow + vocoder),
+decode. Here, after ``first_chunk_frames`` codes and then every ``chunk_frames`` new codes (or a
+growing number of them: ``StreamSettings.window_frames``), a window of those codes and
+``left_context_frames`` codes before them is decoded (flow + vocoder),
 and the window's new audio is played, less its last ``holdback_samples``: the vocoder's
 convolutions look ahead, so the end of a window waits for the next one, which starts
 ``crossfade`` samples earlier and is joined with the same crossfade as segments are. The cost is
@@ -41,13 +42,12 @@ class SegmentStream:
         self.code_samples = cfg.bridge.avg_pooler * self.frame_samples
         self.phase = SourcePhase(cfg.vocoder.nb_harmonics + 1)
         self.done = 0  # codes whose window has been decoded
+        self.windows = 0  # windows decoded so far (their sizes follow ``settings.window_frames``)
         self.played_to = 0  # segment sample where the last piece ended (its crossfade tail included)
         self.last: tuple[int, np.ndarray] | None = None  # (first sample, waveform) of the last window
 
     def add(self, codes: np.ndarray) -> np.ndarray | None:
-        chunk = self.settings.chunk_frames
-        if self.done == 0 and chunk:
-            chunk = self.settings.first_chunk_frames or chunk
+        chunk = self.settings.window_frames(self.windows)
         if chunk == 0 or len(codes) - self.done < chunk:
             return None
         return self._window(codes, final=False)
@@ -73,4 +73,5 @@ class SegmentStream:
         base = first * self.code_samples
         end = base + wave.size if final else max(start, base + wave.size - self.settings.holdback_samples)
         self.done, self.played_to, self.last = len(codes), end, (base, wave)
+        self.windows += 1
         return wave[start - base:end - base]

@@ -34,6 +34,8 @@ class GenerationSettings:
     stream_chunk_frames: int = 8  # 0: decode whole segments (see bcaudio.config.StreamSettings)
     stream_first_chunk_frames: int = 0  # 0: stream_chunk_frames
     stream_left_context_frames: int = 6
+    stream_chunk_growth: float = 1.0  # > 1: each window after the second this many times the one before
+    stream_max_chunk_frames: int = 0  # the growth's cap (0: none)
     prefill_chunk_ms: int = 640
     tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
@@ -41,7 +43,8 @@ class GenerationSettings:
 
     def stream(self) -> StreamSettings:
         return StreamSettings(self.stream_chunk_frames, self.stream_first_chunk_frames,
-                              self.stream_left_context_frames)
+                              self.stream_left_context_frames, growth=self.stream_chunk_growth,
+                              max_chunk_frames=self.stream_max_chunk_frames)
 
 
 @dataclass
@@ -123,6 +126,9 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
             or gen.stream_left_context_frames < 1:
         raise ProfileError(f"{where}: generation.flow_steps and stream_left_context_frames must be >= 1, "
                            "stream_chunk_frames and stream_first_chunk_frames >= 0 (0 decodes whole segments)")
+    if not 1.0 <= gen.stream_chunk_growth <= 4.0 or gen.stream_max_chunk_frames < 0:
+        raise ProfileError(f"{where}: generation.stream_chunk_growth must be in [1, 4] (1: windows of "
+                           "stream_chunk_frames) and stream_max_chunk_frames >= 0 (0: no cap)")
     if profile.generation.prefill_chunk_ms < 80 or profile.generation.tokenize_left_context_ms < 0:
         raise ProfileError(f"{where}: generation.prefill_chunk_ms must be >= 80 (one audio code) and "
                            "tokenize_left_context_ms >= 0")
