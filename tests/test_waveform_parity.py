@@ -22,6 +22,7 @@ from bcaudio.export.reference_turn import reference_events
 from bcaudio.presets import get_preset
 from bcaudio.runtime.generation.assistant import VoiceAssistant
 from bcaudio.runtime.generation.speech_loop import collect
+from bcaudio.runtime.package.profiles import load_profile
 from bcaudio.runtime.package.text_codec import TextCodec
 
 RELATIVE_TOL = 2e-5  # max abs ONNX - torch over the peak of the unclamped waveform
@@ -64,11 +65,13 @@ def test_turn_waveform_equals_the_torch_reference_before_the_clamp(unclamped: tu
         assert np.abs(g.waveform - w.waveform).max() <= RELATIVE_TOL * peak
 
 
-def test_streamed_decode_keeps_the_whole_segments_content(unclamped: tuple[Path, Path],
-                                                          speech_16k: np.ndarray) -> None:
+@pytest.mark.parametrize("stream", [StreamSettings(chunk_frames=4), load_profile("cpu-2core").generation.stream()],
+                         ids=["4-frame windows", "cpu-2core's growing schedule"])
+def test_streamed_decode_keeps_the_whole_segments_content(unclamped: tuple[Path, Path], speech_16k: np.ndarray,
+                                                          stream: StreamSettings) -> None:
     """Windows are a different rendering of the same codes (README "Streaming inside a segment"), so not equal;
     but closer to the whole-segment decode than an independent sample of it (another noise draw) is, with the
-    same loudness and energy over time."""
+    same loudness and energy over time: for fixed windows and for the shipped 2-core profile's schedule."""
     _, pkg = unclamped
     def turn(generation, seed: int = 0):
         assistant = VoiceAssistant(pkg, None, generation=generation, seed=seed, log=lambda _: None)
@@ -76,7 +79,7 @@ def test_streamed_decode_keeps_the_whole_segments_content(unclamped: tuple[Path,
 
     greedy = VoiceAssistant(pkg, None, log=lambda _: None).cfg.generation.greedy()
     whole, other = turn(greedy), turn(greedy, seed=7)
-    streamed = turn(dataclasses.replace(greedy, stream=StreamSettings(chunk_frames=4)))
+    streamed = turn(dataclasses.replace(greedy, stream=stream))
     codes = [c.tolist() for c in whole.segment_codes()]
     assert [c.tolist() for c in streamed.segment_codes()] == codes == [c.tolist() for c in other.segment_codes()]
     assert len(streamed.segments) > len(codes)  # it did stream

@@ -7,6 +7,10 @@ many codes the windows decode per code of the segment, the first piece's length,
 to decode the first window against the whole segment (flow + vocoder on this machine).
 
     python tools/stream_fidelity_table.py --model PKG --input speech.wav [--chunks 4,8,12] [--contexts 2,6]
+    python tools/stream_fidelity_table.py --model PKG --input speech.wav --schedules "6,16;8,4,1.5,32,3"
+
+``--schedules`` (first,chunk[,growth,cap[,left context]], as in tools/stream_schedule.py) replaces the
+chunk x context grid with those schedules.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import soundfile as sf
+from stream_schedule import parse_schedule
 
 from bcaudio.config import StreamSettings
 from bcaudio.runtime.generation.assistant import VoiceAssistant
@@ -51,6 +56,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="4,8,12,25", help="stream_chunk_frames values")
     parser.add_argument("--contexts", default="2,6", help="left_context_frames values")
     parser.add_argument("--flow-steps", type=int, default=10)
+    parser.add_argument("--schedules", help="first,chunk[,growth,cap[,left]];... instead of --chunks x --contexts")
     args = parser.parse_args()
     assistant = VoiceAssistant(args.model, None, flow_steps=args.flow_steps, log=lambda _: None)
     audio, rate = sf.read(args.input, dtype="float32", always_2d=True)
@@ -63,21 +69,30 @@ def main() -> None:
     block = int(BLOCK_S * assistant.sample_rate)
     print(f"{len(codes)} codes ({len(codes) * 0.08:.2f} s), {args.flow_steps} flow steps; whole segment decoded in "
           f"{whole_ms:.0f} ms\n")
-    print("| chunk frames | left context frames | SNR dB | worst 320 ms dB | codes decoded per code | "
-          "first piece ms | first window decode ms |")
-    print("|---|---|---|---|---|---|---|")
-    for chunk in (int(c) for c in args.chunks.split(",")):
-        for left in (int(c) for c in args.contexts.split(",")):
-            decoded: list[tuple[int, float]] = []
-            settings = StreamSettings(chunk_frames=chunk, left_context_frames=left)
-            stream = SegmentStream(timed(backend.decode_segment, decoded), settings, crossfade, cfg)
-            pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
-            pieces.append(stream.finish(codes))
-            got = crossfade_join(pieces, crossfade)
-            worst = min(snr_db(got[i:i + block], whole[i:i + block]) for i in range(0, whole.size - block + 1, block))
-            first_ms = pieces[0].size / assistant.sample_rate * 1000
-            print(f"| {chunk} | {left} | {snr_db(got, whole):.1f} | {worst:.1f} | "
-                  f"{sum(n for n, _ in decoded) / len(codes):.2f} | {first_ms:.0f} | {decoded[0][1]:.0f} |")
+    holdback = StreamSettings().holdback_samples
+    if args.schedules:
+        grid = [(spec, parse_schedule(spec, 6, holdback)) for spec in args.schedules.split(";")]
+        print("| schedule (first, chunk, growth, cap, left) | SNR dB | worst 320 ms dB | codes decoded per code | "
+              "first piece ms | first window decode ms |")
+        print("|---|---|---|---|---|---|")
+    else:
+        chunks, contexts = (int(c) for c in args.chunks.split(",")), [int(c) for c in args.contexts.split(",")]
+        grid = [(f"{chunk} | {left}", StreamSettings(chunk_frames=chunk, left_context_frames=left))
+                for chunk in chunks for left in contexts]
+        print("| chunk frames | left context frames | SNR dB | worst 320 ms dB | codes decoded per code | "
+              "first piece ms | first window decode ms |")
+        print("|---|---|---|---|---|---|---|")
+    for name, settings in grid:
+        decoded: list[tuple[int, float]] = []
+        stream = SegmentStream(timed(backend.decode_segment, decoded), settings, crossfade, cfg)
+        pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
+        pieces.append(stream.finish(codes))
+        got = crossfade_join(pieces, crossfade)
+        worst = min(snr_db(got[i:i + block], whole[i:i + block]) for i in range(0, whole.size - block + 1, block))
+        first_ms = pieces[0].size / assistant.sample_rate * 1000
+        print(f"| {name} | {snr_db(got, whole):.1f} | {worst:.1f} | "
+              f"{sum(n for n, _ in decoded) / len(codes):.2f} | {first_ms:.0f} | {decoded[0][1]:.0f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,10 @@ time after the segment's first frame began, the least audio queued after playbac
 the speaker ran dry, and the segment's compute per second of audio.
 
     python tools/stream_schedule.py --model PKG [--device-profile cpu-2core] [--repeats 5] [--segment 40] \
-        [--schedules "6,16;6,4,2,32;4,4,2,32"]   # first,chunk[,growth,max]
+        [--schedules "6,16;6,4,2,32;4,4,2,32,3"]   # first,chunk[,growth,cap[,left context]]
+
+``--costs FRAME_MS,FIXED_MS,PER_CODE_MS`` plays the schedules on given costs instead (an answer frame, and a
+window's decode as fixed + per code), e.g. figures measured on a quiet machine; nothing is timed then.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ def least(run: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def parse_schedule(spec: str, left: int, holdback: int) -> StreamSettings:
+    """``first,chunk[,growth,cap[,left context]]``."""
     parts = [float(x) for x in spec.split(",")]
     first, chunk = int(parts[0]), int(parts[1])
     growth = parts[2] if len(parts) > 2 else 1.0
     cap = int(parts[3]) if len(parts) > 3 else 0
+    left = int(parts[4]) if len(parts) > 4 else left
     return StreamSettings(chunk, first, left, holdback, growth=growth, max_chunk_frames=cap)
 
 
@@ -82,8 +87,15 @@ def main() -> None:
     ap.add_argument("--segment", type=int, default=40, help="codes in the segment played through each schedule")
     ap.add_argument("--sizes", default="3,4,6,8,10,12,16,22,32,38", help="window sizes (codes) whose decode is timed")
     ap.add_argument("--schedules", default="6,16;6,4,2,32;6,6,1.5,24;4,4,2,32;8,8,2,32")
+    ap.add_argument("--costs", help="FRAME_MS,FIXED_MS,PER_CODE_MS: play the schedules on these, time nothing")
     args = ap.parse_args()
     profile = resolve_profile(args.device_profile, print)
+    left, holdback = profile.generation.stream_left_context_frames, StreamSettings().holdback_samples
+    if args.costs:
+        frame_ms, fixed_ms, per_code_ms = (float(x) for x in args.costs.split(","))
+        print(f"given costs: answer frame {frame_ms} ms, decode {fixed_ms} ms + {per_code_ms} ms/code")
+        table(args, left, holdback, frame_ms / 1e3, lambda n: (fixed_ms + per_code_ms * n) / 1e3)
+        return
     profiler = Profiler(args.model, profile, log=lambda _: None)
     backend = profiler.assistant.loop.backend
     cfg = profiler.assistant.cfg
@@ -130,9 +142,12 @@ def main() -> None:
             return float(np.interp(n, sizes, walls))
         return walls[-1] + (n - sizes[-1]) * (walls[-1] - walls[-2]) / (sizes[-1] - sizes[-2])
 
-    left, holdback = profile.generation.stream_left_context_frames, StreamSettings().holdback_samples
-    print(f"\nsegment of {args.segment} codes, left context {left}\n")
-    print("| schedule (first, chunk, growth, cap) | windows | first piece after the first frame | least buffer "
+    table(args, left, holdback, best["frame"][0], decode_s)
+
+
+def table(args: argparse.Namespace, left: int, holdback: int, frame_s: float, decode_s: Callable[[int], float]) -> None:
+    print(f"\nsegment of {args.segment} codes, left context {left} unless the schedule names one\n")
+    print("| schedule (first, chunk, growth, cap, left) | windows | first piece after the first frame | least buffer "
           "| ran dry | compute / audio |")
     print("|---|---|---|---|---|---|")
     for spec in args.schedules.split(";"):
@@ -141,7 +156,7 @@ def main() -> None:
         while total < args.segment:
             sizes_used.append(min(settings.window_frames(w), args.segment - total))
             total, w = total + sizes_used[-1], w + 1
-        r = play(settings, args.segment, best["frame"][0], decode_s)
+        r = play(settings, args.segment, frame_s, decode_s)
         print(f"| {spec} | {'+'.join(map(str, sizes_used))} | {r['first_s'] * 1e3:.0f} ms | "
               f"{r['least_buffer_s']:.2f} s | {r['dry_s'] * 1e3:.0f} ms | {r['rtf']:.2f} |")
 
