@@ -148,7 +148,7 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
     median = ranked[(len(ranked) - 1) // 2]  # the median turn by first audio (the lower one of an even count)
     figures = dataclasses.asdict(median)
     figures.update(rtf=median.rtf, speech=source, device_profile=profile.name, flow_steps=profile.generation.flow_steps,
-                   stream_chunk_frames=gen.stream.chunk_frames,
+                   stream_chunk_frames=gen.stream.chunk_frames, stream_first_window_frames=gen.stream.window_frames(0),
                    tokenize_left_context_ms=profile.generation.tokenize_left_context_ms,
                    first_text_tokens_cap=opts.first_text_tokens or None,
                    first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns],
