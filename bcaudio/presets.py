@@ -93,8 +93,10 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
 }
 
 
-def get_preset(name: str, layers: int | None = None) -> ModelConfig:
-    """A preset by name; ``layers`` cuts every transformer stack to at most that many layers."""
+def get_preset(name: str, layers: int | None = None, vocab: int | None = None) -> ModelConfig:
+    """A preset by name; ``layers`` cuts every transformer stack to at most that many layers, ``vocab`` the text
+    vocabulary to that many entries with the special tokens at its top, as ``tiny`` has them (at the 7B widths
+    the vocabulary's two tables are most of a 2-layer model: tests of per-layer cost need not pay for them)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[name]()
@@ -109,4 +111,12 @@ def get_preset(name: str, layers: int | None = None) -> ModelConfig:
         cfg.flow.num_mid_blocks = min(cfg.flow.num_mid_blocks, layers)
         cfg.flow.n_blocks = min(cfg.flow.n_blocks, layers)
         cfg.preset = f"{name}/layers={layers}"
+    if vocab is not None:
+        span = max(getattr(cfg.tokens, k) for k in SpecialTokens.NAMES if getattr(cfg.tokens, k) is not None) \
+            - cfg.tokens.eos + 1
+        if not span < vocab <= cfg.llm.vocab_size:
+            raise ConfigError(f"vocab must be in ({span}, {cfg.llm.vocab_size}] to hold the special tokens")
+        base = cfg.tokens.eos - cfg.llm.vocab_size + vocab
+        cfg.llm.vocab_size, cfg.tokens = vocab, _shift_tokens(base)
+        cfg.preset += f"/vocab={vocab}"
     return cfg.validate()

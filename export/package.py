@@ -3,14 +3,14 @@
 Every input is checked before any graph is written (config, shards and their headers, the
 vocoder, the tokenizer). Then one graph at a time: the llm and the audio head are built from
 the weights and written tensor by tensor, read lazily from the checkpoint (and, with a recipe,
-quantized as they are written: :mod:`bcaudio.quant.streamed`), so memory grows with one layer,
+quantized or converted to fp16 as they are written: :mod:`bcaudio.quant.streamed`,
+:func:`bcaudio.quant.fp16.plan_fp16`), so memory grows with one layer,
 not with the model; the other graphs load only their own parts, are exported and freed.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -46,9 +46,10 @@ from bcaudio.export.export_vocoder import export_vocoder
 from bcaudio.export.fast_llm import build_fast_llm
 from bcaudio.export.reference import Reference
 from bcaudio.export.tokenizer_files import tokenizer_source, write_package_tokenizer
-from bcaudio.export.weights import CheckpointWeights, Weights
+from bcaudio.export.weights import CheckpointWeights, ShapeWeights, Weights
 from bcaudio.graph_entry import graph_entry
-from bcaudio.quant.package import BLOCK_INT8_GRAPHS, convert_graph
+from bcaudio.quant.fp16 import plan_fp16, to_fp16
+from bcaudio.quant.package import convert_graph
 from bcaudio.quant.recipes import Recipe, load_recipe
 from bcaudio.quant.streamed import BlockRewrite
 from bcaudio.runtime.package.manifest import GRAPHS, Manifest, ManifestError, load_manifest
@@ -94,36 +95,6 @@ def graph_parts(name: str, llm_graph: str = "fast") -> tuple[str, ...]:
     return BUILDERS[name][0] if _built(name, llm_graph) else EXPORTERS[name][0]
 
 
-def _streamed(name: str, llm_graph: str, precision: str) -> bool:
-    """Whether graph ``name`` at ``precision`` is written tensor by tensor (else via a temporary fp32 graph)."""
-    return _built(name, llm_graph) and (precision in ("fp32", "int4")
-                                        or (precision == "int8" and name in BLOCK_INT8_GRAPHS))
-
-
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-    return info.get("MemAvailable", info["MemFree"])
-
-
-def _check_memory(cfg: ModelConfig, names: list[str], llm_graph: str, recipe: Recipe | None) -> None:
-    """A built graph converted through a temporary fp32 graph (fp16 today) holds that graph and its conversion in
-    memory, about 3x its fp32 weights: refuse it where that exceeds the memory available, instead of swapping
-    or being killed half-way (the 7B llm would need about 90 GB)."""
-    for name in names:
-        precision = recipe.precision(name) if recipe else "fp32"
-        if _streamed(name, llm_graph, precision) or not _built(name, llm_graph):
-            continue
-        shapes = expected_shapes(cfg, "llm")
-        if name == "audio_head":  # the head and the llm's code tables only
-            shapes = {k: v for k, v in shapes.items() if "audio_embed_layers" in k} | expected_shapes(cfg, name)
-        need = 3 * 4 * sum(math.prod(s) for s in shapes.values())
-        if need > _available_bytes():
-            raise CheckpointError(f"--recipe {recipe.name}: {name} at {precision} is converted from a whole fp32 "
-                                  f"graph, about {need / 1e9:.0f} GB of memory here ({_available_bytes() / 1e9:.0f} GB "
-                                  "available); use int4, int8 or mixed at this model size, or a bigger machine")
-
-
 def check_inputs(checkpoint: Path, names: list[str], llm_graph: str, vocoder: Path | None
                  ) -> tuple[ModelConfig, dict[str, Path]]:
     """Everything the export will read, checked before anything is written: -> the config and the weight files.
@@ -157,27 +128,37 @@ def _torch_export(name: str, checkpoint: Path, path: Path, opset: int, vocoder: 
     return files
 
 
+def _built_graph(name: str, weights: Weights, cfg: ModelConfig, opset: int, precision: str, recipe: Recipe | None
+                 ) -> tuple[onnx.ModelProto, Deferred, Rewrite | None]:
+    """A built graph at ``precision``, its weights deferred: block precisions rewrite nodes as each weight is
+    read; fp16 is decided on the weight-free graph and each fp16 weight converted as it is read."""
+    build = BUILDERS[name][1]
+    model, deferred = build(weights, cfg, opset)
+    if precision == "fp16":
+        _, stand_ins = build(ShapeWeights(weights), cfg, opset)
+        shapes = {n: (v.shape, v.dtype) for n, v in ((n, t()) for n, t in stand_ins.thunks.items())}
+        model, fp16 = plan_fp16(model, name, shapes)
+        for n in fp16:
+            deferred.thunks[n] = lambda make=deferred.thunks[n]: to_fp16(make())
+        return model, deferred, None
+    return model, deferred, None if recipe is None else _rewrite(model, name, precision, recipe.block_size)
+
+
 def _export_graph(name: str, checkpoint: Path, cfg: ModelConfig, weights: Weights, out: Path, opset: int,
                   llm_graph: str, precision: str, recipe: Recipe | None, vocoder: Path | None,
                   progress: Callable[[str], None]) -> list[Path]:
-    """One graph of the package at ``precision``: block precisions of the built graphs are applied tensor by
-    tensor as they are written; any other conversion runs on a temporary fp32 graph with ``bcaudio quantize``'s
-    converter."""
+    """One graph of the package at ``precision``: the built graphs (llm, audio head) are written tensor by tensor
+    at every precision; a torch-exported graph is converted from a temporary fp32 graph with ``bcaudio
+    quantize``'s converter (it holds one of the smaller graphs)."""
     path = out / f"{name}.onnx"
-    built = _built(name, llm_graph)
-    if _streamed(name, llm_graph, precision):
-        model, deferred = BUILDERS[name][1](weights, cfg, opset)
-        rewrite = None if recipe is None else _rewrite(model, name, precision, recipe.block_size)
+    if _built(name, llm_graph):
+        model, deferred, rewrite = _built_graph(name, weights, cfg, opset, precision, recipe)
         return write_graph(model, deferred, path, rewrite, progress, name)
     if precision == "fp32":
         return _torch_export(name, checkpoint, path, opset, vocoder)
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-fp32-") as tmp:
         source = Path(tmp) / path.name
-        if built:
-            model, deferred = BUILDERS[name][1](weights, cfg, opset)
-            write_graph(model, deferred, source, None, progress, name)
-        else:
-            _torch_export(name, checkpoint, source, opset, vocoder)
+        _torch_export(name, checkpoint, source, opset, vocoder)
         return convert_graph(precision, source, path, name, recipe, progress)
 
 
@@ -197,7 +178,6 @@ def export_package(checkpoint: Path, out: Path, graphs: Iterable[str] | None = N
     plan = recipe if recipe is None or isinstance(recipe, Recipe) else load_recipe(recipe)
     start = time.perf_counter()
     cfg, files = check_inputs(checkpoint, names, llm_graph, vocoder)
-    _check_memory(cfg, names, llm_graph, plan)
     progress(f"checked {checkpoint}: {', '.join(names)}" + (f" at recipe {plan.name}" if plan else ""))
     with atomic_folder(out, overwrite, "package", log=progress) as stage:
         weights = CheckpointWeights(files)

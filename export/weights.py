@@ -28,6 +28,9 @@ class Weights(Protocol):
     def columns(self, key: str, start: int, stop: int) -> np.ndarray:
         """``tensor[:, start:stop]`` of a 2-D tensor, without reading the rest where the storage allows."""
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The tensor's shape, without reading its data."""
+
 
 def _fp32(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
@@ -47,6 +50,10 @@ class CheckpointWeights:
         with open_weights(self.files[key]) as f:
             return _fp32(finite(key, f.get_slice(key)[:, start:stop], self.files[key]))
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        with safe_open(str(self.files[key]), "pt") as f:
+            return tuple(f.get_slice(key).get_shape())
+
 
 class StateDictWeights:
     """Tensors already in memory (a torch module's state dict under official keys): tests and small exports."""
@@ -59,6 +66,27 @@ class StateDictWeights:
 
     def columns(self, key: str, start: int, stop: int) -> np.ndarray:
         return _fp32(self.tensors[key][:, start:stop])
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+
+class ShapeWeights:
+    """Stand-ins with the shapes of ``weights``' tensors and no data (a broadcast fp32 zero): a builder run on
+    them tells each deferred weight's shape without reading the checkpoint. The fp16 writer needs every
+    shape before the first weight is written, since the converter decides on the whole graph."""
+
+    def __init__(self, weights: Weights) -> None:
+        self.weights = weights
+
+    def get(self, key: str) -> np.ndarray:
+        return np.broadcast_to(np.float32(0), self.weights.shape(key))
+
+    def columns(self, key: str, start: int, stop: int) -> np.ndarray:
+        return np.broadcast_to(np.float32(0), (self.weights.shape(key)[0], stop - start))
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.weights.shape(key)
 
 
 def module_weights(module: torch.nn.Module, prefix: str = "") -> StateDictWeights:

@@ -9,16 +9,27 @@ graph's GroupQueryAttention reads and writes one buffer bound as both past and p
 cache I/O would put a Cast on each side of it, so every step would copy the whole cache twice
 and the buffer would no longer be shared in place (and the cache would take twice the memory).
 ``LlmState`` allocates the cache in the session's input dtype, so nothing else changes.
+
+:func:`plan_fp16` makes the same conversion while a graph is written (``bcaudio export --recipe fp16``):
+the converter runs on the weight-free graph (placeholders typed and shaped, no data), which tells
+which weights become fp16; each is then converted alone as it is read (:func:`to_fp16`), so no
+fp32 copy of the graph exists (the 7B llm is 30 GB in fp32). tests/test_export_recipe.py checks that
+the result equals export-then-quantize.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import onnx
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnx import TensorProto, helper
+from onnxruntime.transformers import float16
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16, convert_np_to_float16
 
-from bcaudio.onnx_files import is_large, save_model
+from bcaudio.onnx_files import is_large, model_tensors, save_model
 from bcaudio.quant.fragile import fp32_nodes
 
 # Op types kept fp32 in every graph, on top of the converter's defaults (which keep CumSum, Range, Min, Max ...):
@@ -27,6 +38,7 @@ FP32_OP_TYPES = ("Softmax", "LayerNormalization", "InstanceNormalization", "Redu
                  "Sqrt", "Log", "Exp", "Erf")
 # Graph I/O that becomes float16 instead of staying float32, per graph: the llm's KV cache.
 FP16_IO_PREFIXES = {"llm": ("past_", "present_")}
+CHUNK = 1 << 22  # elements per conversion step of to_fp16: its temporaries are a few times the chunk, not the tensor
 
 
 def fp32_io(graph: str, model: onnx.ModelProto) -> list[str]:
@@ -35,10 +47,47 @@ def fp32_io(graph: str, model: onnx.ModelProto) -> list[str]:
     return [v.name for v in [*model.graph.input, *model.graph.output] if not v.name.startswith(fp16)]
 
 
+def _convert(model: onnx.ModelProto, graph: str, disable_shape_infer: bool) -> onnx.ModelProto:
+    return convert_float_to_float16(
+        model, keep_io_types=fp32_io(graph, model), op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OP_TYPES],
+        node_block_list=fp32_nodes(graph, model), disable_shape_infer=disable_shape_infer)
+
+
 def quantize_fp16(src: Path, dst: Path, graph: str) -> list[Path]:
     """``src`` -> ``dst`` in fp16 with fp32 graph I/O (the llm's KV cache fp16); -> the files written."""
     model = onnx.load(str(src))
-    converted = convert_float_to_float16(
-        model, keep_io_types=fp32_io(graph, model), op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OP_TYPES],
-        node_block_list=fp32_nodes(graph, model), disable_shape_infer=is_large(model))
-    return save_model(converted, dst)
+    return save_model(_convert(model, graph, disable_shape_infer=is_large(model)), dst)
+
+
+def to_fp16(array: np.ndarray) -> np.ndarray:
+    """``array`` as the converter stores an fp16 initializer (``convert_np_to_float16``: clamped to fp16's range,
+    tiny values kept non-zero), in chunks: the converter's temporaries on a whole 2.2 GB table (index arrays of
+    every positive element) would take several times the table."""
+    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.size, np.float16)
+    for start in range(0, flat.size, CHUNK):
+        out[start:start + CHUNK] = convert_np_to_float16(flat[start:start + CHUNK])
+    return out.reshape(array.shape)
+
+
+def _value_info_from_dims(tensor: TensorProto) -> onnx.ValueInfoProto:
+    """The converter's ``make_value_info_from_tensor`` from the dims alone (it reads the data for the shape)."""
+    return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+
+def plan_fp16(model: onnx.ModelProto, graph: str, shapes: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+              ) -> tuple[onnx.ModelProto, set[str]]:
+    """``model`` (weights still placeholders, ``shapes``: name -> (shape, dtype) of each) converted as
+    :func:`quantize_fp16` converts the whole graph; -> the converted graph and the placeholders that become fp16.
+
+    Shape inference always runs: the weight-free graph is small, where ``quantize_fp16`` has to skip it for
+    graphs of 2 GB or more."""
+    for tensor in model_tensors(model):
+        if tensor.name in shapes:
+            shape, dtype = shapes[tensor.name]
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            tensor.dims[:] = shape
+    with mock.patch.object(float16, "make_value_info_from_tensor", _value_info_from_dims):
+        converted = _convert(model, graph, disable_shape_infer=False)
+    fp16 = {t.name for t in model_tensors(converted) if t.name in shapes and t.data_type == TensorProto.FLOAT16}
+    return converted, fp16

@@ -152,3 +152,17 @@ def test_7b_shapes_match_the_spec_for_kept_parts() -> None:
     assert bridge["audio_tokenizer.audio_bridge_model.gate_proj.weight"] == (5120, 1280, 4)
     sizes = {p: sum(torch.Size(s).numel() for s in expected_shapes(ModelConfig(), p).values()) for p in PARTS}
     assert 7.4e9 < sizes["llm"] < 7.8e9 and 1.3e9 < sizes["audio_head"] < 1.6e9  # spec §13: 7.6 B, 1.46 B
+
+
+def test_cut_vocabulary_keeps_the_special_tokens_at_its_top() -> None:
+    """``get_preset(vocab=...)``: the 7B widths with a small vocabulary (tests of per-layer cost) keep the real
+    token scheme: every special id at the same distance from the top, inside the vocabulary."""
+    from bcaudio.config import ConfigError, SpecialTokens
+
+    real, cut = get_preset("baichuan-audio-7b"), get_preset("baichuan-audio-7b", layers=2, vocab=8192)
+    assert cut.llm.vocab_size == 8192 and cut.llm.hidden_size == real.llm.hidden_size and cut.llm.layers == 2
+    for name in SpecialTokens.NAMES:
+        if getattr(real.tokens, name) is not None:
+            assert real.llm.vocab_size - getattr(real.tokens, name) == 8192 - getattr(cut.tokens, name), name
+    with pytest.raises(ConfigError, match="special tokens"):
+        get_preset("baichuan-audio-7b", vocab=32)
