@@ -51,7 +51,7 @@ class CheckpointWeights:
             return _fp32(finite(key, f.get_slice(key)[:, start:stop], self.files[key]))
 
     def shape(self, key: str) -> tuple[int, ...]:
-        with safe_open(str(self.files[key]), "pt") as f:
+        with open_weights(self.files[key]) as f:
             return tuple(f.get_slice(key).get_shape())
 
 
