@@ -110,8 +110,33 @@ class F0Predictor(nn.Module):
         self.classifier = nn.Linear(cfg.f0_channels, 1)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, num_mels, T) -> (B, T)."""
-        return torch.abs(self.classifier(self.condnet(mel).transpose(1, 2)).squeeze(-1))
+        """(B, num_mels, T) float32 -> (B, T) float64.
+
+        Computed in float64: the source integrates f0 into a phase, so a one-ulp fp32 difference
+        in f0 (torch's and onnxruntime's convolutions sum in different orders) drifts the phase
+        of every later sample. onnxruntime has no float64 Conv or Elu, so each conv is written as
+        shifted copies of its input and one MatMul, and ELU as its formula; torch runs the same ops.
+        """
+        x = mel.double()
+        for conv in self.condnet[::2]:
+            x = _elu(_conv_as_matmul(x, conv))
+        weight, bias = self.classifier.weight.double(), self.classifier.bias.double()
+        return torch.abs(torch.matmul(x.transpose(1, 2), weight.transpose(0, 1)).squeeze(-1) + bias)
+
+
+def _conv_as_matmul(x: torch.Tensor, conv: WNConv1d) -> torch.Tensor:
+    """A stride-1 ``conv`` (its weight norm included) on float64 ``x`` (B, C, T): (B, C_out, T)."""
+    v, g = conv.weight_v.double(), conv.weight_g.double()
+    weight = v * (g / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))  # (C_out, C, K)
+    kernel, frames = weight.shape[-1], x.shape[-1]
+    padded = F.pad(x, (conv.padding, conv.padding))
+    taps = torch.stack([padded[..., k:k + frames] for k in range(kernel)], dim=-2)  # (B, C, K, T)
+    columns = taps.flatten(1, 2)  # (B, C * K, T), channel-major as the weight's rows
+    return torch.matmul(weight.flatten(1), columns) + conv.bias.double()[:, None]
+
+
+def _elu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.exp(x) - 1)
 
 
 class SourceModule(nn.Module):
@@ -141,7 +166,7 @@ class SourceModule(nn.Module):
         theta, frame_phase = self.phase(f0, harmonic_phase, start_phase, start_frame)
         sines = cfg.sine_amp * torch.sin(theta).float()
         f0_up = f0[:, None, :, None].expand(-1, -1, -1, cfg.samples_per_frame).flatten(2)  # nearest upsampling
-        uv = (f0_up > cfg.voiced_threshold).to(f0.dtype)
+        uv = (f0_up > cfg.voiced_threshold).to(noise.dtype)
         noise_amp = uv * cfg.noise_std + (1 - uv) * cfg.sine_amp / 3
         sines = sines * uv + noise_amp * noise
         return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2), frame_phase

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bcaudio.config import ModelConfig, StreamSettings, VocoderConfig
+from bcaudio.export.checkpoint import expected_shapes, init_checkpoint, load_checkpoint
 from bcaudio.export.export_vocoder import (
     VOCODER_INPUTS,
     VOCODER_OUTPUTS,
@@ -19,9 +20,14 @@ from bcaudio.export.export_vocoder import (
     vocoder_args,
     vocoder_example_inputs,
 )
+from bcaudio.export.random_init import random_tensor
 from bcaudio.export.stft import ISTFT, STFT
 from bcaudio.export.vocoder import HiFTVocoder
+from bcaudio.metrics import snr_db
 from bcaudio.presets import get_preset
+from bcaudio.quant import fp16
+from bcaudio.quant.fp16 import quantize_fp16
+from bcaudio.runtime.audio.whisper_features import slaney_filter_bank
 from bcaudio.runtime.generation.noise import NoiseSource
 from bcaudio.runtime.generation.segment_stream import SegmentStream
 from bcaudio.runtime.generation.source_phase import SourcePhase
@@ -310,3 +316,66 @@ def test_source_phase_track_takes_up_the_anchor_frame() -> None:
     track.take_up_at(3)
     with pytest.raises(ValueError, match="cannot take up"):
         track.feeds(4)
+
+
+def _speech_log_mel(audio_16k: np.ndarray, mels: int) -> np.ndarray:
+    """(1, mels, frames) natural-log magnitude mel at 50 Hz (hop 320 at 16 kHz), the vocoder's input scale:
+    the spectral envelope of real speech, silences included."""
+    n_fft, hop = 1024, 320
+    x = np.pad(audio_16k.astype(np.float64), n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft + 1)[:-1]
+    magnitude = np.abs(np.fft.rfft(frames, axis=-1))
+    mel = magnitude @ slaney_filter_bank(n_fft, 16000, mels, 0.0, 8000.0)
+    return np.log(np.maximum(mel, 1e-5)).T[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_checkpoint_vocoder_is_voiced(tmp_path: Path, speech_16k: np.ndarray, seed: int) -> None:
+    """A random checkpoint's F0 predictor says a speaking voice's f0 on speech, as a trained one does, so the
+    source's sine path (not only its noise) is what every test and table on random weights runs."""
+    cfg = get_preset("tiny")
+    module = load_checkpoint(init_checkpoint(cfg, tmp_path / "ckpt", seed=seed), ["vocoder"]).vocoder
+    mel = torch.from_numpy(_speech_log_mel(speech_16k, cfg.vocoder.num_mels))
+    with torch.no_grad():
+        f0 = module.f0_predictor(mel)[0].numpy()
+    voiced = f0 > cfg.vocoder.voiced_threshold
+    assert voiced.mean() > 0.95
+    assert 60.0 < np.median(f0) < 400.0
+    assert f0.std() > 0.5  # a function of the mel, not a constant
+
+
+def _wide_f0_vocoder(cfg: ModelConfig) -> HiFTVocoder:
+    """tiny's random vocoder (seed 0) with its F0 head's gain 12x: f0 129-217 Hz on the probe, not 139-146."""
+    state = {k: random_tensor(k, s, 0) for k, s in expected_shapes(cfg, "vocoder").items()}
+    state["f0_predictor.classifier.weight"] *= 12.0
+    module = HiFTVocoder(cfg.vocoder).eval()
+    module.load_state_dict(state)
+    return module
+
+
+def test_fp16_vocoder_keeps_the_f0_and_source_path_float32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp16 vocoder's F0 predictor and source read the graph's float32 inputs and write an unrounded frame
+    phase, so at a wide f0 range it stays within the fp16 recipe's 30 dB of its fp32 graph. Negative control:
+    the converter's own I/O casts (inputs and outputs rounded through fp16) miss it."""
+    cfg = get_preset("tiny")
+    fp32 = tmp_path / "vocoder.onnx"
+    export_vocoder(_wide_f0_vocoder(cfg), cfg, fp32)
+    rng = np.random.default_rng(0)
+    feeds = {"mel": rng.normal(-5.0, 2.0, (1, cfg.vocoder.num_mels, 40)).astype(np.float32),
+             "noise": source_noise(cfg.vocoder, 1, 40, seed=9),
+             "harmonic_phase": harmonic_phases(cfg.vocoder, 1, seed=9),
+             "start_phase": rng.uniform(0, 1, (1, cfg.vocoder.nb_harmonics + 1)).astype(np.float32),
+             "start_frame": np.zeros(1, np.int64)}
+
+    def run(path: Path) -> list[np.ndarray]:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    want, want_phase = run(fp32)
+    quantize_fp16(fp32, tmp_path / "fp16.onnx", "vocoder")
+    got, got_phase = run(tmp_path / "fp16.onnx")
+    assert snr_db(got, want) >= 30.0
+    assert np.array_equal(got_phase, want_phase)  # the same f0 to the last bit, phase carried unrounded
+    monkeypatch.setattr(fp16, "unround_io", lambda model: model)
+    quantize_fp16(fp32, tmp_path / "rounded.onnx", "vocoder")
+    rounded, rounded_phase = run(tmp_path / "rounded.onnx")
+    assert snr_db(rounded, want) < 30.0 and not np.array_equal(rounded_phase, want_phase)
