@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 
 from bcaudio.config import ModelConfig, SamplingParams
 from bcaudio.presets import get_preset
+
+# Ctrl-C tests (in-process and in child processes) need Python's own SIGINT handler. A suite started in the
+# background of a non-interactive shell inherits SIGINT ignored, which its children inherit too: the chat then
+# never sees Ctrl-C and the tests hang instead of testing it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SENTENCE = "Hello, this is a test of the voice assistant. What is the weather like today?"
 
