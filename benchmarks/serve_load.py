@@ -47,6 +47,7 @@ class ClientTurn:
 class ClientResult:
     session: str = ""
     turns: list[ClientTurn] = field(default_factory=list)
+    cut_in: int = 0  # answers to a pause inside a question, stopped by the rest of it
     foreign_events: int = 0  # response events whose id this client never created
     errors: list[dict] = field(default_factory=list)
     failure: str = ""
@@ -101,6 +102,11 @@ def _turn(ws, question: np.ndarray, silence: np.ndarray, realtime: bool, mine: s
         except TimeoutError:
             continue
         _receive(json.loads(raw), mine, result, state)
+        if state["done"] is not None and state["done"]["status"] == "interrupted" and sent < len(chunks):
+            # The server answered a pause inside the question (e.g. the turn detector took "Hello!" as a whole
+            # turn) and the rest of the question barged in: that answer is not this turn's.
+            state.update(text="", samples=0, done=None)
+            result.cut_in += 1
     done = state["done"]
     return ClientTurn(result.session, done["response_id"], done["status"], done["timings"], done["text"],
                       state["text"], state["samples"], time.perf_counter() - start)
@@ -160,6 +166,7 @@ def summarize(results: list[ClientResult], wall: float) -> dict:
            if t.timings.get("answer_audio_ms") and t.timings.get("generated_ms") is not None]
     audio = sum(t.timings.get("answer_audio_ms") or 0 for t in turns) / 1000
     return {"sessions": len(results), "turns": len(turns), "failures": [r.failure for r in results if r.failure],
+            "answers_cut_in": sum(r.cut_in for r in results),
             "first_audio_ms_p50": percentile(first, 50), "first_audio_ms_p90": percentile(first, 90),
             "felt_first_audio_ms_p50": percentile(felt, 50), "felt_first_audio_ms_p90": percentile(felt, 90),
             "rtf_p50": percentile(rtf, 50), "rtf_p90": percentile(rtf, 90), "wall_s": wall,
