@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bcaudio.cli import validators as v
-from bcaudio.cli.serve import MAX_SESSIONS, check_network
+from bcaudio.cli.serve import MAX_SESSIONS, check_network, check_package
 from bcaudio.errors import UserError
 
 MAX_REPLICAS = 1024
@@ -25,9 +25,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--target-sessions must be in (0, --sessions-per-replica {args.sessions_per_replica}], got "
                         f"{args.target_sessions:g}")
     check_network(args)
-    if not (Path(args.model) / "manifest.json").is_file():
-        raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
-                        "`bcaudio export` (on a multi-node cluster the path must exist on every node)")
+    check_package(args.model, " (on a multi-node cluster the path must exist on every node)")
 
 
 def _fleet(args: argparse.Namespace) -> None:

@@ -31,9 +31,14 @@ def check_args(args: argparse.Namespace) -> None:
     """What needs more than one option, refused before the model is loaded (single values are range-checked where
     they are parsed, bcaudio.cli.validators)."""
     check_network(args)
-    if not (Path(args.model) / "manifest.json").is_file():
-        raise UserError(f"--model {args.model}: not a model package (no manifest.json); make one with "
-                        "`bcaudio export`")
+    check_package(args.model)
+
+
+def check_package(model: str, note: str = "") -> None:
+    """``--model`` names a package folder, checked before a model (or a Ray cluster) is started for it."""
+    if not (Path(model) / "manifest.json").is_file():
+        raise UserError(f"--model {model}: not a model package (no manifest.json); make one with "
+                        f"`bcaudio export`{note}")
 
 
 def _serve(args: argparse.Namespace) -> None:
