@@ -3,6 +3,7 @@ the exported step graph (an If tree of per-position branches) against torch and 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,24 +106,46 @@ def _frame_logits(session: ort.InferenceSession, cfg: ModelConfig, hidden: np.nd
     return out
 
 
+HEAD_ATOL = 1e-4  # fp32 parity of the step graph, the same as FP32_TOLERANCES["audio_head"] in export/validate.py
+
+
+def head_gap(path: Path, cfg: ModelConfig, head: AudioHead, tables: nn.ModuleList) -> float:
+    """The step graph at ``path`` against ``head`` teacher-forced on the same random frame (batch 2): the largest
+    logit difference over the 8 positions. The one comparison the parity test and its negative control make."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hidden = torch.randn(2, cfg.llm.hidden_size)
+    codes = torch.stack([torch.randint(0, n, (2,)) for n in cfg.bridge.codebook_sizes], dim=1)
+    with torch.no_grad():
+        forced = head.teacher_forced(depth_inputs(hidden, codes, tables))
+    gap = 0.0
+    for pos, logits in enumerate(_frame_logits(session, cfg, hidden.numpy(), codes.numpy())):
+        assert logits.shape == (2, cfg.bridge.codebook_sizes[pos] + 1)
+        gap = max(gap, float(np.abs(logits - forced[pos].numpy()).max()))
+    return gap
+
+
 @pytest.mark.parametrize("external", [False, True])
 def test_step_graph_equals_teacher_forced_torch(head_graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 external: bool) -> None:
-    """fp32 parity within 1e-4 at batch 2; ``external``: the >2 GB layout (weights in a .data file, 7B)."""
+    """fp32 parity at batch 2; ``external``: the >2 GB layout (weights in a .data file, 7B)."""
     cfg, head, tables, path = head_graph
     if external:
         monkeypatch.setattr(deferred_module, "EXTERNAL_DATA_THRESHOLD", 0)
         files = export_audio_head(head, tables, cfg, tmp_path / "audio_head.onnx")
         assert [f.name for f in files] == ["audio_head.onnx", "audio_head.onnx.data"]
         path = files[0]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    hidden = torch.randn(2, cfg.llm.hidden_size)
-    codes = torch.stack([torch.randint(0, n, (2,)) for n in cfg.bridge.codebook_sizes], dim=1)
+    assert head_gap(path, cfg, head, tables) < HEAD_ATOL
+
+
+def test_head_parity_bound_fails_on_one_weight_scaled_by_1e_3(head_graph, tmp_path: Path) -> None:
+    """The negative control: a graph exported with one depth layer's output projection scaled by 1 + 1e-3
+    fails the same comparison against the unchanged head."""
+    cfg, head, tables, _ = head_graph
+    perturbed = copy.deepcopy(head)
     with torch.no_grad():
-        forced = head.teacher_forced(depth_inputs(hidden, codes, tables))
-    for pos, logits in enumerate(_frame_logits(session, cfg, hidden.numpy(), codes.numpy())):
-        assert logits.shape == (2, cfg.bridge.codebook_sizes[pos] + 1)
-        assert np.abs(logits - forced[pos].numpy()).max() < 1e-4
+        perturbed.transformer_layers[-1].linear2.weight.mul_(1 + 1e-3)
+    export_audio_head(perturbed, tables, cfg, tmp_path / "audio_head.onnx")
+    assert head_gap(tmp_path / "audio_head.onnx", cfg, head, tables) > HEAD_ATOL
 
 
 def test_every_matmul_reads_a_constant_of_its_own_graph(head_graph) -> None:

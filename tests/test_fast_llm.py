@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -55,19 +57,37 @@ def _torch_all(cfg: ModelConfig, llm: BaichuanLLM, ids: list[int], codes: np.nda
         return llm.lm_head(hidden)[0].numpy(), hidden[0].numpy()
 
 
+def chunked_gap(cfg: ModelConfig, llm: BaichuanLLM, fast: ort.InferenceSession, chunks: list[int]) -> float:
+    """The fast graph fed a prompt in ``chunks`` (from a small start capacity, so the buffer grows while
+    feeding) against one torch forward of ``llm``: the largest difference in logits or hidden state at each
+    chunk's last position. The one comparison the parity test and its negative control both make."""
+    ids, codes = _prompt(cfg, sum(chunks), seed=len(chunks))
+    logits, hidden = _torch_all(cfg, llm, ids, codes)
+    state, at, gap = _state(cfg, fast, kv_capacity=4), 0, 0.0
+    for n in chunks:
+        got_logits, got_hidden = state.feed(ids[at:at + n], codes[at:at + n])
+        at += n
+        gap = max(gap, float(np.abs(got_logits - logits[at - 1]).max()),
+                  float(np.abs(got_hidden - hidden[at - 1]).max()))
+    assert state.position == at and state.capacity >= at
+    return gap
+
+
 @pytest.mark.parametrize("chunks", [[23], [9, 1, 1, 5, 1, 6], [1] * 23])
 def test_fast_graph_matches_torch_in_any_chunking(graphs, chunks: list[int]) -> None:
     """Prefill in one go, chunked prefill (the live path) and token by token all equal one torch forward."""
     cfg, llm, fast, _ = graphs
-    ids, codes = _prompt(cfg, sum(chunks), seed=len(chunks))
-    logits, hidden = _torch_all(cfg, llm, ids, codes)
-    state, at = _state(cfg, fast, kv_capacity=4), 0  # a small start capacity: the buffer grows while feeding
-    for n in chunks:
-        got_logits, got_hidden = state.feed(ids[at:at + n], codes[at:at + n])
-        at += n
-        np.testing.assert_allclose(got_logits, logits[at - 1], atol=ATOL, rtol=0)
-        np.testing.assert_allclose(got_hidden, hidden[at - 1], atol=ATOL, rtol=0)
-    assert state.position == at and state.capacity >= at
+    assert chunked_gap(cfg, llm, fast, chunks) < ATOL
+
+
+def test_parity_bound_fails_on_one_weight_scaled_by_1e_3(graphs) -> None:
+    """The negative control: the last layer's down projection scaled by 1 + 1e-3 on the torch side puts the
+    same comparison past ATOL."""
+    cfg, llm, fast, _ = graphs
+    perturbed = copy.deepcopy(llm)
+    with torch.no_grad():
+        perturbed.model.layers[-1].mlp.down_proj.weight.mul_(1 + 1e-3)
+    assert chunked_gap(cfg, perturbed, fast, [9, 1, 1, 5, 1, 6]) > ATOL
 
 
 def test_fast_and_plain_graphs_generate_the_same_greedy_tokens(graphs) -> None:

@@ -90,6 +90,18 @@ class Recording:
         return self.inner.decode_segment(codes, segment, first_code, phase)
 
 
+PROMPT_ATOL = 1e-4  # fp32: the same positions through one cache fed piecewise vs fed at once
+
+
+def one_prompt_gap(backend: OrtBackend, recorder: Recording) -> float:
+    """Everything ``recorder`` kept, fed to ``backend`` as one prompt: the largest difference from the logits and
+    hidden state of the recorder's last feed. The one comparison the multi-turn test and its negative control make."""
+    ids = [i for chunk, _ in recorder.fed for i in chunk]
+    codes = np.concatenate([c for _, c in recorder.fed])
+    logits, hidden = backend.feed(ids, codes)
+    return max(float(np.abs(logits - recorder.last[0]).max()), float(np.abs(hidden - recorder.last[1]).max()))
+
+
 @pytest.mark.parametrize("history", ["published", "live"])
 def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: np.ndarray, history: str) -> None:
     """Two turns on one KV cache (with the published history: cut back and partly prefilled again) end with the
@@ -101,11 +113,33 @@ def test_multi_turn_equals_one_long_prompt(tiny: tuple[Path, Path], speech_16k: 
     a.loop.backend = recorder
     collect(a.respond(speech_16k[:24000], 16000), 240)
     collect(a.respond(speech_16k[24000:], 16000), 240)
-    ids = [i for chunk, _ in recorder.fed for i in chunk]
-    codes = np.concatenate([c for _, c in recorder.fed])
-    logits, hidden = OrtBackend(a.sessions).feed(ids, codes)
-    assert np.abs(logits - recorder.last[0]).max() < 1e-4
-    assert np.abs(hidden - recorder.last[1]).max() < 1e-4
+    assert one_prompt_gap(OrtBackend(a.sessions), recorder) < PROMPT_ATOL
+
+
+def test_one_prompt_bound_fails_on_one_weight_scaled_by_1e_3(tiny: tuple[Path, Path], tmp_path: Path,
+                                                             speech_16k: np.ndarray) -> None:
+    """The negative control: the whole turn fed at once to an llm graph whose last down projection is scaled by
+    1 + 1e-3 fails the same comparison (the package's own graph passes it)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from bcaudio.runtime.package.sessions import PackageSessions
+
+    ckpt, pkg = tiny
+    a = VoiceAssistant(pkg, None, generation=load_config(ckpt).generation.greedy(), log=lambda _: None)
+    recorder = Recording(a.backend)
+    a.loop.backend = recorder
+    collect(a.respond(speech_16k[:24000], 16000), 240)
+    assert one_prompt_gap(OrtBackend(a.sessions), recorder) < PROMPT_ATOL
+    model = onnx.load(str(pkg / "llm.onnx"))
+    name = f"layers.{a.cfg.llm.layers - 1}.down_proj.weight"
+    (weight,) = [t for t in model.graph.initializer if t.name == name]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1 + 1e-3), name))
+    onnx.save(model, str(tmp_path / "llm.onnx"))
+    sessions = PackageSessions(pkg, graphs=["llm"], log=lambda _: None)
+    sessions.sessions["llm"] = ort.InferenceSession(str(tmp_path / "llm.onnx"), providers=["CPUExecutionProvider"])
+    assert one_prompt_gap(OrtBackend(sessions), recorder) > PROMPT_ATOL
 
 
 def published_answer(ref, tokenizer_json: Path, events: list) -> tuple[list[int], np.ndarray]:
