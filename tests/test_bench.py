@@ -149,3 +149,18 @@ def test_unknown_variant_is_one_line_error(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip()
     assert err.startswith("bcaudio bench: error: argument --variants: unknown bcaudio-int3") and "\n" not in err
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_one_context_with_accuracy_steps_past_it(bench: tuple[dict, Path]) -> None:
+    """The accuracy steps run on from the shortest context, so one context is enough (it used to be refused)."""
+    _, tmp = bench
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["bench", "--preset", "tiny", "--workdir", str(tmp / "work"), "--contexts", "16",
+                     "--iterations", "1", "--warmup", "0", "--prefill-repeats", "1", "--bandwidth-mb", "16",
+                     "--turns", "0", "--accuracy-steps", "6", "--variants", "bcaudio-fp32,bcaudio-int4", "--json"])
+    assert code == 0
+    result = json.loads(out.getvalue())
+    assert list(result["variants"]["bcaudio-int4"]["contexts"]) == ["16"]
+    forced = result["variants"]["bcaudio-int4"]["logits_vs_reference"]["teacher_forced"]
+    assert forced["steps"] == 6 and 1e-3 < forced["rel_l2"] < 0.6
