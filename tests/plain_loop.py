@@ -21,9 +21,10 @@ prompt: it keeps no cache, writes down every text step's string (its last token 
 audiogen strings taken out) and every segment's decoded audio, and rebuilds the prompt: each string
 tokenized again, each segment as ``<audiogen_start>`` + the audio tokenizer's codes of its waveform
 read back at 16 kHz + ``<audiogen_end>``; here the whole rebuilt conversation is prefilled from
-position 0 at the next turn's start. Text, ASR and TTS turns stay as fed. ``"live"`` keeps the
-conversation as fed (the live answer's ``<audiogen_start>`` in place of each text step's last token,
-the generated codes as the answer's frames).
+position 0 at the next turn's start. A text-only answer is held as the demo's text mode holds it, its
+string tokenized again; ASR and TTS turns stay as fed (the demo runs those only as one-shot scripts).
+``"live"`` keeps the conversation as fed (the live answer's ``<audiogen_start>`` in place of each text
+step's last token, the generated codes as the answer's frames).
 
 What it records is what a model would see: every id and frame the model holds, in order, and the
 visible text ids and codes of each turn.
@@ -309,7 +310,11 @@ class PlainLoop:
         audio_ids, audio_frames = self._user_audio(user_codes)
         logits, _ = self._begin(start + audio_ids + [self.t.assistant],
                                 [[0] * k] * len(start) + audio_frames + [[0] * k])
-        return self._text_answer(logits, self.gen.text_only)
+        answer_start = len(self.ids)
+        turn = self._text_answer(logits, self.gen.text_only)
+        text = self._published_text(self.ids[answer_start:])
+        self.answer = (answer_start, text, [[0] * k] * len(text))
+        return turn
 
     def transcribe(self, user_codes: np.ndarray) -> PlainTurn:
         k = len(self.sizes)

@@ -108,8 +108,10 @@ def test_speech_loop_equals_the_plain_loop_over_a_conversation(ref_and_codes, hi
     turns, plain = converse(ckpt, ref, user, history, seed, greedy, modes)
     assert {"frame_cap", "clause", "max_rounds"} <= edges(turns, FRAME_CAP)
     assert sum(len(s) for t in turns for s in t.segments) > 0 and len(plain.ids) > 50 * len(modes)
-    if history == "published":  # every spoken answer but the last was rebuilt, and its form changed
-        assert len(plain.rebuilt) == sum(m == "respond" for m in modes[:-1]) and min(plain.rebuilt) > 0
+    if history == "published":  # every answer but the last was rebuilt, and each spoken one's form changed
+        answers = [m for m in modes[:-1] if m in ("respond", "respond_text")]
+        assert len(plain.rebuilt) == len(answers)
+        assert all(n > 0 for n, m in zip(plain.rebuilt, answers, strict=True) if m == "respond")
 
 
 # The eos-prone checkpoint: tiny seed 1 with lm_head's eos row replaced by EOS_GAIN x the sum of the rows of

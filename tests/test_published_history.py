@@ -17,7 +17,9 @@ import soxr
 from test_speech_loop import EOS_FRAME, FRAME, PROMPT, ByteCodec, Scripted
 
 from bcaudio.config import GenerationConfig, ModelConfig
+from bcaudio.export.tokenizer_files import build_text_tokenizer
 from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, crossfade_join
+from bcaudio.runtime.package.text_codec import TextCodec
 
 USER = np.ones((3, 8), dtype=np.int64)
 
@@ -224,3 +226,40 @@ def test_clause_stop_matches_the_text_with_special_tokens(greedy_cfg: ModelConfi
 
     assert second_step([]) == ["a", ". "]
     assert second_step([tok.user]) == ["a", ". b,"]
+
+
+@pytest.fixture
+def bpe(greedy_cfg: ModelConfig, tmp_path) -> TextCodec:
+    """The tiny preset's BPE tokenizer: a text generated as other tokens than its own encoding re-encodes apart."""
+    path = tmp_path / "tokenizer.json"
+    build_text_tokenizer(greedy_cfg).save(str(path))
+    return TextCodec(path)
+
+
+@pytest.mark.parametrize("mode", ["respond_text", "transcribe", "speak"])
+def test_turn_two_prompt_after_each_mode(greedy_cfg: ModelConfig, bpe: TextCodec, mode: str) -> None:
+    """The demo's text mode keeps its answer as the string it showed, tokenized again with the next prompt
+    (web_demo/s2s_gradio_demo_cosy_multiturn.py); its TTS and ASR are one-shot scripts with no conversation
+    (base_tts_demo.py, base_asr_demo.py), so those turns stay in the history as they were fed."""
+    tok = greedy_cfg.tokens
+    answer = bpe.encode("in") + bpe.encode("g")  # "ing" generated in two tokens
+    assert bpe.encode(bpe.decode(answer)) != answer
+    script = answer + [tok.eos] if mode != "speak" else []
+    backend = Cached(greedy_cfg, script, [FRAME, EOS_FRAME] * 4)
+    loop = SpeechLoop(greedy_cfg, backend, bpe)
+    first = list(getattr(loop, mode)("Hello there, this is a test." if mode == "speak" else USER))
+    assert first[-1].reason == ("done" if mode == "speak" else "eos")
+    as_fed = list(loop.context)
+    assert loop.settle_history()
+    backend.tokens.extend(PROMPT + [tok.eos])
+    assert list(loop.respond(USER))[-1].reason == "eos"
+
+    if mode == "respond_text":
+        ids, _ = user_turn(greedy_cfg, bpe, True)
+        history = ids[:-2] + [tok.assistant] + bpe.encode("ing")  # the text prompt has no <audiotext_start>
+    else:
+        history = as_fed
+        assert mode == "speak" or history[-len(answer):] == answer  # the transcript as generated
+    second, _ = user_turn(greedy_cfg, bpe, mode == "transcribe")  # transcribe gives no system prompt
+    assert loop.context == history + second
+    assert [i for i, _ in backend.cache] == loop.context and backend.tokenized == []

@@ -7,7 +7,8 @@ token, which the live turn replaced by ``<audiogen_start>``; only eos, ``<audiog
 ``<audiogen_end>`` are taken out of the string) and is tokenized again, and a segment becomes
 ``<audiogen_start>`` + one ``<audio_pad>`` per code + ``<audiogen_end>``, the codes being the audio
 tokenizer's codes of the segment's decoded waveform read back at 16 kHz. The live cache holds the
-generated codes and the replaced tokens instead, a form the model was not shown in earlier turns.
+generated codes and the replaced tokens instead, a form the model was not shown in earlier turns. A text-only
+answer (the demo's text mode) is one text step with no segment: its string, tokenized again.
 
 ``AnswerLog`` is that record, kept while the answer is generated; ``published_span`` writes the
 answer's positions from it; the loop swaps them in for the live ones (``SpeechLoop.settle_history``).
@@ -51,6 +52,11 @@ class AnswerLog:
 
     def add_text(self, ids: Sequence[int]) -> None:
         self.steps.append(AnswerStep(list(ids)))
+        self.settled = False
+
+    def extend_text(self, ids: Sequence[int]) -> None:
+        """More of the newest text step: a text-only answer is logged token by token, as it is fed."""
+        self.steps[-1].ids.extend(ids)
         self.settled = False
 
     def add_piece(self, waveform: np.ndarray, end_offset: int) -> None:

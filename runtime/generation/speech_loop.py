@@ -151,7 +151,7 @@ class SpeechLoop:
     prompt stays) and the kept history is prefilled again into a fresh cache; a turn that
     cannot fit even alone ends with ``TurnEnd("context_full")``. Nothing raises.
 
-    With ``generation.history == "published"`` a spoken answer is logged as it is made, and
+    With ``generation.history == "published"`` an answer (spoken or text-only) is logged as it is made, and
     ``settle_history`` swaps its live positions for the published ones (``published_history.py``):
     the answer's audio re-encoded, the cache cut back to the first position that changes and the
     rest prefilled. A live front end calls it while the answer plays; otherwise the next turn does,
@@ -455,7 +455,7 @@ class SpeechLoop:
 
         def run() -> Iterator[Event]:
             logits, _ = self._feed([self.tok.audio_end, self.tok.assistant])
-            yield from self._plain_text(logits, self.gen.text_only)
+            yield from self._plain_text(logits, self.gen.text_only, self._start_log())
 
         return self._guarded(run())
 
@@ -507,12 +507,14 @@ class SpeechLoop:
         self._feed([self.tok.audiogen_end])
 
     def respond_text(self, user_codes: np.ndarray) -> Iterator[Event]:
-        """Speech in, text only: the prompt ends with ``<C_A>``."""
+        """Speech in, text only: the prompt ends with ``<C_A>``. The published history holds the answer as the
+        demo's text mode does, by its string tokenized again; ASR and TTS turns stay as fed (the demo has them
+        only as one-shot scripts, never in a conversation)."""
 
         def run() -> Iterator[Event]:
             ids, codes = self._prompt(user_codes, [self.tok.assistant])
             logits, _ = self._feed(ids.tolist(), codes)
-            yield from self._plain_text(logits, self.gen.text_only)
+            yield from self._plain_text(logits, self.gen.text_only, self._start_log())
 
         return self._guarded(run())
 
@@ -530,9 +532,14 @@ class SpeechLoop:
 
         return self._guarded(run())
 
-    def _plain_text(self, logits: np.ndarray, params: SamplingParams) -> Iterator[Event]:
+    def _plain_text(self, logits: np.ndarray, params: SamplingParams, log: AnswerLog | None = None
+                    ) -> Iterator[Event]:
+        """A text answer up to eos (not fed) or the token limit; ``log`` records it as one text step, token by
+        token as it is fed (so a turn abandoned part way is logged as far as it went)."""
         self._begin_text()
         out: list[int] = []
+        if log is not None:
+            log.add_text([])
         for _ in range(params.max_new_tokens):
             token = sample_token(logits, params, self.context + out, self.rng)
             if token == self.tok.eos:
@@ -543,6 +550,8 @@ class SpeechLoop:
             if delta.ids:  # a token whose text is held back (a split character) still counts
                 yield delta
             logits, _ = self._feed([token])
+            if log is not None:
+                log.extend_text([token])
         yield TurnEnd("max_tokens")
 
     def speak(self, text: str) -> Iterator[Event]:
