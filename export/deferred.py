@@ -4,8 +4,8 @@ A builder (the llm, the audio head) makes its nodes with :class:`Deferred` place
 weights, each with a function that reads it from the checkpoint. :func:`write_graph` then walks
 the finished graph, and per weight: reads it, lets an optional :class:`Rewrite` replace the node
 that consumes it (the int4/int8 recipes turn a MatMul into MatMulNBits there, so no fp32 copy of
-the graph ever exists), writes the result to the external-data file and drops it. A graph whose
-weights come to less than the protobuf limit is saved inline instead, as ``save_model`` would.
+the graph ever exists), writes the result to the external-data file and drops it. A graph that
+``save_model`` would store inline (under the protobuf limit, not one of MAPPED_GRAPHS) is saved inline instead.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bcaudio.export.external_data import ExternalData
-from bcaudio.onnx_files import EXTERNAL_DATA_THRESHOLD, ConstantInfo, model_tensors, save_model
+from bcaudio.onnx_files import INLINE_BYTES, ConstantInfo, ExternalData, model_tensors, needs_external, save_model
 
-INLINE_BYTES = 1024  # smaller tensors stay in the protobuf (shape inference reads them), as save_model does
 PROGRESS_SECONDS = 10.0
 
 Thunk = Callable[[], np.ndarray]
@@ -204,23 +202,25 @@ def _inline(model: onnx.ModelProto, data: Path) -> None:
 
 
 def write_graph(model: onnx.ModelProto, deferred: Deferred, path: Path, rewrite: Rewrite | None = None,
-                progress: Callable[[str], None] = print, label: str = "") -> list[Path]:
+                progress: Callable[[str], None] = print, graph: str = "") -> list[Path]:
     """Materialize every placeholder of ``model`` (through ``rewrite`` where it applies) and save it at ``path``;
-    -> the files written: the graph, and ``<name>.data`` when its weights need external data."""
+    -> the files written: the graph, and ``<name>.data`` when package graph ``graph`` (also the progress lines'
+    label) needs external data."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = path.with_name(path.name + ".data")
     temp = path.with_name(path.name + ".data.partial")
+    graph = graph or path.stem
     with ExternalData(temp, location=data.name) as external:
-        writer = _Writer(external, len(deferred.thunks), label or path.stem, progress)
+        writer = _Writer(external, len(deferred.thunks), graph, progress)
         consumed = set() if rewrite is None else _rewrite_nodes(model, deferred, rewrite, writer)
         if rewrite is not None:
             rewrite.finish(model, _constant_info(model, deferred))
         _write_pending(model, deferred, writer, consumed)
-        large = external.bytes_written >= EXTERNAL_DATA_THRESHOLD
-    if not large:  # as save_model would store it: everything inline
+        external_bytes = external.bytes_written
+    if not needs_external(graph, external_bytes):  # as save_model would store it: everything inline
         _inline(model, temp)
         temp.unlink()
-        return save_model(model, path)
+        return save_model(model, path, graph)
     graph_temp = path.with_name(path.name + ".partial")
     onnx.save_model(model, str(graph_temp))
     temp.replace(data)

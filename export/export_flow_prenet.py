@@ -38,4 +38,5 @@ def export_codes_to_mu(bridge: AudioBridge, detokenizer: AudioDetokenizer, prene
                        path: Path, opset: int = 17) -> list[Path]:
     codes = torch.from_numpy(codes_to_mu_example_inputs(cfg, frames=5, seed=0)["codes"])
     return export_module(CodesToMu(bridge, detokenizer, prenet), [codes], path, ["codes"], ["mu"],
-                         {"codes": {0: "batch", 1: "frames"}, "mu": {0: "batch", 2: "mel_frames"}}, opset)
+                         {"codes": {0: "batch", 1: "frames"}, "mu": {0: "batch", 2: "mel_frames"}}, opset,
+                         graph="flow_prenet")

@@ -198,4 +198,4 @@ def quantize_blocks(src: Path, dst: Path, graph: str, bits: int, block_size: int
     fold_bias_adds(model, initializer_info(model))
     progress(f"    {graph}: {len(tables)} table(s) and {len(eight or ())} attention projection(s) in 8 bits"
              if bits == 4 else f"    {graph}: {len(tables)} table(s) in 8 bits")
-    return save_model(model, dst)
+    return save_model(model, dst, graph)

@@ -56,7 +56,7 @@ def _convert(model: onnx.ModelProto, graph: str, disable_shape_infer: bool) -> o
 def quantize_fp16(src: Path, dst: Path, graph: str) -> list[Path]:
     """``src`` -> ``dst`` in fp16 with fp32 graph I/O (the llm's KV cache fp16); -> the files written."""
     model = onnx.load(str(src))
-    return save_model(_convert(model, graph, disable_shape_infer=is_large(model)), dst)
+    return save_model(_convert(model, graph, disable_shape_infer=is_large(model)), dst, graph)
 
 
 def to_fp16(array: np.ndarray) -> np.ndarray:

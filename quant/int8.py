@@ -35,4 +35,4 @@ def quantize_int8(src: Path, dst: Path, graph: str, weight_type: QuantType = Qua
         quantize_dynamic(src, raw, op_types_to_quantize=list(OP_TYPES), per_channel=True, reduce_range=reduce_range,
                          weight_type=weight_type, nodes_to_exclude=fp32_nodes(graph, model),
                          use_external_data_format=large)
-        return save_model(onnx.load(str(raw)), dst)
+        return save_model(onnx.load(str(raw)), dst, graph)

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from mapped_graphs import assert_mapped_layout
 
 from bcaudio.cli import main
 from bcaudio.config import ModelConfig
@@ -99,6 +100,10 @@ def test_validate_passes_every_graph_of_a_tiny_package(tiny_exported, speech_16k
     failed = [r for r in reports if not r.passed]
     assert not failed, failed
     assert all(r.task_value == 1.0 for r in reports if r.graph in ("audio_tokenizer", "llm", "audio_head"))
+
+
+def test_audio_head_and_flow_prenet_have_aligned_external_data(tiny_exported) -> None:
+    assert_mapped_layout(tiny_exported[1])
 
 
 def test_validate_cli_json_and_exit_code(tiny_exported, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _export_peak_rss_gb(ckpt: Path, out: Path, recipe: str) -> float:
     # external data from the first byte, as every graph over 1.8 GB has it (the 7B llm at every recipe); the
     # cut vocabulary would otherwise keep the graph under the threshold, saved inline and whole in memory
     code = ("import sys; from pathlib import Path; from bcaudio.export.package import export_package; "
-            "import bcaudio.export.deferred as d; d.EXTERNAL_DATA_THRESHOLD = 0; "
+            "import bcaudio.onnx_files as f; f.EXTERNAL_DATA_THRESHOLD = 0; "
             "export_package(Path(sys.argv[1]), Path(sys.argv[2]), graphs=['llm'], recipe=sys.argv[3], "
             "progress=lambda _: None)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ckpt), str(out), recipe])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from mapped_graphs import assert_mapped_layout
 from onnx import numpy_helper
 
 from bcaudio.cli import main
@@ -80,6 +81,8 @@ def test_direct_recipe_equals_export_then_quantize(tiny: Path, tmp_path: Path, r
         assert sum(n.op_type == "MatMulNBits" and len(n.input) == 6 for n in llm.graph.node) == \
             get_preset("tiny").llm.layers
     assert not [p for p in (tmp_path / "direct").iterdir() if p.name.startswith(".")]  # no temporary left
+    if "audio_head" in graphs:  # written tensor by tensor (int4, fp16) or copied (flow_prenet at int4)
+        assert_mapped_layout(tmp_path / "direct")
 
 
 def test_recipe_toml_and_cli(tiny: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Saving graphs: weights inside If branches count towards the external-data threshold and go to the data file."""
+"""Saving graphs: weights inside If branches count towards the external-data threshold and go to the data file;
+the mapped graphs get an aligned data file at every size."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bcaudio import onnx_files
-from bcaudio.onnx_files import model_bytes, save_model
+from bcaudio.onnx_files import ALIGNMENT, MAPPED_GRAPHS, model_bytes, save_model
 
 
 def _branchy_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -88,3 +89,30 @@ def test_small_model_stays_one_file(tmp_path: Path) -> None:
     (tmp_path / "m.onnx.data").write_bytes(b"stale")  # a stale data file from an earlier, larger save goes
     assert save_model(model, tmp_path / "m.onnx") == [tmp_path / "m.onnx"]
     assert not (tmp_path / "m.onnx.data").exists()
+
+
+@pytest.mark.parametrize("graph", sorted(MAPPED_GRAPHS))
+def test_a_mapped_graph_gets_aligned_external_data_at_any_size(tmp_path: Path, graph: str) -> None:
+    """The same 33 KB model: one file under another name (the control), a data file with 4096-aligned offsets under
+    a mapped graph's name, and the same outputs from both."""
+    model, weights = _branchy_model()
+    assert save_model(onnx.ModelProto.FromString(model.SerializeToString()), tmp_path / "vocoder.onnx",
+                      "vocoder") == [tmp_path / "vocoder.onnx"]
+    path = tmp_path / f"{graph}.onnx"
+    files = save_model(model, path, graph)
+    assert files == [path, tmp_path / f"{graph}.onnx.data"]
+    assert not list(tmp_path.glob("*.partial"))
+    stub = onnx.load(str(path), load_external_data=False)
+    external = [t for g in onnx_files.subgraphs(stub.graph) for t in g.initializer
+                if t.data_location == TensorProto.EXTERNAL]
+    assert sorted(t.name for t in external) == ["w_else", "w_then"]  # the 256-byte bias stays inline
+    offsets = [int({e.key: e.value for e in t.external_data}["offset"]) for t in external]
+    assert all(o % ALIGNMENT == 0 for o in offsets) and len(set(offsets)) == 2
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    inline = ort.InferenceSession(str(tmp_path / "vocoder.onnx"), providers=["CPUExecutionProvider"])
+    mapped = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for flag in (True, False):
+        feed = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_array_equal(mapped.run(None, feed)[0], inline.run(None, feed)[0])
+    (got,) = mapped.run(None, {"x": x, "flag": np.array(False)})
+    np.testing.assert_allclose(got, x @ weights["w_else"] + weights["bias"], rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from mapped_graphs import assert_mapped_layout
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType
 
@@ -84,6 +85,12 @@ def _float_weights(model: onnx.ModelProto) -> list[str]:
         floats |= {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
         found += [n.name for n in graph.node if n.op_type in ("MatMul", "Gather") and floats & set(n.input)]
     return found
+
+
+@pytest.mark.parametrize("recipe", list(BUILTIN))
+def test_quantized_graphs_keep_the_mapped_layout(recipe: str, quantized: dict[str, Path]) -> None:
+    """Quantized (int4/int8 blocks, dynamic int8, fp16) or copied fp32: the audio head and flow pre-net stay mapped."""
+    assert_mapped_layout(quantized[recipe])
 
 
 @pytest.mark.parametrize("recipe", ["int8", "int4"])
