@@ -103,7 +103,8 @@ REPORT_SCHEMA: dict[str, Any] = _obj({
                      optional=["playback"]),
     "verdict": _obj({"meets_budget": {"type": "boolean"}, "rtf_ok": {"type": "boolean"},
                      "felt_ok": {"type": "boolean"}, "biggest_stage": _STR, "biggest_share": _NUM,
-                     "line": _STR}),
+                     "real_time": {"type": "boolean"}, "rtf_stage": _STR, "line": _STR},
+                    optional=["real_time", "rtf_stage"]),  # absent from reports written before them
     "charts": {"type": "object", "additionalProperties": _STR},
 }, optional=("charts",))
 
@@ -176,19 +177,21 @@ def turn_json(m: TurnMeasure) -> dict[str, Any]:
 def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dict[str, Any]],
             profile: dict[str, Any]) -> dict[str, Any]:
     """Budget met or not on the medians of felt latency and RTF, and the stage to work on: the biggest one
-    before first audio when the person waits too long, else the biggest one in the turn."""
+    before first audio when the person waits too long, else the biggest one in the turn. An answer made slower
+    than it plays (RTF >= 1, whatever the budget) is said in so many words, with the stage that decides it: the
+    turn's biggest, and its own seconds per second of answer audio (a 7B llm on 2 cores: docs/real-scale.md)."""
     budget = profile["budget"]
     rtf, felt = summary["rtf"]["median"], summary["felt_ms"]["median"]
     gap, first = summary["voice_gap_ms"]["median"], summary["first_audio_ms"]["median"]
     rtf_ok = rtf is not None and rtf < budget["rtf"]
     felt_ok = felt is not None and felt <= budget["felt_ms"]
+    rtf_stage = max(STAGES, key=lambda s: stages[s]["share"])
     if not felt_ok and felt is not None:
         before = {s: float(np.median([t["stages_to_first_audio_ms"].get(s, 0.0) for t in turns])) for s in STAGES}
         biggest, scope = max(before.items(), key=lambda kv: kv[1])[0], "of the time to first audio"
         share = before[biggest] / sum(before.values()) if sum(before.values()) else 0.0
     else:
-        biggest = max(STAGES, key=lambda s: stages[s]["share"])
-        share, scope = stages[biggest]["share"], "of the turn"
+        biggest, share, scope = rtf_stage, stages[rtf_stage]["share"], "of the turn"
     fmt_rtf = f"{rtf:.2f}" if rtf is not None else "n/a (no answer audio)"
     fmt_felt = (f"{felt:.0f} ms (medians: the end-of-turn decision {gap:.0f} ms after the last voiced sample, "
                 f"first audio {first:.0f} ms after the decision)" if felt is not None and first is not None else "none")
@@ -197,8 +200,15 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
     line = (f"{head} the {profile['name']} budget: felt latency {fmt_felt} ({'<=' if felt_ok else 'not <='} "
             f"{budget['felt_ms']:g} ms), RTF {fmt_rtf} ({'<' if rtf_ok else 'not <'} {budget['rtf']:g}); "
             f"{action}: {biggest} ({share:.0%} {scope})")
+    real_time = rtf is not None and rtf < 1.0
+    if rtf is not None and not real_time:
+        alone = stages[rtf_stage]["share"] * rtf  # the stage's seconds per second of answer audio
+        line += (f". NOT real time: {rtf:.1f} s to make each second of answer audio; the stage that decides it: "
+                 f"{rtf_stage}, {alone:.1f} s per second of audio"
+                 + (" on its own" if alone >= 1.0 else "") + f" ({stages[rtf_stage]['share']:.0%} of the turn)")
     return {"meets_budget": rtf_ok and felt_ok, "rtf_ok": rtf_ok, "felt_ok": felt_ok,
-            "biggest_stage": biggest, "biggest_share": share, "line": line}
+            "biggest_stage": biggest, "biggest_share": share, "real_time": real_time, "rtf_stage": rtf_stage,
+            "line": line}
 
 
 def timeline_json(m: TurnMeasure) -> dict[str, Any]:
