@@ -349,6 +349,29 @@ def test_a_package_of_the_sinegen2_format_is_refused(tiny: tuple[Path, Path], tm
         load_manifest(old)
 
 
+@pytest.mark.parametrize("link", ["copy", "hard", "symbolic"])
+def test_a_package_of_links_names_the_link_that_onnxruntime_refuses(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                   link: str) -> None:
+    """A package folder whose files link to another's (docs/real-scale.md bounds a 7B turn so): onnxruntime refuses
+    the audio head's external data (weights inside If branches) as a symbolic link or one of several hard links,
+    and the error names the file and the fix instead of asking for a re-export; a copy opens."""
+    import os
+    import shutil
+
+    from bcaudio.runtime.package.sessions import PackageSessions
+
+    _, pkg = tiny
+    folder = tmp_path / link
+    folder.mkdir()
+    for f in pkg.iterdir():
+        {"copy": shutil.copyfile, "hard": os.link, "symbolic": os.symlink}[link](f, folder / f.name)
+    if link == "copy":
+        assert "audio_head" in PackageSessions(folder, graphs=["audio_head"], log=lambda _: None).sessions
+        return
+    with pytest.raises(ManifestError, match=r"audio_head.onnx.data is a link .*; copy the file instead"):
+        PackageSessions(folder, graphs=["audio_head"], log=lambda _: None)
+
+
 def test_a_long_conversation_overflows_the_context_without_crashing(tiny: tuple[Path, Path],
                                                                     speech_16k: np.ndarray) -> None:
     _, pkg = tiny

@@ -85,13 +85,20 @@ class PackageSessions:
         if self.settings.intra_op_threads:
             opts.intra_op_num_threads = self.settings.intra_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin_wait else "0")
-        path = self.package / self.manifest.graphs[name].file
+        entry = self.manifest.graphs[name]
+        path = self.package / entry.file
         try:
             return ort.InferenceSession(str(path), opts, providers=self.providers)
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
+            # onnxruntime refuses an external-data file that is a symbolic link or has several hard links for
+            # weights inside If branches (the audio head's), though it follows a symbolic link for the main graph's
+            links = [rel for rel in entry.sha256 if rel != entry.file and ((self.package / rel).is_symlink()
+                                                                         or (self.package / rel).stat().st_nlink > 1)]
+            fix = (f"{', '.join(links)} is a link (symbolic, or one of several hard links), which onnxruntime "
+                   "refuses here; copy the file instead" if links else "re-export the package")
             raise ManifestError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]}); "
-                                "re-export the package") from None
+                                f"{fix}") from None
 
     def __getitem__(self, name: str) -> ort.InferenceSession:
         if name not in self.sessions:
