@@ -29,6 +29,7 @@ def test_every_graph_opened_alone_with_its_file_size_and_memory(tiny_package: Pa
         files = manifest["graphs"][row["graph"]]["sha256"]
         assert row["file"] == sum((tiny_package / f).stat().st_size for f in files)
         assert 0 < row["rss"] <= row["peak"] and row["open_s"] > 0
+        assert 0 < row["anon"] <= row["rss"]  # inline tiny graphs: parsed and copied, so anonymous
     assert [r["graph"] for r in report["rows"]] == ["llm", "vocoder"]
 
 
