@@ -27,8 +27,8 @@ test: $(STAMP) sysdeps
 test-slow: $(STAMP) sysdeps
 	$(BIN)/pytest -m slow
 
-# The full published size on this machine (about 40 min and 25 GB of disk on 2 cores; docs/real-scale.md).
-# SCALE_DIR keeps the 20 GB checkpoint between runs.
+# The full published size on this machine (about 14 min with the checkpoint kept, 20 min more to write it;
+# 32 GB of disk; docs/real-scale.md). SCALE_DIR keeps the 20 GB checkpoint between runs.
 SCALE_DIR ?= scale-work
 test-scale: $(STAMP) sysdeps
 	BCAUDIO_SCALE_DIR=$(SCALE_DIR) $(BIN)/pytest -m scale -s
