@@ -23,7 +23,9 @@ from bcaudio.runtime.package.manifest import MANIFEST, ManifestError, load_manif
 from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.text_codec import TextCodec
 
-WAVE_TOL = 1e-3  # max abs over the waveform: fp32 ORT vs torch through 4 graphs and a 4-step solver
+# The float floor may be no larger than this (1 % of full scale): above it a waveform comparison sees nothing, while
+# the f0 one float32 step off that an fp32 F0 predictor gives is 0.17 on tiny (README, "Validation").
+FLOOR_CEILING = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,21 @@ def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_
     assert len(got.segments) == len(want.segments) >= 1
     for g, w in zip(got.segments, want.segments, strict=True):
         assert np.array_equal(g.codes, w.codes)  # every codebook of every frame
-        assert np.abs(g.waveform - w.waveform).max() < WAVE_TOL
+    assert_within_the_float_floor(ref, codec, speech_16k, got, want)
+
+
+def assert_within_the_float_floor(ref, codec: TextCodec, speech: np.ndarray, got, want) -> None:
+    """Each segment's waveform within MARGIN x the torch reference's own float32 floor (tests/float_floor.py),
+    which follows how torch rounds in this process (its thread count among it: at 1 thread tiny's floor and the ONNX
+    gap both rise past the fixed 1e-3 this test had, and it failed after a test that set torch's threads)."""
+    original = nudged(ref)
+    try:
+        floor_turn = collect(reference_events(ref, codec, "respond", speech, None, seed=0, greedy=True), 240)
+    finally:
+        ref.parts["vocoder"] = original
+    errors = [np.abs(g.waveform - w.waveform).max() for g, w in zip(got.segments, want.segments, strict=True)]
+    floor = max(np.abs(f.waveform - w.waveform).max() for f, w in zip(floor_turn.segments, want.segments, strict=True))
+    assert 0 < floor < FLOOR_CEILING and max(errors) <= MARGIN * floor, (errors, floor)
 
 
 def test_seeded_sampling_is_reproducible_and_multi_turn_keeps_the_cache(tiny: tuple[Path, Path],
@@ -416,11 +432,6 @@ def test_streamed_turn_keeps_the_tokens_and_equals_the_torch_reference(tiny: tup
     codes = got.segment_codes()
     assert [c.tolist() for c in codes] == [c.tolist() for c in whole.segment_codes()]
     assert len(got.segments) > len(codes), "no segment was long enough to stream: lower chunk_frames"
-    vocoder = nudged(ref)
-    floor_turn = collect(reference_events(ref, codec, "respond", speech_16k, None, seed=0, greedy=True), 240)
-    ref.parts["vocoder"] = vocoder
-    errors = [np.abs(g.waveform - w.waveform).max() for g, w in zip(got.segments, want.segments, strict=True)]
-    floor = max(np.abs(f.waveform - w.waveform).max() for f, w in zip(floor_turn.segments, want.segments, strict=True))
-    assert 0 < floor < WAVE_TOL and max(errors) <= MARGIN * floor  # tests/float_floor.py
+    assert_within_the_float_floor(ref, codec, speech_16k, got, want)
     a, b = got.waveform(240), whole.waveform(240)
     assert a.size == b.size
