@@ -177,15 +177,18 @@ def test_live_barge_in_with_a_model_slower_than_real_time(pkg: Path, speech_16k:
     assert np.abs(out).max() > 0.01  # answers were played
 
 
-@pytest.mark.parametrize("history", ["live", "published"])
+@pytest.mark.parametrize("history,overlap", [("live", False), ("published", False), ("live", True),
+                                              ("published", True)])
 def test_barge_in_inside_a_streamed_segment_keeps_the_played_pieces(pkg: Path, speech_16k: np.ndarray,
-                                                                    history: str) -> None:
+                                                                    history: str, overlap: bool) -> None:
     """With segments streamed in pieces of 4 frames, a barge-in keeps exactly the pieces heard: their generated
-    frames (live history), or the codes of their audio re-encoded, a segment's heard pieces joined (published)."""
+    frames (live history), or the codes of their audio re-encoded, a segment's heard pieces joined (published).
+    With the decode overlapped a piece comes out after later frames were made: the cut still goes after its own."""
     import soxr
 
     assistant = greedy(pkg)
     assistant.loop.gen.stream.chunk_frames = 4
+    assistant.loop.gen.stream.overlap_decode = overlap
     assistant.loop.gen.history = history
     tok = assistant.cfg.tokens
     pieces: list[AudioSegment] = []

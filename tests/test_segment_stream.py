@@ -30,8 +30,8 @@ def positional_decoder(cfg: ModelConfig, calls: list[tuple[int, int]]):
 
 
 def stream_segment(stream: SegmentStream, codes: np.ndarray) -> list[np.ndarray]:
-    pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
-    return pieces + [stream.finish(codes)]
+    pieces = [w for k in range(1, len(codes) + 1) for _, w in stream.add(codes[:k])]
+    return pieces + [w for _, w in stream.finish(codes)]
 
 
 @pytest.mark.parametrize("chunk,first,left,holdback", [(1, 0, 1, 0), (3, 0, 2, 960), (8, 0, 6, 4800), (8, 0, 1, 4800),

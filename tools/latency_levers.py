@@ -1,12 +1,14 @@
 """Decode-stage levers measured side by side: felt latency, first audio, RTF and the least playback buffer.
 
 Every variant is a change of the device profile's generation settings (first streamed window, later
-windows, flow steps) on one open package: turns run round-robin, the order rotated every round, each in a
-fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the profile's endpointing), so the
-load of a shared machine falls on all variants alike. Medians per variant and their ratios to the first.
+windows, flow steps, the decode overlapped with the next frames) or of its session threads (``threads``:
+the llm and audio head's, ``dthreads``: the flow and vocoder's; each distinct pair opens the package once
+more): turns run round-robin, the order rotated every round, each in a fresh conversation
+(``benchmarks.turn.incremental_turn``: live prefill, the profile's endpointing), so the load of a shared
+machine falls on all variants alike. Medians per variant and their ratios to the first.
 
     python tools/latency_levers.py --model PKG [--device-profile cpu-2core] [--input speech.wav] [--rounds 3] \
-        [--variants "base;first=4;chunk=25;steps=4;first=4,chunk=4,growth=2,max=32"]
+        [--variants "base;first=4;chunk=25;steps=4;first=4,chunk=4,growth=2,max=32;overlap=1,threads=1,dthreads=1"]
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ from bcaudio.runtime.package.profiles import resolve_profile
 from bcaudio.runtime.profiling.profiler import Profiler, speech_input
 
 KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "left": "stream_left_context_frames",
-        "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames"}
+        "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames",
+        "overlap": "stream_overlap_decode"}
+SESSION_KEYS = {"threads": "intra_op_threads", "dthreads": "decoder_threads"}
 
 
-def parse_variant(spec: str) -> dict[str, float]:
-    """``base`` or ``first=4,chunk=4,growth=2,max=32``: generation settings over the profile's."""
-    if spec == "base":
-        return {}
-    out: dict[str, float] = {}
-    for part in spec.split(","):
+def parse_variant(spec: str) -> tuple[dict[str, float], dict[str, int]]:
+    """``base`` or ``first=4,chunk=4,growth=2,max=32,overlap=1,threads=1``: (generation, session) settings over the
+    profile's."""
+    gen: dict[str, float] = {}
+    session: dict[str, int] = {}
+    for part in [] if spec == "base" else spec.split(","):
         key, value = part.split("=")
-        out[KEYS[key]] = float(value) if key == "growth" else int(value)
-    return out
+        if key in SESSION_KEYS:
+            session[SESSION_KEYS[key]] = int(value)
+        else:
+            gen[KEYS[key]] = float(value) if key == "growth" else bool(int(value)) if key == "overlap" else int(value)
+    return gen, session
 
 
 def apply(profiler: Profiler, base: object, changes: dict[str, float]) -> None:
@@ -53,17 +60,24 @@ def main() -> None:
     ap.add_argument("--variants", default="base;first=4;chunk=25;steps=4;first=4,chunk=25")
     args = ap.parse_args()
     base = resolve_profile(args.device_profile, print)
-    profiler = Profiler(args.model, base, log=lambda _: None, live_prefill=True)
-    original = profiler.assistant.loop.gen
     with tempfile.TemporaryDirectory() as tmp:
         audio, source = speech_input(args.input, 16000, Path(tmp))
     variants = args.variants.split(";")
-    incremental_turn(profiler, audio)  # warm-up
+    profilers: dict[tuple, tuple[Profiler, object, object]] = {}  # session settings -> (profiler, profile, its gen)
+    for v in variants:
+        key = tuple(sorted(parse_variant(v)[1].items()))
+        if key not in profilers:
+            profile = dataclasses.replace(base, session=dataclasses.replace(base.session, **dict(key)))
+            profiler = Profiler(args.model, profile, log=lambda _: None, live_prefill=True)
+            incremental_turn(profiler, audio)  # warm-up
+            profilers[key] = (profiler, profile, profiler.assistant.loop.gen)
     results: dict[str, list[TurnFigures]] = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            gen, session = parse_variant(v)
+            profiler, profile, original = profilers[tuple(sorted(session.items()))]
             profiler.assistant.loop.gen = original
-            apply(profiler, base, parse_variant(v))
+            apply(profiler, profile, gen)
             results[v].append(incremental_turn(profiler, audio))
             t = results[v][-1]
             print(f"round {r + 1} {v}: felt {t.felt_ms:.0f} ms, first audio {t.first_audio_ms:.0f} ms, RTF {t.rtf:.2f}",

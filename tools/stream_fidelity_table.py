@@ -106,8 +106,8 @@ def main() -> None:
     for name, settings in grid:
         decoded: list[tuple[int, float]] = []
         stream = SegmentStream(timed(backend.decode_segment, decoded), settings, crossfade, cfg)
-        pieces = [p for k in range(1, len(codes) + 1) if (p := stream.add(codes[:k])) is not None]
-        pieces.append(stream.finish(codes))
+        pieces = [w for k in range(1, len(codes) + 1) for _, w in stream.add(codes[:k])]
+        pieces += [w for _, w in stream.finish(codes)]
         got = crossfade_join(pieces, crossfade)
         first_ms = pieces[0].size / assistant.sample_rate * 1000
         print(f"| {name} | {content(got, whole)} | "

@@ -43,6 +43,8 @@ class StreamSettings:
     (``growth`` > 1) makes each window after the second ``growth`` times the one before (rounded up, at
     most ``max_chunk_frames`` when that is > 0): a small window's fixed cost and left context are paid
     while little audio is queued, and each later window is computed while the growing queue plays.
+    ``overlap_decode`` decodes a window on a thread of its own while the next window's frames are made
+    (the llm and head steps keep about one of two CPU cores busy): the same audio, sooner.
     """
 
     chunk_frames: int = 0
@@ -51,6 +53,7 @@ class StreamSettings:
     holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
     growth: float = 1.0
     max_chunk_frames: int = 0
+    overlap_decode: bool = False
 
     def window_frames(self, window: int) -> int:
         """New codes of a segment's window number ``window`` (0 first); 0 when segments are not streamed."""

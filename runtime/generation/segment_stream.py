@@ -21,6 +21,7 @@ from the whole-segment decode: ``tools/stream_fidelity_table.py`` measures by ho
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -29,49 +30,87 @@ from bcaudio.runtime.generation.source_phase import SourcePhase
 
 # (codes, index of codes[0] in the segment, the segment's source phase) -> waveform
 Decode = Callable[[np.ndarray, int, SourcePhase], np.ndarray]
+# (codes of the segment that the piece's audio ends at, the audio to play)
+Piece = tuple[int, np.ndarray]
 
 
 class SegmentStream:
     """Feed the segment's codes after each frame (``add``) and at its end (``finish``); both return
-    the audio to play next (``add`` only when a window is due). Consecutive pieces overlap by
-    ``crossfade`` samples, so ``crossfade_join`` of the pieces is the streamed segment."""
+    the pieces of audio to play next, in order (``add`` only once a window's decode is done).
+    Consecutive pieces overlap by ``crossfade`` samples, so ``crossfade_join`` of the pieces is the
+    streamed segment.
 
-    def __init__(self, decode: Decode, settings: StreamSettings, crossfade: int, cfg: ModelConfig) -> None:
-        self.decode, self.settings, self.crossfade = decode, settings, crossfade
+    With a ``worker`` a window is decoded on it while the caller makes the next window's frames (on a
+    2-core CPU an llm step and its head steps keep about one core busy, so the decode can use the
+    other): one decode in flight, since a window starts where the one before it ended and takes up
+    its source phase. The segment's first window is still decoded at once: the speaker may be waiting
+    for it, and the frames made beside it would only slow it down. Without a worker every window is
+    decoded at once, in ``add``. The windows, their inputs and so their audio are the same either
+    way; only when a piece comes out differs."""
+
+    def __init__(self, decode: Decode, settings: StreamSettings, crossfade: int, cfg: ModelConfig,
+                 worker: Executor | None = None) -> None:
+        self.decode, self.settings, self.crossfade, self.worker = decode, settings, crossfade, worker
         self.frame_samples = cfg.vocoder.samples_per_frame
         self.code_samples = cfg.bridge.avg_pooler * self.frame_samples
         self.phase = SourcePhase(cfg.vocoder.nb_harmonics + 1)
-        self.done = 0  # codes whose window has been decoded
-        self.windows = 0  # windows decoded so far (their sizes follow ``settings.window_frames``)
+        self.done = 0  # codes whose window has been decoded or is being decoded
+        self.windows = 0  # windows started so far (their sizes follow ``settings.window_frames``)
         self.played_to = 0  # segment sample where the last piece ended (its crossfade tail included)
         self.last: tuple[int, np.ndarray] | None = None  # (first sample, waveform) of the last window
+        # the window being decoded: (its decode, codes it ends at, first sample it plays, its first sample, final)
+        self.pending: tuple[Future, int, int, int, bool] | None = None
 
-    def add(self, codes: np.ndarray) -> np.ndarray | None:
+    def add(self, codes: np.ndarray) -> list[Piece]:
+        out = self._collect(wait=False)
         chunk = self.settings.window_frames(self.windows)
         if chunk == 0 or len(codes) - self.done < chunk:
-            return None
-        return self._window(codes, final=False)
+            return out
+        out += self._collect(wait=True)  # the window before must have ended: this one starts there
+        self._start_window(codes)
+        return out + self._collect(wait=self.worker is None)  # a window decoded at once is ready now
 
-    def finish(self, codes: np.ndarray) -> np.ndarray:
+    def finish(self, codes: np.ndarray) -> list[Piece]:
+        """The pieces still to come, the segment's last piece last."""
+        out = self._collect(wait=True)
         if len(codes) == 0:
-            return np.zeros(0, np.float32)
-        if self.done == 0:
-            return self.decode(codes, 0, self.phase)  # never streamed: the reference's whole-segment decode
+            return out + [(0, np.zeros(0, np.float32))]
+        if self.done == 0:  # never streamed: the reference's whole-segment decode
+            return out + [(len(codes), self.decode(codes, 0, self.phase))]
         if len(codes) == self.done and self.last is not None:  # the last window already saw the last code
             base, wave = self.last
-            return wave[self._start() - base:]
-        return self._window(codes, final=True)
+            return out + [(len(codes), wave[self._start() - base:])]
+        self._start_window(codes, final=True)
+        return out + self._collect(wait=True)
+
+    def stop(self) -> None:
+        """Drop the window in flight (the turn was cut off): a decode not started yet never starts."""
+        if self.pending is not None:
+            self.pending[0].cancel()
+            self.pending = None
 
     def _start(self) -> int:
         return max(0, self.played_to - self.crossfade)
 
-    def _window(self, codes: np.ndarray, final: bool) -> np.ndarray:
+    def _start_window(self, codes: np.ndarray, final: bool = False) -> None:
         start = self._start()
         first = max(0, min(self.done - self.settings.left_context_frames, start // self.code_samples))
         self.phase.take_up_at(start // self.frame_samples)
-        wave = self.decode(codes[first:], first, self.phase)
-        base = first * self.code_samples
-        end = base + wave.size if final else max(start, base + wave.size - self.settings.holdback_samples)
-        self.done, self.played_to, self.last = len(codes), end, (base, wave)
+        window = np.array(codes[first:])  # the caller goes on writing its frames while this is decoded
+        if self.worker is None or final or self.windows == 0:
+            decoded: Future = Future()
+            decoded.set_result(self.decode(window, first, self.phase))
+        else:
+            decoded = self.worker.submit(self.decode, window, first, self.phase)
+        self.done, self.pending = len(codes), (decoded, len(codes), start, first * self.code_samples, final)
         self.windows += 1
-        return wave[start - base:end - base]
+
+    def _collect(self, wait: bool) -> list[Piece]:
+        if self.pending is None or not (wait or self.pending[0].done()):
+            return []
+        decoded, codes, start, base, final = self.pending
+        self.pending = None
+        wave = decoded.result()
+        end = base + wave.size if final else max(start, base + wave.size - self.settings.holdback_samples)
+        self.played_to, self.last = end, (base, wave)
+        return [(codes, wave[start - base:end - base])]

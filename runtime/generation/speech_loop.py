@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +71,7 @@ class AudioSegment:
     codes: np.ndarray
     waveform: np.ndarray
     final: bool = True
+    end: int = 0  # the conversation's length once the piece's last frame was made: where a cut keeping it goes
 
 
 @dataclass
@@ -295,14 +297,20 @@ class SpeechLoop:
     def _segment(self, hidden: np.ndarray) -> Iterator[AudioSegment]:
         """Frames until code 0 is EOS or the frame limit, each frame fed back but the one that reaches the limit
         (the demo gives its position to ``<audiogen_end>``); the segment's audio comes as pieces while the frames
-        are made when ``generation.stream`` says so (``SegmentStream``)."""
+        are made when ``generation.stream`` says so (``SegmentStream``), decoded on a worker thread of the
+        segment's own when it says ``overlap_decode`` and the backend can stop a decode (``cancel_decode``):
+        a turn closed early (a barge-in) stops the decode in flight and the thread with it."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
+        cancel = getattr(self.backend, "cancel_decode", None)
+        worker = ThreadPoolExecutor(1, "bcaudio-decode") \
+            if self.gen.stream.overlap_decode and self.gen.stream.chunk_frames and cancel else None
         stream = SegmentStream(
             lambda codes, first, phase: self.backend.decode_segment(codes, segment, first, phase),
-            self.gen.stream, self.gen.crossfade_samples, self.cfg)
+            self.gen.stream, self.gen.crossfade_samples, self.cfg, worker)
         codes = np.zeros((params.max_new_tokens, len(sizes)), dtype=np.int64)  # the frames, filled row by row
+        ends = [len(self.context)]  # the context's length once frame k was made (and fed, but the last)
         n = played = 0  # frames made; frames covered by the pieces so far
 
         def choose(i: int, logits: np.ndarray) -> int:
@@ -311,19 +319,30 @@ class SpeechLoop:
                 scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment
             return sample_token(scores, params, codes[:n, i].tolist(), self.rng)
 
-        while n < params.max_new_tokens:
-            frame = self.backend.audio_frame(hidden, choose)
-            if frame[0] == sizes[0]:
-                break
-            codes[n] = frame
-            n += 1
-            if n < params.max_new_tokens:
-                _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
-            piece = stream.add(codes[:n])
-            if piece is not None:
-                yield AudioSegment(codes[played:n].copy(), piece, final=False)
-                played = n
-        yield AudioSegment(codes[played:n].copy(), stream.finish(codes[:n]))
+        def pieces(ready: list[tuple[int, np.ndarray]], final: bool = False) -> Iterator[AudioSegment]:
+            nonlocal played
+            for k, (end, wave) in enumerate(ready):
+                last = final and k == len(ready) - 1
+                yield AudioSegment(codes[played:end].copy(), wave, final=last, end=ends[n if last else end])
+                played = end
+
+        try:
+            while n < params.max_new_tokens:
+                frame = self.backend.audio_frame(hidden, choose)
+                if frame[0] == sizes[0]:
+                    break
+                codes[n] = frame
+                n += 1
+                if n < params.max_new_tokens:
+                    _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
+                ends.append(len(self.context))
+                yield from pieces(stream.add(codes[:n]))
+            yield from pieces(stream.finish(codes[:n]), final=True)
+        finally:
+            if worker is not None:
+                stream.stop()
+                cancel()
+                worker.shutdown(wait=True)
 
     def _begin_text(self) -> None:
         self._text_ids, self._shown = [], ""
@@ -390,7 +409,7 @@ class SpeechLoop:
             _, hidden = self._feed([self.tok.audiogen_start])  # replaces the step's last token
             for piece in self._segment(hidden):
                 if log is not None:
-                    log.add_piece(piece.waveform, len(self.context) - self.turn_starts[-1])
+                    log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
                 yield piece
             if ended:
                 yield TurnEnd("eos")

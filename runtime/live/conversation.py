@@ -495,7 +495,7 @@ class LiveSession:
                     answer.pending_text += event.text
                     self.ui(AssistantText(event.text))
                 elif isinstance(event, AudioSegment):
-                    answer.boundaries.append(self._offset())
+                    answer.boundaries.append(event.end - self.loop.turn_starts[-1])
                     answer.texts.append(answer.pending_text)
                     answer.pending_text = ""
                     self.speaker.enqueue(answer.turn, joiner.push(event.waveform),

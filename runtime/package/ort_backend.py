@@ -6,6 +6,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from bcaudio.runtime.generation.audio_chunks import chunk_audio, token_frames
 from bcaudio.runtime.generation.flow_solver import euler_cfg_solve, onnx_cfg_pair
@@ -37,6 +38,7 @@ class OrtBackend:
                          "with `--llm-graph plain`")
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+        self._decode_options = ort.RunOptions()  # what a decode in flight on another thread runs under
 
     @functools.cached_property
     def head_past_names(self) -> list[str]:
@@ -81,7 +83,15 @@ class OrtBackend:
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
                        phase: SourcePhase | None = None) -> np.ndarray:
-        return decode_window(self.s, self.noise, self.flow_steps, codes, segment, first_code, phase)
+        return decode_window(self.s, self.noise, self.flow_steps, codes, segment, first_code, phase,
+                             self._decode_options)
+
+    def cancel_decode(self) -> None:
+        """Stop a decode running on another thread (``SegmentStream``'s worker) at its next graph node: a
+        barge-in stops it with the llm. Decodes after this one run as usual. A backend with this method
+        may decode beside its own llm and head steps."""
+        options, self._decode_options = self._decode_options, ort.RunOptions()
+        options.terminate = True
 
 
 def tokenize_audio(sessions: PackageSessions, audio16k: np.ndarray) -> np.ndarray:
@@ -93,18 +103,19 @@ def tokenize_audio(sessions: PackageSessions, audio16k: np.ndarray) -> np.ndarra
 
 
 def decode_window(sessions: PackageSessions, noise: NoiseSource, flow_steps: int, codes: np.ndarray, segment: int,
-                  first_code: int = 0, phase: SourcePhase | None = None) -> np.ndarray:
+                  first_code: int = 0, phase: SourcePhase | None = None,
+                  options: ort.RunOptions | None = None) -> np.ndarray:
     """Codes -> 24 kHz waveform: flow pre-net, the Euler/CFG solve, the vocoder (``Backend.decode_segment``)."""
     cfg = sessions.cfg
-    (mu,) = sessions.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]})
+    (mu,) = sessions.run("flow_prenet", {"codes": np.asarray(codes, dtype=np.int64)[None]}, options=options)
     z, source = noise.window(segment, first_code, len(codes))
     mask = np.ones((1, 1, mu.shape[-1]), dtype=np.float32)
-    estimator = onnx_cfg_pair(lambda feeds: sessions.run("flow_estimator", feeds)[0])
+    estimator = onnx_cfg_pair(lambda feeds: sessions.run("flow_estimator", feeds, options=options)[0])
     mel = euler_cfg_solve(estimator, z, mu, mask, flow_steps, cfg.flow.cfg_rate)
     first_frame = first_code * cfg.bridge.avg_pooler
     track = phase or SourcePhase(cfg.vocoder.nb_harmonics + 1)
     wave, frame_phase = sessions.run("vocoder", {
         "mel": mel.astype(np.float32), "noise": source, "harmonic_phase": noise.phases(segment),
-        **track.feeds(first_frame)})
+        **track.feeds(first_frame)}, options=options)
     track.record(first_frame, frame_phase[0])
     return wave[0]

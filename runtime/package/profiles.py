@@ -36,6 +36,7 @@ class GenerationSettings:
     stream_left_context_frames: int = 6
     stream_chunk_growth: float = 1.0  # > 1: each window after the second this many times the one before
     stream_max_chunk_frames: int = 0  # the growth's cap (0: none)
+    stream_overlap_decode: bool = False  # decode a window on its own thread while the next one's frames are made
     prefill_chunk_ms: int = 640
     tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
@@ -44,7 +45,8 @@ class GenerationSettings:
     def stream(self) -> StreamSettings:
         return StreamSettings(self.stream_chunk_frames, self.stream_first_chunk_frames,
                               self.stream_left_context_frames, growth=self.stream_chunk_growth,
-                              max_chunk_frames=self.stream_max_chunk_frames)
+                              max_chunk_frames=self.stream_max_chunk_frames,
+                              overlap_decode=self.stream_overlap_decode)
 
 
 @dataclass

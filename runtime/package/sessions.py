@@ -14,6 +14,7 @@ from bcaudio.machine import cores, max_threads
 from bcaudio.runtime.package.manifest import Manifest, ManifestError, load_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+DECODER_GRAPHS = ("flow_prenet", "flow_estimator", "vocoder")  # codes -> waveform (``SessionSettings.decoder_threads``)
 
 
 @dataclass
@@ -22,6 +23,9 @@ class SessionSettings:
 
     provider: str = "cpu"
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    # The flow and vocoder graphs' threads (0: intra_op_threads). With the decode overlapped with the llm and
+    # head steps (generation.stream_overlap_decode) the two run at once and may share the cores differently.
+    decoder_threads: int = 0
     graph_optimization: str = "all"
     memory_arena: bool = True
     # Idle intra-op threads may spin for work. Each graph has its own pool, so in a voice turn the pools
@@ -30,9 +34,10 @@ class SessionSettings:
     spin_wait: bool = False
 
     def validate(self) -> None:
-        if not 0 <= self.intra_op_threads <= max_threads():
-            raise ManifestError(f"intra_op_threads {self.intra_op_threads} is out of range: this machine has "
-                                f"{cores()} core(s); use 0 (one per core) or 1..{max_threads()}")
+        for key in ("intra_op_threads", "decoder_threads"):
+            if not 0 <= getattr(self, key) <= max_threads():
+                raise ManifestError(f"{key} {getattr(self, key)} is out of range: this machine has {cores()} "
+                                    f"core(s); use 0 (one per core) or 1..{max_threads()}")
         if self.provider not in PROVIDERS:
             raise ManifestError(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
         if self.graph_optimization not in _OPT_LEVELS:
@@ -82,8 +87,11 @@ class PackageSessions:
         opts.graph_optimization_level = _OPT_LEVELS[self.settings.graph_optimization]
         opts.enable_cpu_mem_arena = self.settings.memory_arena
         opts.log_severity_level = 3
-        if self.settings.intra_op_threads:
-            opts.intra_op_num_threads = self.settings.intra_op_threads
+        threads = self.settings.intra_op_threads
+        if name in DECODER_GRAPHS and self.settings.decoder_threads:
+            threads = self.settings.decoder_threads
+        if threads:
+            opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin_wait else "0")
         entry = self.manifest.graphs[name]
         path = self.package / entry.file
@@ -116,8 +124,9 @@ class PackageSessions:
         for observe in self.run_observers:
             observe(name, start, end)
 
-    def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
+    def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None,
+            options: ort.RunOptions | None = None) -> list:
         start = time.perf_counter()
-        result = self[name].run(outputs, feeds)
+        result = self[name].run(outputs, feeds, options)
         self.notify(name, start, time.perf_counter())
         return result

@@ -133,8 +133,8 @@ class LanedOrtSession:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
 
-    def run(self, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list:
-        return self._lane.run(self._graph, lambda: self._session.run(outputs, feeds))
+    def run(self, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray], options: Any = None) -> list:
+        return self._lane.run(self._graph, lambda: self._session.run(outputs, feeds, options))
 
     def run_with_iobinding(self, binding: Any) -> None:
         self._lane.run(self._graph, lambda: self._session.run_with_iobinding(binding))
@@ -153,5 +153,5 @@ class LanedSessions:
     def __getitem__(self, name: str) -> LanedOrtSession:
         return self._laned[name]
 
-    def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None) -> list:
-        return self._laned[name].run(outputs, feeds)
+    def run(self, name: str, feeds: dict, outputs: Sequence[str] | None = None, options: Any = None) -> list:
+        return self._laned[name].run(outputs, feeds, options)
