@@ -121,3 +121,23 @@ def test_live_session_waits_through_a_pause_and_ends_the_turn_early(tmp_path: Pa
     voiced = np.flatnonzero(np.abs(audio) > 1e-3)
     assert report.user_seconds > (voiced[-1] - voiced[0]) / RATE  # the utterance holds the whole question
     assert report.felt - report.latency < endpoint.end_ms / 1000  # the wait for the decision beat the hangover
+
+
+def test_a_greeting_alone_ends_the_turn_unless_the_utterance_must_be_long_enough(detector: SmartTurn,
+                                                                                 tmp_path: Path) -> None:
+    """The demo's question as espeak-ng says it (en-us, 175 words/min): Smart Turn calls "Hello!" finished, so
+    the turn ends inside the question; asked only once the utterance has lasted 1 s, it ends after the question
+    (README, "End of turn": the greetings table)."""
+    from bcaudio.runtime.audio.end_of_turn import first_end_of_turn
+    from bcaudio.runtime.audio.vad import EndpointSettings, SileroVad
+    from bcaudio.runtime.audio.voicing import last_voiced_sample
+
+    speech = espeak_ssml("<speak>Hello! Can you tell me what the weather will be like tomorrow?</speak>",
+                         tmp_path / "q.wav", wpm=175)
+    audio = np.concatenate([np.zeros(RATE // 2), speech, np.zeros(2 * RATE)]).astype(np.float32)
+    audio += 0.002 * np.random.default_rng(1).standard_normal(audio.size).astype(np.float32)
+    truth, vad = last_voiced_sample(audio), SileroVad()
+    plain = first_end_of_turn(audio, vad, EndpointSettings(turn_detector=True), detector)
+    assert plain.by == "turn_detector" and plain.decision < truth  # cut off after the greeting
+    waited = first_end_of_turn(audio, vad, EndpointSettings(turn_detector=True, turn_min_ms=1000), detector)
+    assert truth <= waited.decision < truth + RATE  # after the question, well within a second

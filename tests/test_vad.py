@@ -74,3 +74,13 @@ def test_live_modules_never_import_torch_or_silero_python() -> None:
             "bad = [m for m in ('torch', 'silero_vad') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_endpointer_asks_the_turn_detector_only_once_the_utterance_is_long_enough() -> None:
+    """``turn_min_ms``: a pause after a short greeting is not judged, the same pause later in the utterance is."""
+    probs = [0.9] * 10 + [0.1] * 7 + [0.9] * 20 + [0.1] * 7  # speech, a 7-frame pause, more speech, a pause
+    for min_ms, want in [(0, [(2, "start"), (15, "pause"), (42, "pause")]),
+                         (640, [(2, "start"), (42, "pause")])]:  # 20 frames: the first pause comes at 16
+        ep = Endpointer(EndpointSettings(start_ms=96, end_ms=640, turn_detector=True, turn_pause_ms=192,
+                                         turn_min_ms=min_ms))
+        assert [(i, c) for i, p in enumerate(probs) if (c := ep.update(p))] == want

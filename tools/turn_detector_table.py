@@ -8,7 +8,12 @@ landing on the frame after its real run time). Reported per setting: the mean an
 last voiced sample (found on the audio) to the decision, and the cut-off rate: ends decided before
 the sentence's last voiced sample, i.e. inside the sentence.
 
-    python tools/turn_detector_table.py [--voices en-us,en,en+f3] [--rates 150,175,200] [--pauses 0,300,500,800]
+``--greetings`` says questions that begin with a greeting instead ("Hello!" and then the question, the
+demo's form: the greeting alone sounds finished), to weigh ``turn_min_ms``: the detector is asked only once
+the utterance has lasted that long.
+
+    python tools/turn_detector_table.py [--voices en-us,en,en+f3] [--rates 150,175,200] [--pauses 0,300,500,800] \
+        [--greetings]
 """
 
 from __future__ import annotations
@@ -35,10 +40,22 @@ SENTENCES = [  # (before the pause, after it)
     ("What is the", "weather like today?"),
     ("Turn off the lights in the", "living room, please."),
 ]
+GREETINGS = [  # (the greeting, the question after it)
+    ("Hello!", "Can you tell me what the weather will be like tomorrow?"),
+    ("Hi there!", "What is the time in Paris?"),
+    ("Good morning!", "Please remind me to call my mother tonight."),
+    ("Hey!", "Turn off the lights in the living room."),
+]
 SETTINGS = {  # label -> endpoint settings
     "hangover 640 ms": EndpointSettings(end_ms=640),
     "Smart Turn after 192 ms, else hangover 640 ms": EndpointSettings(end_ms=640, turn_detector=True),
     "Smart Turn after 192 ms, else hangover 1000 ms": EndpointSettings(end_ms=1000, turn_detector=True),
+    "Smart Turn after 192 ms once 1000 ms long, else hangover 640 ms": EndpointSettings(
+        end_ms=640, turn_detector=True, turn_min_ms=1000),
+    "Smart Turn after 192 ms once 1500 ms long, else hangover 640 ms": EndpointSettings(
+        end_ms=640, turn_detector=True, turn_min_ms=1500),
+    "Smart Turn (threshold 0.7) after 192 ms, else hangover 640 ms": EndpointSettings(
+        end_ms=640, turn_detector=True, turn_threshold=0.7),
 }
 
 
@@ -59,13 +76,15 @@ def main() -> None:
     ap.add_argument("--voices", default="en-us,en,en+f3")
     ap.add_argument("--rates", default="150,175,200", help="espeak-ng words per minute")
     ap.add_argument("--pauses", default="0,300,500,800", help="ms of silence inserted mid-sentence (0: none)")
+    ap.add_argument("--greetings", action="store_true", help="questions that begin with a greeting")
     args = ap.parse_args()
+    sentences = GREETINGS if args.greetings else SENTENCES
     vad, detector = SileroVad(), SmartTurn()
     rows: dict[str, dict[str, list]] = {k: {"delay": [], "cut": [], "cut_paused": [], "runs": []} for k in SETTINGS}
     pauses = [int(p) for p in args.pauses.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         seed = 0
-        for before, after in SENTENCES:
+        for before, after in sentences:
             for voice in args.voices.split(","):
                 for wpm in (int(r) for r in args.rates.split(",")):
                     for pause in pauses:
@@ -81,7 +100,7 @@ def main() -> None:
                                 row["delay"].append((end.decision - truth) / VAD_RATE * 1000)
                             if end is not None:
                                 row["runs"] += end.detector_seconds
-    n = len(SENTENCES) * len(args.voices.split(",")) * len(args.rates.split(","))
+    n = len(sentences) * len(args.voices.split(",")) * len(args.rates.split(","))
     print(f"{n} sentences x pauses {args.pauses} ms ({n * len(pauses)} utterances); voices {args.voices}, "
           f"rates {args.rates} wpm\n")
     print("| end of turn | mean delay ms | p90 delay ms | cut-offs, no pause | cut-offs, with a mid-sentence pause "

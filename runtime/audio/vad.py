@@ -82,7 +82,9 @@ class EndpointSettings:
     scores below the threshold. Below ``threshold`` but above ``release`` counts as still speaking.
     With ``turn_detector``, ``turn_pause_ms`` of non-speech is a pause the Smart Turn classifier
     judges (``"pause"``): finished (probability above ``turn_threshold``) ends the utterance there,
-    otherwise the hangover still applies. A device profile's ``[endpoint]`` section sets these.
+    otherwise the hangover still applies. The detector is asked only once the utterance has lasted
+    ``turn_min_ms`` (a greeting alone, "Hello!", sounds finished and is usually followed by the question).
+    A device profile's ``[endpoint]`` section sets these.
     """
 
     threshold: float = 0.5
@@ -93,6 +95,7 @@ class EndpointSettings:
     turn_detector: bool = False
     turn_pause_ms: int = 192
     turn_threshold: float = 0.5
+    turn_min_ms: int = 0
 
     def frames(self, ms: int) -> int:
         return max(1, -(-ms // FRAME_MS))
@@ -106,9 +109,10 @@ class Endpointer:
         self.settings = settings or EndpointSettings()
         self.speaking = False
         self._run = 0  # consecutive frames arguing for a change of state
+        self._frames = 0  # frames since the utterance started
 
     def reset(self) -> None:
-        self.speaking, self._run = False, 0
+        self.speaking, self._run, self._frames = False, 0, 0
 
     @property
     def pausing(self) -> bool:
@@ -125,14 +129,15 @@ class Endpointer:
         if not self.speaking:
             self._run = self._run + 1 if prob >= s.threshold else 0
             if self._run >= s.frames(s.start_ms):
-                self.speaking, self._run = True, 0
+                self.speaking, self._run, self._frames = True, 0, s.frames(s.start_ms)
                 return "start"
             return None
+        self._frames += 1
         self._run = self._run + 1 if prob < s.release else 0
         if self._run >= s.frames(s.end_ms):
             self.speaking, self._run = False, 0
             return "end"
-        if s.turn_detector and self._run == s.frames(s.turn_pause_ms):
+        if s.turn_detector and self._run == s.frames(s.turn_pause_ms) and self._frames >= s.frames(s.turn_min_ms):
             return "pause"
         return None
 

@@ -120,9 +120,9 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
         endpoint=_typed(EndpointSettings, raw.get("endpoint", {}), f"{where}: endpoint"))
     ep = profile.endpoint
     if not (0 < ep.release <= ep.threshold < 1 and 0 < ep.turn_threshold < 1) \
-            or min(ep.start_ms, ep.end_ms, ep.turn_pause_ms) < 1 or ep.pre_roll_ms < 0:
+            or min(ep.start_ms, ep.end_ms, ep.turn_pause_ms) < 1 or min(ep.pre_roll_ms, ep.turn_min_ms) < 0:
         raise ProfileError(f"{where}: endpoint needs 0 < release <= threshold < 1, 0 < turn_threshold < 1, "
-                           "start_ms, end_ms and turn_pause_ms >= 1, pre_roll_ms >= 0")
+                           "start_ms, end_ms and turn_pause_ms >= 1, pre_roll_ms and turn_min_ms >= 0")
     gen = profile.generation
     if gen.flow_steps < 1 or min(gen.stream_chunk_frames, gen.stream_first_chunk_frames) < 0 \
             or gen.stream_left_context_frames < 1:
