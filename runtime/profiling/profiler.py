@@ -3,7 +3,8 @@
 Every graph run already reports ``(graph, start, end)`` through ``PackageSessions.run_observers``; this
 module only adds what the observers cannot see: how many positions each LLM run fed (to tell prefill from
 decode), when the first answer token was sampled, and the turn's own clock. The time no graph accounts
-for (resampling, sampling, Python) is an explicit ``other`` stage, so the stages always sum to the turn.
+for (resampling, sampling, Python) is an explicit ``other`` stage, so the stages sum to the turn; with the
+decode overlapped with the frames (``stream_overlap_decode``) two stages run at once and they sum to more.
 No torch: this runs on the edge box being profiled.
 """
 
