@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from float_floor import MARGIN, nudged
+from float_floor import nudged
 
 from bcaudio.config import StreamSettings
 from bcaudio.export.checkpoint import load_checkpoint, load_config
@@ -26,6 +26,10 @@ from bcaudio.runtime.package.text_codec import TextCodec
 # The float floor may be no larger than this (1 % of full scale): above it a waveform comparison sees nothing, while
 # the f0 one float32 step off that an fp32 F0 predictor gives is 0.17 on tiny (README, "Validation").
 FLOOR_CEILING = 1e-2
+# On the shipped tiny package (63 % of samples on the clamp, README "Validation") ONNX sits at 2.6-3.1x its floor
+# depending on torch's thread count, so this end-to-end bound is 4x, not float_floor's 3x (which holds on the
+# unclamped copy, tests/test_waveform_parity.py); an f0 one float32 step off is ~200x.
+CLAMPED_MARGIN = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def test_greedy_turn_equals_the_torch_reference(tiny: tuple[Path, Path], speech_
 
 
 def assert_within_the_float_floor(ref, codec: TextCodec, speech: np.ndarray, got, want) -> None:
-    """Each segment's waveform within MARGIN x the torch reference's own float32 floor (tests/float_floor.py),
+    """Each segment's waveform within CLAMPED_MARGIN x the torch reference's own float32 floor (tests/float_floor.py),
     which follows how torch rounds in this process (its thread count among it: at 1 thread tiny's floor and the ONNX
     gap both rise past the fixed 1e-3 this test had, and it failed after a test that set torch's threads)."""
     original = nudged(ref)
@@ -59,7 +63,7 @@ def assert_within_the_float_floor(ref, codec: TextCodec, speech: np.ndarray, got
         ref.parts["vocoder"] = original
     errors = [np.abs(g.waveform - w.waveform).max() for g, w in zip(got.segments, want.segments, strict=True)]
     floor = max(np.abs(f.waveform - w.waveform).max() for f, w in zip(floor_turn.segments, want.segments, strict=True))
-    assert 0 < floor < FLOOR_CEILING and max(errors) <= MARGIN * floor, (errors, floor)
+    assert 0 < floor < FLOOR_CEILING and max(errors) <= CLAMPED_MARGIN * floor, (errors, floor)
 
 
 def test_seeded_sampling_is_reproducible_and_multi_turn_keeps_the_cache(tiny: tuple[Path, Path],
