@@ -39,16 +39,16 @@ def snr_db(got: np.ndarray, want: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(want**2) / max(np.sum((got - want) ** 2), 1e-30)))
 
 
-def envelope(x: np.ndarray, hop: int = 480) -> np.ndarray:
+def envelope(x: np.ndarray, hop: int) -> np.ndarray:
     n = x.size // hop * hop
     return np.sqrt((x[:n].reshape(-1, hop) ** 2).mean(axis=1))
 
 
-def content(got: np.ndarray, want: np.ndarray) -> str:
-    """Envelope correlation, RMS ratio and SNR (overall, worst block) as table cells."""
-    block = int(BLOCK_S * 24000)
+def content(got: np.ndarray, want: np.ndarray, rate: int) -> str:
+    """Envelope (20 ms) correlation, RMS ratio and SNR (overall, worst block) as table cells."""
+    block = int(BLOCK_S * rate)
     worst = min(snr_db(got[i:i + block], want[i:i + block]) for i in range(0, want.size - block + 1, block))
-    corr = np.corrcoef(envelope(got), envelope(want))[0, 1]
+    corr = np.corrcoef(envelope(got, rate // 50), envelope(want, rate // 50))[0, 1]
     rms = np.sqrt((got**2).mean() / (want**2).mean())
     return f"{corr:.2f} | {rms:.2f} | {snr_db(got, want):.1f} | {worst:.1f}"
 
@@ -88,7 +88,7 @@ def main() -> None:
                            log=lambda _: None).backend.decode_segment(codes, 0)
     print(f"{len(codes)} codes ({len(codes) * 0.08:.2f} s), {args.flow_steps} flow steps; whole segment decoded in "
           f"{whole_ms:.0f} ms; another noise draw of it (envelope corr | RMS ratio | SNR | worst 320 ms): "
-          f"{content(other, whole)}\n")
+          f"{content(other, whole, assistant.sample_rate)}\n")
     cells = "envelope corr | RMS ratio | SNR dB | worst 320 ms dB"
     holdback = StreamSettings().holdback_samples
     if args.schedules:
@@ -110,7 +110,7 @@ def main() -> None:
         pieces += [w for _, w in stream.finish(codes)]
         got = crossfade_join(pieces, crossfade)
         first_ms = pieces[0].size / assistant.sample_rate * 1000
-        print(f"| {name} | {content(got, whole)} | "
+        print(f"| {name} | {content(got, whole, assistant.sample_rate)} | "
               f"{sum(n for n, _ in decoded) / len(codes):.2f} | {first_ms:.0f} | {decoded[0][1]:.0f} |")
 
 
