@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bcaudio.benchmarks.op_profile import llm_profile
 from bcaudio.quant.accuracy import _llm, _Probe
 from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.runtime.package.llm_state import LlmState
@@ -38,41 +39,6 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def op_profile(graph: Path, cfg: object, threads: int, context: int, steps: int = 40) -> list[tuple[str, float]]:
-    """onnxruntime's own profile of ``steps`` decode steps at ``context``: ms per step by op type (MatMulNBits
-    split by bits and by what it multiplies), largest first."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(graph.parent / "profile")
-    session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-    bits = {}
-    import onnx
-
-    for node in onnx.load(str(graph), load_external_data=False).graph.node:
-        if node.op_type == "MatMulNBits":
-            b = next(a.i for a in node.attribute if a.name == "bits")
-            what = node.name.split("/")[-1].split(".")[-1].replace("_mm", "").replace("_Q4", "").replace("_Q8", "")
-            bits[node.name] = f"MatMulNBits {b}-bit {what}"
-    c = cfg.llm
-    state = LlmState(_session(graph, threads), c.kv_heads, c.head_dim, cfg.bridge.num_codebooks)
-    ids = np.random.default_rng(0).integers(0, 1000, context + 1).tolist()
-    state.feed(ids[:context])  # on an unprofiled session: the profile holds only the decode steps
-    state.session = session
-    for _ in range(steps):
-        state.feed(ids[context:context + 1])
-        state.truncate(context)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            name = e["name"][: -len("_kernel_time")]
-            key = bits.get(name, e["args"].get("op_name", name))
-            totals[key] = totals.get(key, 0.0) + e["dur"] / 1000
-    return sorted(((k, v / steps) for k, v in totals.items()), key=lambda kv: -kv[1])
 
 
 def main() -> None:
@@ -104,10 +70,10 @@ def main() -> None:
         graphs[spec] = dst
     if args.profile:
         context = int(args.contexts.split(",")[0])
-        rows = op_profile(graphs[args.profile], cfg, args.threads, context)
-        total = sum(v for _, v in rows)
-        for k, v in rows:
-            print(f"{k:40s} {v:7.2f} ms/step {100 * v / total:5.1f} %")
+        rows = llm_profile(graphs[args.profile], cfg, context, args.threads, steps=40)
+        total = sum(g.ms for g in rows)
+        for g in rows:
+            print(f"{g.name:40s} {g.ms:7.2f} ms/step {100 * g.ms / total:5.1f} %  {g.mb:6.1f} MB")
         return
     results: dict[str, dict] = {s: {"bytes": sum(p.stat().st_size for p in g.parent.glob(g.name + "*"))}
                                 for s, g in graphs.items()}
