@@ -72,11 +72,11 @@ class TorchBackend:
 
     @torch.no_grad()
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
-                       phase: SourcePhase | None = None) -> np.ndarray:
+                       phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
         states = self.ref.detokenizer(torch.as_tensor(codes)[None], self.ref.bridge)
         z, source = self.noise.window(segment, first_code, len(codes))
-        mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z), self.flow_steps,
-                       self.cfg.flow.cfg_rate)
+        mel = flow_mel(self.ref.prenet, self.ref.estimator, states, torch.as_tensor(z),
+                       flow_steps or self.flow_steps, self.cfg.flow.cfg_rate)
         first_frame = first_code * self.cfg.bridge.avg_pooler
         track = phase or SourcePhase(self.cfg.vocoder.nb_harmonics + 1)
         start = {k: torch.as_tensor(v) for k, v in track.feeds(first_frame).items()}

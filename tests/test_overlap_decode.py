@@ -1,6 +1,6 @@
 """A streamed window decoded on a worker thread while the next window's frames are made
-(``StreamSettings.overlap_decode``): the same turn sample for sample, pieces in order, and a cut-off turn stops
-the decode and its thread."""
+(``StreamSettings.overlap_decode``): the same turn sample for sample, pieces in order, a cut-off turn stops the
+decode in flight, and one worker per conversation serves all its segments and turns until it is closed."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def test_overlapped_decode_gives_the_same_turn_sample_for_sample(tiny_package: P
     plain, plain_lengths = turn(plain_assistant, speech_16k)
     got_assistant, got_threads = assistant(tiny_package, overlap=True, delay=0.05)
     got, got_lengths = turn(got_assistant, speech_16k)
+    got_assistant.close()
     assert sum(not s.final for s in plain.segments) >= 2, "no segment streamed: the test needs longer segments"
     assert got.text_ids == plain.text_ids and got.reason == plain.reason
     assert len(got.segments) == len(plain.segments)
@@ -78,6 +79,30 @@ def test_overlapped_decode_gives_the_same_turn_sample_for_sample(tiny_package: P
     assert len(decode_threads()) == before
 
 
+def test_one_decode_worker_serves_every_segment_and_turn(tiny_package: Path, speech_16k: np.ndarray) -> None:
+    """The loop's worker is made on the first streamed segment and kept: over many segments and turns the windows
+    decoded aside all ran on one thread, no more threads were left than that one, and closing the conversation
+    ends it."""
+    before = threading.active_count()
+    a, _ = assistant(tiny_package, overlap=True)
+    decode, idents, counts = a.backend.decode_segment, set(), []
+
+    def recorded(*args, **kwargs):
+        if threading.current_thread().name.startswith("bcaudio-decode"):
+            idents.add(threading.get_ident())
+        counts.append(len(decode_threads()))
+        return decode(*args, **kwargs)
+
+    a.backend.decode_segment = recorded  # type: ignore[method-assign]
+    segments = 0
+    for _ in range(5):
+        segments += sum(s.final for s in collect(a.respond(speech_16k, 16000), 240).segments)
+        assert len(decode_threads()) == 1 and threading.active_count() == before + 1
+    assert segments >= 5 and len(idents) == 1 and max(counts) == 1
+    a.close()
+    assert decode_threads() == [] and threading.active_count() == before
+
+
 def test_pieces_come_in_order_once_decoded(tiny_cfg: ModelConfig) -> None:
     """With a worker, the segment's first window is decoded at once (the speaker may be waiting for it) and later
     ones aside: ``add`` hands a piece out only when its decode is done, and the next window waits for it (one
@@ -85,7 +110,7 @@ def test_pieces_come_in_order_once_decoded(tiny_cfg: ModelConfig) -> None:
     gate = threading.Event()
     code_samples = tiny_cfg.bridge.avg_pooler * tiny_cfg.vocoder.samples_per_frame
 
-    def decode(codes: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
+    def decode(codes: np.ndarray, first: int, phase: SourcePhase, steps: int | None = None) -> np.ndarray:
         if threading.current_thread().name.startswith("bcaudio-decode"):
             assert gate.wait(5)
         frames = tiny_cfg.decoded_frames(len(codes))
@@ -113,18 +138,18 @@ def test_pieces_come_in_order_once_decoded(tiny_cfg: ModelConfig) -> None:
 def test_closed_turns_stop_the_decode_in_flight_and_leave_no_thread(tiny_package: Path,
                                                                     speech_16k: np.ndarray) -> None:
     """A turn closed at its second piece (a barge-in) while the next window is being decoded returns at once: the
-    decode is stopped (onnxruntime's terminate flag on the runs it makes), not waited for, and its thread ends;
-    over several turns no thread is left and the conversation goes on."""
+    decode is stopped (onnxruntime's terminate flag on the runs it makes), not waited for; over several turns
+    only the conversation's idle worker is left, the conversation goes on, and closing it ends the worker."""
     a, _ = assistant(tiny_package, overlap=True)
     a.loop.gen.stream = dataclasses.replace(a.loop.gen.stream, first_chunk_frames=2, chunk_frames=2, growth=1.0)
     before = threading.active_count()
     real, stopped, running = a.backend.decode_segment, [], threading.Event()
     calls: dict[int, int] = {}  # decodes per answer segment so far
 
-    def decode(codes, segment, first_code=0, phase=None):
+    def decode(codes, segment, first_code=0, phase=None, flow_steps=None):
         calls[segment] = calls.get(segment, 0) + 1
         options = a.backend._decode_options  # what this decode's runs see
-        wave = real(codes, segment, first_code, phase)
+        wave = real(codes, segment, first_code, phase, flow_steps)
         if calls[segment] <= 2:  # the second window, aside: slow enough that the third is due and started when done
             time.sleep(0.5 if calls[segment] == 2 else 0)
             return wave
@@ -146,11 +171,12 @@ def test_closed_turns_stop_the_decode_in_flight_and_leave_no_thread(tiny_package
         t0 = time.perf_counter()
         events.close()
         assert time.perf_counter() - t0 < 2.0
-        assert decode_threads() == []
+        assert len(decode_threads()) == 1  # the loop's worker, idle: it decodes the next turn's windows
     assert stopped == [True] * turns  # each close found the third window's decode in flight, and stopped it
-    assert threading.active_count() == before
     a.backend.decode_segment = real  # type: ignore[method-assign]
     assert collect(a.respond(speech_16k, 16000), 240).segments  # the conversation still answers
+    a.close()
+    assert decode_threads() == [] and threading.active_count() == before
 
 
 def test_cancel_decode_stops_a_run_in_flight_and_not_the_next(tiny_package: Path) -> None:

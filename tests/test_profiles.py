@@ -33,6 +33,9 @@ def test_every_shipped_profile_validates() -> None:
     ("[session\n", r"not valid TOML"),
     ("[generation]\nstream_chunk_growth = 0.5\n", r"stream_chunk_growth must be in \[1, 4\]"),
     ("[generation]\nstream_max_chunk_frames = -1\n", r"stream_max_chunk_frames >= 0"),
+    ("[generation]\nflow_steps = 6\nstream_first_flow_steps = 7\n",
+     r"stream_first_flow_steps = 7; set it to 1 .. flow_steps \(6\), or 0"),
+    ("[generation]\nstream_first_flow_steps = -1\n", r"stream_first_flow_steps = -1; set it to 1 .. flow_steps"),
 ])
 def test_broken_profile_fails_with_one_clear_line(tmp_path: Path, body: str, pattern: str) -> None:
     path = tmp_path / "mine.toml"
@@ -61,6 +64,7 @@ def test_stream_settings_come_from_the_profile_and_the_flag_overrides_them() -> 
     assert stream_settings(None, None) is None  # the package's own: whole segments
     assert stream_settings(profile, None).chunk_frames == profile.generation.stream_chunk_frames
     assert stream_settings(profile, 0).chunk_frames == 0
+    assert stream_settings(profile, None).first_flow_steps == profile.generation.stream_first_flow_steps
     assert stream_settings(None, 5).left_context_frames == StreamSettings().left_context_frames
     with pytest.raises(ProfileError, match="--stream-chunk-frames must be >= 0"):
         stream_settings(profile, -1)

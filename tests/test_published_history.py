@@ -43,8 +43,9 @@ class Cached(Scripted):
         self.truncations.append(position)
         del self.cache[position:]
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0, phase=None) -> np.ndarray:
-        super().decode_segment(codes, segment, first_code, phase)
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0, phase=None,
+                       flow_steps=None) -> np.ndarray:
+        super().decode_segment(codes, segment, first_code, phase, flow_steps)
         n = self.cfg.decoded_frames(len(codes)) * self.cfg.vocoder.samples_per_frame
         t = np.arange(first_code * 1920, first_code * 1920 + n)
         return (0.3 * np.sin(t * 0.01 * (segment + 1)) + 0.05 * (segment + 1)).astype(np.float32)

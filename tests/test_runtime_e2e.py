@@ -106,8 +106,8 @@ class Recording:
     def audio_frame(self, hidden, choose):
         return self.inner.audio_frame(hidden, choose)
 
-    def decode_segment(self, codes, segment, first_code=0, phase=None):
-        return self.inner.decode_segment(codes, segment, first_code, phase)
+    def decode_segment(self, codes, segment, first_code=0, phase=None, flow_steps=None):
+        return self.inner.decode_segment(codes, segment, first_code, phase, flow_steps)
 
 
 PROMPT_ATOL = 1e-4  # fp32: the same positions through one cache fed piecewise vs fed at once

@@ -18,7 +18,7 @@ def positional_decoder(cfg: ModelConfig, calls: list[tuple[int, int]]):
     """A decoder whose output depends only on the global sample index: windows must join to the whole."""
     code_samples = cfg.bridge.avg_pooler * cfg.vocoder.samples_per_frame
 
-    def decode(codes: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
+    def decode(codes: np.ndarray, first: int, phase: SourcePhase, steps: int | None = None) -> np.ndarray:
         calls.append((first, len(codes)))
         frames = cfg.decoded_frames(len(codes))
         phase.record(first * cfg.bridge.avg_pooler, np.zeros((phase.boundaries.shape[0], frames)))

@@ -65,7 +65,8 @@ class Scripted:
             out.append(choose(i, logits))
         return out
 
-    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0, phase=None) -> np.ndarray:
+    def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0, phase=None,
+                       flow_steps=None) -> np.ndarray:
         self.decoded.append(len(codes))
         frames = self.cfg.decoded_frames(len(codes))
         if phase is not None:  # as a vocoder does: the source phase after each frame, for the next window

@@ -268,7 +268,7 @@ def test_streamed_source_equals_the_whole_segments(source_vocoder: tuple[HiFTVoc
     per_code = cfg.bridge.avg_pooler
     calls: list[int] = []
 
-    def excitation(window: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
+    def excitation(window: np.ndarray, first: int, phase: SourcePhase, steps: int | None = None) -> np.ndarray:
         calls.append(first)
         n = cfg.decoded_frames(len(window))
         first_frame = first * per_code

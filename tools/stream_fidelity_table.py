@@ -14,11 +14,20 @@ whole with another noise draw (``--other-seed``), an equally valid rendering, gi
 
 ``--schedules`` (first,chunk[,growth,cap[,left context]], as in tools/stream_schedule.py) replaces the
 chunk x context grid with those schedules.
+
+``--first-steps 3,4`` adds a table for a cheaper first window (``stream_first_flow_steps``): each schedule
+streamed with its first window solved in that many Euler steps, against the same schedule at
+``--flow-steps``; the first piece (the audio the first window plays) and the whole streamed segment each
+against the same samples of the whole-segment decode, with the other noise draw's figures on the same spans.
+
+    python tools/stream_fidelity_table.py --model PKG --input speech.wav --flow-steps 6 --schedules "8,4,1.5,32,3" \
+        --first-steps 3,4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -56,13 +65,49 @@ def content(got: np.ndarray, want: np.ndarray, rate: int) -> str:
 def timed(decode_segment: Callable[..., np.ndarray], log: list[tuple[int, float]]) -> Callable[..., np.ndarray]:
     """Segment 0's window decoder that logs (codes, ms) per window."""
 
-    def decode(window: np.ndarray, first: int, phase: SourcePhase) -> np.ndarray:
+    def decode(window: np.ndarray, first: int, phase: SourcePhase, steps: int | None) -> np.ndarray:
         start = time.perf_counter()
-        wave = decode_segment(window, 0, first, phase)
+        wave = decode_segment(window, 0, first, phase, steps)
         log.append((len(window), (time.perf_counter() - start) * 1000))
         return wave
 
     return decode
+
+
+def envelope_rms(got: np.ndarray, want: np.ndarray, rate: int) -> str:
+    """Envelope (20 ms) correlation and RMS ratio as table cells: the figures a span too short for 320 ms blocks
+    still has."""
+    corr = np.corrcoef(envelope(got, rate // 50), envelope(want, rate // 50))[0, 1]
+    return f"{corr:.2f} | {np.sqrt((got**2).mean() / (want**2).mean()):.2f}"
+
+
+def streamed(decode_segment: Callable[..., np.ndarray], settings: StreamSettings, codes: np.ndarray,
+             crossfade: int, cfg: object) -> tuple[list[np.ndarray], list[tuple[int, float]]]:
+    """The pieces of ``codes`` streamed as one segment, and (codes, ms) of each window's decode."""
+    decoded: list[tuple[int, float]] = []
+    stream = SegmentStream(timed(decode_segment, decoded), settings, crossfade, cfg)
+    pieces = [w for k in range(1, len(codes) + 1) for _, w in stream.add(codes[:k])]
+    return pieces + [w for _, w in stream.finish(codes)], decoded
+
+
+def first_steps_table(grid: list[tuple[str, StreamSettings]], steps: list[int], flow_steps: int,
+                      decode_segment: Callable[..., np.ndarray], codes: np.ndarray, whole: np.ndarray,
+                      other: np.ndarray, crossfade: int, cfg: object, rate: int) -> None:
+    """The cheaper first window's rows: first piece and whole streamed segment against the whole decode."""
+    print("\n| schedule | first window flow steps | first piece: envelope corr | RMS ratio | streamed segment: "
+          "envelope corr | RMS ratio | first window decode ms |")
+    print("|---|---|---|---|---|---|---|")
+    for name, settings in grid:
+        label, first_len = name.replace(" | ", ", "), 0
+        for n in [flow_steps, *steps]:
+            pieces, decoded = streamed(decode_segment, dataclasses.replace(settings, first_flow_steps=n), codes,
+                                       crossfade, cfg)
+            first_len = pieces[0].size
+            got = crossfade_join(pieces, crossfade)
+            print(f"| {label} | {n} | {envelope_rms(pieces[0], whole[:first_len], rate)} | "
+                  f"{envelope_rms(got, whole, rate)} | {decoded[0][1]:.0f} |")
+        print(f"| {label} | another noise draw, whole | {envelope_rms(other[:first_len], whole[:first_len], rate)} | "
+              f"{envelope_rms(other, whole, rate)} | |")
 
 
 def main() -> None:
@@ -75,6 +120,7 @@ def main() -> None:
     parser.add_argument("--flow-steps", type=int, default=10)
     parser.add_argument("--schedules", help="first,chunk[,growth,cap[,left]];... instead of --chunks x --contexts")
     parser.add_argument("--other-seed", type=int, default=7, help="noise seed of the reference's other draw")
+    parser.add_argument("--first-steps", help="first-window flow steps to compare with --flow-steps (e.g. 3,4)")
     args = parser.parse_args()
     assistant = VoiceAssistant(args.model, None, flow_steps=args.flow_steps, log=lambda _: None)
     audio, rate = sf.read(args.input, dtype="float32", always_2d=True)
@@ -104,14 +150,14 @@ def main() -> None:
               "first piece ms | first window decode ms |")
         print("|---|---|---|---|---|---|---|---|---|")
     for name, settings in grid:
-        decoded: list[tuple[int, float]] = []
-        stream = SegmentStream(timed(backend.decode_segment, decoded), settings, crossfade, cfg)
-        pieces = [w for k in range(1, len(codes) + 1) for _, w in stream.add(codes[:k])]
-        pieces += [w for _, w in stream.finish(codes)]
+        pieces, decoded = streamed(backend.decode_segment, settings, codes, crossfade, cfg)
         got = crossfade_join(pieces, crossfade)
         first_ms = pieces[0].size / assistant.sample_rate * 1000
         print(f"| {name} | {content(got, whole, assistant.sample_rate)} | "
               f"{sum(n for n, _ in decoded) / len(codes):.2f} | {first_ms:.0f} | {decoded[0][1]:.0f} |")
+    if args.first_steps:
+        first_steps_table(grid, [int(n) for n in args.first_steps.split(",")], args.flow_steps,
+                          backend.decode_segment, codes, whole, other, crossfade, cfg, assistant.sample_rate)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ def _chat_files(args: argparse.Namespace, assistant: Any, live: Any, view: ChatV
         print(f"\nstopped by Ctrl-C after {len(played) * BLOCK_MS / 1000:.1f} s of the input", file=view.out)
     finally:
         session.close()
+        assistant.close()  # its decode worker
     out = np.concatenate(played) if played else np.zeros(0, np.float32)
     if args.output_wav:
         save_audio(args.output_wav, out, speaker.rate)
@@ -228,6 +229,7 @@ def _chat_live(session: Any, streams: Any, view: ChatView, device_error: type[Ex
     finally:
         streams.close()
         session.close()
+        session.assistant.close()  # its decode worker
 
 
 def push_to_talk_keys(session: Any, keys: Iterable[str]) -> None:

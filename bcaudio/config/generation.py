@@ -45,6 +45,9 @@ class StreamSettings:
     while little audio is queued, and each later window is computed while the growing queue plays.
     ``overlap_decode`` decodes a window on a thread of its own while the next window's frames are made
     (the llm and head steps keep about one of two CPU cores busy): the same audio, sooner.
+    ``first_flow_steps`` (0: the backend's flow steps) solves a segment's first streamed window with fewer
+    Euler steps: the speaker is waiting for that window alone, while the later windows are decoded as the
+    queue plays. A segment decoded whole is not a first window and keeps the flow steps.
     """
 
     chunk_frames: int = 0
@@ -54,6 +57,7 @@ class StreamSettings:
     growth: float = 1.0
     max_chunk_frames: int = 0
     overlap_decode: bool = False
+    first_flow_steps: int = 0
 
     def window_frames(self, window: int) -> int:
         """New codes of a segment's window number ``window`` (0 first); 0 when segments are not streamed."""
@@ -70,9 +74,10 @@ class StreamSettings:
         return frames
 
     def validate(self) -> None:
-        check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples, self.max_chunk_frames) >= 0
+        check(min(self.chunk_frames, self.first_chunk_frames, self.holdback_samples, self.max_chunk_frames,
+                  self.first_flow_steps) >= 0
                and self.left_context_frames >= 1, "generation.stream: chunk_frames, first_chunk_frames, "
-               "max_chunk_frames and holdback_samples must be >= 0, left_context_frames >= 1")
+               "max_chunk_frames, holdback_samples and first_flow_steps must be >= 0, left_context_frames >= 1")
         check(1.0 <= self.growth <= 4.0, f"generation.stream: growth must be in [1, 4], got {self.growth}")
 
 

@@ -76,9 +76,10 @@ class VoiceAssistant:
         self.backend.reset()
 
     def close(self) -> None:
-        """Leave the scheduler's batch (a conversation on its own sessions has nothing to release)."""
+        """Leave the scheduler's batch, if in one (a step in flight fails now), then end the loop's decode worker."""
         if isinstance(self.backend, BatchedBackend):
             self.backend.close()
+        self.loop.close()
 
     @property
     def sample_rate(self) -> int:

@@ -296,12 +296,12 @@ class BatchedBackend:
             self.scheduler._set_state(self.member, STEPPING)
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
-                       phase: SourcePhase | None = None) -> np.ndarray:
+                       phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
         """Flow and vocoder on this conversation's thread (not batched); the scheduler does not wait for it."""
         self.scheduler._set_state(self.member, AWAY)
         try:
-            return decode_window(self.sessions, self.noise, self.flow_steps, codes, segment, first_code,
-                                 phase)
+            return decode_window(self.sessions, self.noise, flow_steps or self.flow_steps, codes, segment,
+                                 first_code, phase)
         finally:
             self.scheduler._set_state(self.member, STEPPING)
 

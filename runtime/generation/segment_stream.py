@@ -11,6 +11,8 @@ convolutions look ahead, so the end of a window waits for the next one, which st
 bounded: each code is decoded at most ``1 + left / chunk`` times, never the growing prefix.
 The vocoder's sine source is one signal over the segment: each window takes up its cumulative
 phase where the window's piece starts, from the window before (``source_phase``).
+The first window may be solved with fewer flow steps (``StreamSettings.first_flow_steps``): it alone
+stands between the text and the first sound.
 
 Not exact. The detokenizer's GroupNorm normalises over the whole window (see
 ``export/detokenizer.py``), causal attention in the detokenizer and pre-net sees only the window,
@@ -28,8 +30,9 @@ import numpy as np
 from bcaudio.config import ModelConfig, StreamSettings
 from bcaudio.runtime.generation.source_phase import SourcePhase
 
-# (codes, index of codes[0] in the segment, the segment's source phase) -> waveform
-Decode = Callable[[np.ndarray, int, SourcePhase], np.ndarray]
+# (codes, index of codes[0] in the segment, the segment's source phase, flow steps or None for the backend's)
+# -> waveform
+Decode = Callable[[np.ndarray, int, SourcePhase, int | None], np.ndarray]
 # (codes of the segment that the piece's audio ends at, the audio to play)
 Piece = tuple[int, np.ndarray]
 
@@ -76,18 +79,21 @@ class SegmentStream:
         if len(codes) == 0:
             return out + [(0, np.zeros(0, np.float32))]
         if self.done == 0:  # never streamed: the reference's whole-segment decode
-            return out + [(len(codes), self.decode(codes, 0, self.phase))]
+            return out + [(len(codes), self.decode(codes, 0, self.phase, None))]
         if len(codes) == self.done and self.last is not None:  # the last window already saw the last code
             base, wave = self.last
             return out + [(len(codes), wave[self._start() - base:])]
         self._start_window(codes, final=True)
         return out + self._collect(wait=True)
 
-    def stop(self) -> None:
-        """Drop the window in flight (the turn was cut off): a decode not started yet never starts."""
-        if self.pending is not None:
-            self.pending[0].cancel()
-            self.pending = None
+    def stop(self) -> Future | None:
+        """Drop the window in flight (the turn was cut off): a decode not started yet never starts. -> that
+        decode, for the caller to stop and wait for when it had started (the worker outlives the segment)."""
+        if self.pending is None:
+            return None
+        decoded, self.pending = self.pending[0], None
+        decoded.cancel()
+        return decoded
 
     def _start(self) -> int:
         return max(0, self.played_to - self.crossfade)
@@ -97,11 +103,12 @@ class SegmentStream:
         first = max(0, min(self.done - self.settings.left_context_frames, start // self.code_samples))
         self.phase.take_up_at(start // self.frame_samples)
         window = np.array(codes[first:])  # the caller goes on writing its frames while this is decoded
+        steps = (self.settings.first_flow_steps or None) if self.windows == 0 else None
         if self.worker is None or final or self.windows == 0:
             decoded: Future = Future()
-            decoded.set_result(self.decode(window, first, self.phase))
+            decoded.set_result(self.decode(window, first, self.phase, steps))
         else:
-            decoded = self.worker.submit(self.decode, window, first, self.phase)
+            decoded = self.worker.submit(self.decode, window, first, self.phase, steps)
         self.done, self.pending = len(codes), (decoded, len(codes), start, first * self.code_samples, final)
         self.windows += 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,11 +37,13 @@ class Backend(Protocol):
         """Run the audio head on ``hidden``; ``choose(i, logits_i)`` picks codebook i's code."""
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
-                       phase: SourcePhase | None = None) -> np.ndarray:
+                       phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
         """(frames, num_codebooks) codes -> 24 kHz waveform; ``codes[0]`` is code ``first_code`` of answer
         segment ``segment`` (which decides the noise: a window of a segment gets the segment's noise).
         ``phase`` carries the vocoder source's phase between the windows of a streamed segment (it takes up
-        the phase where it says and records this window's); None for a whole segment, which starts at 0."""
+        the phase where it says and records this window's); None for a whole segment, which starts at 0.
+        ``flow_steps``: this decode's Euler steps (None: the backend's own); a segment's first streamed window
+        may ask for fewer (``StreamSettings.first_flow_steps``)."""
 
     def reset(self) -> None:
         """Forget the conversation (empty KV cache, position 0): the loop re-prefills what it keeps."""
@@ -179,6 +181,7 @@ class SpeechLoop:
         self.history_seconds: float | None = None  # what the newest settle_history cost (re-encode + prefill)
         self.history_prefilled = 0  # positions it prefilled again
         self._settled_at_start: float | None = None  # settle_history run by this turn's start, for its timings
+        self._worker: ThreadPoolExecutor | None = None  # decodes streamed windows beside the frames (_segment)
 
     # ----- prompts -----
 
@@ -297,17 +300,17 @@ class SpeechLoop:
     def _segment(self, hidden: np.ndarray) -> Iterator[AudioSegment]:
         """Frames until code 0 is EOS or the frame limit, each frame fed back but the one that reaches the limit
         (the demo gives its position to ``<audiogen_end>``); the segment's audio comes as pieces while the frames
-        are made when ``generation.stream`` says so (``SegmentStream``), decoded on a worker thread of the
-        segment's own when it says ``overlap_decode`` and the backend can stop a decode (``cancel_decode``):
-        a turn closed early (a barge-in) stops the decode in flight and the thread with it."""
+        are made when ``generation.stream`` says so (``SegmentStream``), decoded on the loop's decode worker
+        when it says ``overlap_decode`` and the backend can stop a decode (``cancel_decode``): a turn closed
+        early (a barge-in) stops the decode in flight and waits for it to end."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
         cancel = getattr(self.backend, "cancel_decode", None)
-        worker = ThreadPoolExecutor(1, "bcaudio-decode") \
-            if self.gen.stream.overlap_decode and self.gen.stream.chunk_frames and cancel else None
+        worker = self._decode_worker() if self.gen.stream.overlap_decode and self.gen.stream.chunk_frames \
+            and cancel else None
         stream = SegmentStream(
-            lambda codes, first, phase: self.backend.decode_segment(codes, segment, first, phase),
+            lambda codes, first, phase, steps: self.backend.decode_segment(codes, segment, first, phase, steps),
             self.gen.stream, self.gen.crossfade_samples, self.cfg, worker)
         codes = np.zeros((params.max_new_tokens, len(sizes)), dtype=np.int64)  # the frames, filled row by row
         ends = [len(self.context)]  # the context's length once frame k was made (and fed, but the last)
@@ -340,9 +343,24 @@ class SpeechLoop:
             yield from pieces(stream.finish(codes[:n]), final=True)
         finally:
             if worker is not None:
-                stream.stop()
+                in_flight = stream.stop()
                 cancel()
-                worker.shutdown(wait=True)
+                if in_flight is not None:
+                    wait([in_flight])
+
+    def _decode_worker(self) -> ThreadPoolExecutor:
+        """The thread that decodes streamed windows beside the frames, made on first use and kept for every
+        later segment and turn: a thread per segment would be started and joined a few times a second."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, "bcaudio-decode")
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the decode in flight, if any, and end the decode worker; a later streamed segment makes a new one."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self.backend.cancel_decode()  # a worker is made only for a backend that has it
+            worker.shutdown(wait=True)
 
     def _begin_text(self) -> None:
         self._text_ids, self._shown = [], ""

@@ -82,8 +82,8 @@ class OrtBackend:
         return codes
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
-                       phase: SourcePhase | None = None) -> np.ndarray:
-        return decode_window(self.s, self.noise, self.flow_steps, codes, segment, first_code, phase,
+                       phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
+        return decode_window(self.s, self.noise, flow_steps or self.flow_steps, codes, segment, first_code, phase,
                              self._decode_options)
 
     def cancel_decode(self) -> None:

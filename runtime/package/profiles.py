@@ -37,6 +37,7 @@ class GenerationSettings:
     stream_chunk_growth: float = 1.0  # > 1: each window after the second this many times the one before
     stream_max_chunk_frames: int = 0  # the growth's cap (0: none)
     stream_overlap_decode: bool = False  # decode a window on its own thread while the next one's frames are made
+    stream_first_flow_steps: int = 0  # a segment's first streamed window's Euler steps (0: flow_steps)
     prefill_chunk_ms: int = 640
     tokenize_left_context_ms: int = 640  # audio before each prefill chunk that the tokenizer sees again
     context_tokens: int = 4096
@@ -46,7 +47,8 @@ class GenerationSettings:
         return StreamSettings(self.stream_chunk_frames, self.stream_first_chunk_frames,
                               self.stream_left_context_frames, growth=self.stream_chunk_growth,
                               max_chunk_frames=self.stream_max_chunk_frames,
-                              overlap_decode=self.stream_overlap_decode)
+                              overlap_decode=self.stream_overlap_decode,
+                              first_flow_steps=self.stream_first_flow_steps)
 
 
 @dataclass
@@ -128,6 +130,9 @@ def parse_profile(raw: dict[str, Any], name: str, source: str = "") -> DevicePro
             or gen.stream_left_context_frames < 1:
         raise ProfileError(f"{where}: generation.flow_steps and stream_left_context_frames must be >= 1, "
                            "stream_chunk_frames and stream_first_chunk_frames >= 0 (0 decodes whole segments)")
+    if not 0 <= gen.stream_first_flow_steps <= gen.flow_steps:
+        raise ProfileError(f"{where}: generation.stream_first_flow_steps = {gen.stream_first_flow_steps}; set it "
+                           f"to 1 .. flow_steps ({gen.flow_steps}), or 0 or leave it out for flow_steps")
     if not 1.0 <= gen.stream_chunk_growth <= 4.0 or gen.stream_max_chunk_frames < 0:
         raise ProfileError(f"{where}: generation.stream_chunk_growth must be in [1, 4] (1: windows of "
                            "stream_chunk_frames) and stream_max_chunk_frames >= 0 (0: no cap)")

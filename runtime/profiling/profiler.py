@@ -112,9 +112,9 @@ class ProfilingBackend(OrtBackend):
         return super().audio_frame(hidden, choose)
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
-                       phase: SourcePhase | None = None) -> np.ndarray:
+                       phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
         self.recorder.segments += 1
-        return super().decode_segment(codes, segment, first_code, phase)
+        return super().decode_segment(codes, segment, first_code, phase, flow_steps)
 
 
 @dataclass
@@ -311,6 +311,7 @@ class Profiler:
     def new_conversation(self) -> None:
         """A fresh KV cache on the already-open sessions (opening them again would cost seconds)."""
         a = self.assistant
+        a.loop.close()  # its decode worker: the new loop makes its own
         a.backend = ProfilingBackend(a.sessions, self.recorder, seed=self.seed,
                                      flow_steps=self.profile.generation.flow_steps)
         a.loop = SpeechLoop(a.cfg, a.backend, a.codec, seed=self.seed, generation=a.loop.gen)
