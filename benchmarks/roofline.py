@@ -11,11 +11,14 @@ formula, so each variant is charged for the precision it really stores.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from bcaudio.runtime.package.llm_state import WITH_LOGITS
 
 # op -> inputs that are tables of which a step reads one row per index (the rest of the op's inputs are activations)
 ROW_TABLES = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3), "GroupQueryAttention": (7, 8),
@@ -31,19 +34,32 @@ def tensor_bytes(t: onnx.TensorProto) -> int:
     return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
-def onnx_step_bytes(path: Path) -> int:
-    """Initializer bytes one decode step of the graph at ``path`` reads: all of every weight, one row of a table.
+def _step_graphs(graph: onnx.GraphProto, logits: bool) -> Iterator[onnx.GraphProto]:
+    """``graph`` and the subgraphs a step runs: without ``logits``, not the lm_head's branch (export/fast_llm.py)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            lm_head = node.op_type == "If" and node.input[0] == WITH_LOGITS and attr.name == "then_branch"
+            skipped = lm_head and not logits
+            if attr.type == onnx.AttributeProto.GRAPH and not skipped:
+                yield from _step_graphs(attr.g, logits)
+
+
+def onnx_step_bytes(path: Path, logits: bool = True) -> int:
+    """Initializer bytes one decode step of the graph at ``path`` reads: all of every weight, one row of a table;
+    with ``logits=False`` those of a step fed ``with_logits`` false (an audio frame's), when the graph has it.
 
     An initializer read as a table by one node and as a whole by another counts whole.
     """
     model = onnx.load(str(path), load_external_data=False)
+    graphs = list(_step_graphs(model.graph, logits))
     uses: dict[str, set[bool]] = defaultdict(set)  # initializer -> {read as rows?}
-    for node in model.graph.node:
+    for node in (n for g in graphs for n in g.node):
         rows = ROW_TABLES.get(node.op_type, ())
         for i, name in enumerate(node.input):
             uses[name].add(i in rows)
     total = 0
-    for t in model.graph.initializer:
+    for t in (t for g in graphs for t in g.initializer):
         size = tensor_bytes(t)
         if uses.get(t.name) == {True} and t.dims:
             size //= t.dims[0]

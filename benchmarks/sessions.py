@@ -123,11 +123,11 @@ def decode_loop_rate(sessions: PackageSessions, count: int, frames: int, batched
 
     def frames_of(backend: object, seed: int, go: threading.Barrier) -> None:
         ids = np.random.default_rng(seed).integers(0, 1000, context).tolist()
-        _, hidden = backend.feed(ids)
+        _, hidden = backend.feed(ids, logits=False)
         go.wait()
         for _ in range(frames):
             codes = backend.audio_frame(hidden, lambda _i, logits: int(np.argmax(logits[:-1])))
-            _, hidden = backend.feed([pad], np.asarray(codes, np.int64).reshape(1, k))
+            _, hidden = backend.feed([pad], np.asarray(codes, np.int64).reshape(1, k), logits=False)
 
     wall = _together([lambda go, b=b, i=i: frames_of(b, i, go) for i, b in enumerate(backends)])
     if scheduler is not None:

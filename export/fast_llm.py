@@ -17,14 +17,23 @@ inputs
   total_sequence_length  int32 ()          P + T
   past_key.{l}           float (B, kv, C, D)   positions 0 .. P-1 valid; C >= P + T
   past_value.{l}         float (B, kv, C, D)
+  with_logits            bool ()           optional, default true (an initializer of the same name)
 outputs
-  logits                 float (B, V)      of the last position only
+  logits                 float (B, V)      of the last position only; (B, 0) when ``with_logits`` is false
   hidden_states          float (B, T, H)   final-normed; the audio head reads the last one
   present_key.{l}        float (B, kv, C, D)   the same buffer as past_key.{l}, P + T valid
   present_value.{l}
 
 Positions are implicit (P .. P+T-1, from ``seqlens_k``): the cache length is the position, which
 is how the speech loop uses it (truncation moves both).
+
+``with_logits``: the speech loop reads the logits only on text steps, while the lm_head (V x H, the
+largest single weight of ``small``) is read on every step; an ``If`` on it skips the lm_head on the
+others (audio frames, prefills). Its else branch gives an empty (B, 0) tensor rather than zeros, so a
+caller that reads logits it said it would not read fails at once. The lm_head lives in the then
+branch, where the quantizers find it as they find the audio head's per-position weights. The torch
+export (export_llm.py) has no such input: it is the readable reference, and the runtime feeds
+``with_logits`` only to a session that has it.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ MS_DOMAIN = "com.microsoft"
 # 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
 # onnx cannot convert a graph holding contrib operators to a newer opset later.
 FAST_LLM_OPSET = 21
+WITH_LOGITS = "with_logits"
 
 
 def _quiet(_: str) -> None:
@@ -56,7 +66,7 @@ def fast_llm_io_names(cfg: ModelConfig) -> tuple[list[str], list[str]]:
     layers = range(cfg.llm.layers)
     past = [n for i in layers for n in (f"past_key.{i}", f"past_value.{i}")]
     present = [n for i in layers for n in (f"present_key.{i}", f"present_value.{i}")]
-    return (["input_ids", "audio_codes", "seqlens_k", "total_sequence_length", *past],
+    return (["input_ids", "audio_codes", "seqlens_k", "total_sequence_length", *past, WITH_LOGITS],
             ["logits", "hidden_states", *present])
 
 
@@ -68,11 +78,11 @@ class _Graph:
     graph of a 7B llm holds no weight at all, and writing it one tensor at a time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: Deferred | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.value_info: list[onnx.ValueInfoProto] = []
-        self.deferred = Deferred()
+        self.deferred = deferred or Deferred()
 
     def declare(self, name: str, width: int) -> None:
         """Type a contrib operator's output: onnx's shape inference cannot, and the quantizers need every type."""
@@ -180,13 +190,32 @@ def _build(w: Weights, cfg: ModelConfig) -> _Graph:
         g.declare(residual, c.hidden_size)
         if not last:
             g.declare(normed, c.hidden_size)
-    g.weight("last_index", np.array([-1], dtype=np.int64))
-    g.op("Gather", ["hidden_states", "last_index"], "last_hidden", axis=1)
-    g.weight("lm_head.weight", _transposed(w, "lm_head.weight"))
-    g.op("MatMul", ["last_hidden", "lm_head.weight"], "last_logits")
-    g.weight("squeeze_axes", np.array([1], dtype=np.int64))
-    g.op("Squeeze", ["last_logits", "squeeze_axes"], "logits")
+    _logits(g, w, cfg)
     return g
+
+
+def _logits(g: _Graph, w: Weights, cfg: ModelConfig) -> None:
+    """``logits`` = If(with_logits): the last position through the lm_head, else an empty (B, 0) tensor."""
+    g.initializers.append(helper.make_tensor(WITH_LOGITS, TensorProto.BOOL, [], [True]))  # the default: a scalar
+    then = _Graph(g.deferred)
+    then.weight("last_index", np.array([-1], dtype=np.int64))
+    then.op("Gather", ["hidden_states", "last_index"], "last_hidden", axis=1)
+    then.weight("lm_head.weight", _transposed(w, "lm_head.weight"))
+    then.op("MatMul", ["last_hidden", "lm_head.weight"], "last_logits")
+    then.weight("squeeze_axes", np.array([1], dtype=np.int64))
+    then.op("Squeeze", ["last_logits", "squeeze_axes"], "logits.computed")
+    skip = _Graph(g.deferred)
+    skip.op("Shape", ["hidden_states"], "logits.batch", end=1)
+    skip.weight("logits.no_width", np.array([0], dtype=np.int64))
+    skip.op("Concat", ["logits.batch", "logits.no_width"], "logits.empty_shape", axis=0)
+    skip.op("ConstantOfShape", ["logits.empty_shape"], "logits.skipped",
+            value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    f = TensorProto.FLOAT
+    branches = {key: helper.make_graph(b.nodes, f"logits_{key}", [],
+                                       [helper.make_tensor_value_info(out, f, ["batch", width])], b.initializers)
+                for key, b, out, width in (("then_branch", then, "logits.computed", cfg.llm.vocab_size),
+                                           ("else_branch", skip, "logits.skipped", 0))}
+    g.op("If", [WITH_LOGITS], "logits", **branches)
 
 
 def _model(g: _Graph, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
@@ -198,8 +227,10 @@ def _model(g: _Graph, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
               helper.make_tensor_value_info("audio_codes", i64, ["batch", "new", k]),
               helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", i32, []),
-              *[helper.make_tensor_value_info(n, f, cache) for n in in_names[4:]]]
-    outputs = [helper.make_tensor_value_info("logits", f, ["batch", c.vocab_size]),
+              *[helper.make_tensor_value_info(n, f, cache) for n in in_names[4:-1]],
+              helper.make_tensor_value_info(WITH_LOGITS, TensorProto.BOOL, [])]
+    # the width is symbolic: V, or 0 without logits (a fixed V would make ORT warn about every skipped step)
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "vocab"]),
                helper.make_tensor_value_info("hidden_states", f, ["batch", "new", c.hidden_size]),
                *[helper.make_tensor_value_info(n, f, cache) for n in out_names[2:]]]
     graph = helper.make_graph(g.nodes, "bcaudio_llm_fast", inputs, outputs, g.initializers, value_info=g.value_info)

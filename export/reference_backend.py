@@ -45,15 +45,18 @@ class TorchBackend:
         return tokenize_chunks(self.ref, audio16k)
 
     @torch.no_grad()
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """As the runtime's backends: the logits are computed always (the reference has no graph to cut) but given
+        only when asked for, so the loop's reads are checked on the oracle too."""
         n = len(ids)
         ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
         k = self.cfg.bridge.num_codebooks
         codes_t = torch.zeros(1, n, k, dtype=torch.long) if codes is None else torch.as_tensor(codes)[None]
         pos = torch.arange(self.position, self.position + n)[None]
-        logits, hidden, self.cache = self.ref.llm(ids_t, codes_t, pos, self.cache)
+        last, hidden, self.cache = self.ref.llm(ids_t, codes_t, pos, self.cache)
         self.position += n
-        return logits[0].numpy(), hidden[0, -1].numpy()
+        return (last[0].numpy() if logits else None), hidden[0, -1].numpy()
 
     @torch.no_grad()
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:

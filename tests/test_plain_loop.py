@@ -44,11 +44,11 @@ class Recorder(TorchBackend):
         super().truncate(position)
         del self.ids[position:], self.codes[position:]
 
-    def feed(self, ids, codes=None):
+    def feed(self, ids, codes=None, logits=True):
         k = self.cfg.bridge.num_codebooks
         self.ids += [int(i) for i in ids]
         self.codes += [[0] * k] * len(ids) if codes is None else np.asarray(codes).tolist()
-        return super().feed(ids, codes)
+        return super().feed(ids, codes, logits)
 
 
 def as_plain(result: TurnResult) -> PlainTurn:

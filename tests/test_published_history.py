@@ -33,11 +33,12 @@ class Cached(Scripted):
         self.cache: list[tuple[int, tuple[int, ...]]] = []
         self.truncations: list[int] = []
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
         k = self.cfg.bridge.num_codebooks
         rows = np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes)
         self.cache.extend((int(i), tuple(int(c) for c in row)) for i, row in zip(ids, rows, strict=True))
-        return super().feed(ids, codes)
+        return super().feed(ids, codes, logits)
 
     def truncate(self, position: int) -> None:
         self.truncations.append(position)

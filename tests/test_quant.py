@@ -100,6 +100,12 @@ def test_block_recipes_leave_no_float_weights(recipe: str, quantized: dict[str, 
         model = onnx.load(str(quantized[recipe] / f"{graph}.onnx"))
         assert _float_weights(model) == [], graph
         assert "GatherBlockQuantized" in {n.op_type for n in model.graph.node}, graph
+    llm = onnx.load(str(quantized[recipe] / "llm.onnx"))
+    (gate,) = [n for n in llm.graph.node if n.op_type == "If" and n.input[0] == "with_logits"]
+    then = next(a.g for a in gate.attribute if a.name == "then_branch")
+    bits = 4 if recipe == "int4" else 8
+    assert [(n.op_type, n.input[1]) for n in then.node if "MatMul" in n.op_type] == [
+        ("MatMulNBits", f"lm_head.weight_Q{bits}")]  # the lm_head, quantized where the If keeps it
 
 
 def test_toml_recipe_and_its_errors(fp32_pkg: Path, tmp_path: Path) -> None:

@@ -88,10 +88,10 @@ class Recording:
         self.fed: list[tuple[list[int], np.ndarray]] = []
         self.last: tuple[np.ndarray, np.ndarray] | None = None
 
-    def feed(self, ids, codes=None):
+    def feed(self, ids, codes=None, logits=True):
         k = self.inner.cfg.bridge.num_codebooks
         self.fed.append((list(ids), np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes)))
-        self.last = self.inner.feed(ids, codes)
+        self.last = self.inner.feed(ids, codes)  # with logits always: the last feed's are compared
         return self.last
 
     def truncate(self, position):

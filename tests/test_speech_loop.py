@@ -45,16 +45,18 @@ class Scripted:
         self.tokenized: list[int] = []
         self.replaying = False
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """None for logits the loop said it would not read, as the ORT backend gives: a wrong read fails here too."""
         self.fed.extend(int(i) for i in ids)
         if codes is not None:
             self.fed_codes.extend(codes.tolist())
-        logits = np.zeros(self.cfg.llm.vocab_size)
+        scores = np.zeros(self.cfg.llm.vocab_size)
         if self.replaying:
             self.replaying = False
         elif self.tokens:
-            logits[self.tokens.pop(0)] = 100.0
-        return logits, np.zeros(self.cfg.llm.hidden_size)
+            scores[self.tokens.pop(0)] = 100.0
+        return (scores if logits else None), np.zeros(self.cfg.llm.hidden_size)
 
     def audio_frame(self, hidden: np.ndarray, choose) -> list[int]:
         frame = self.frames.pop(0)

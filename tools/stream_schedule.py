@@ -103,13 +103,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in args.sizes.split(",")]
     codes = rng.integers(0, min(cfg.bridge.codebook_sizes), (max(sizes), k))
-    backend.feed([cfg.tokens.assistant] * 200)  # a context of a few hundred positions, as in a turn
+    backend.feed([cfg.tokens.assistant] * 200, logits=False)  # a context of a few hundred positions, as in a turn
     position = backend.position
-    _, hidden = backend.feed([cfg.tokens.audio_pad], codes[:1])
+    _, hidden = backend.feed([cfg.tokens.audio_pad], codes[:1], logits=False)
 
     def frame() -> None:
         backend.truncate(position)
-        backend.feed([cfg.tokens.audio_pad], codes[:1])
+        backend.feed([cfg.tokens.audio_pad], codes[:1], logits=False)  # as the speech loop feeds a frame
         backend.audio_frame(hidden, lambda i, logits: int(np.argmax(logits[:cfg.bridge.codebook_sizes[i]])))
 
     def text() -> None:

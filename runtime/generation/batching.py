@@ -61,6 +61,7 @@ class _Request:
     kind: str  # "feed" or "frame"
     ids: Sequence[int] = ()
     codes: np.ndarray | None = None
+    logits: bool = True
     hidden: np.ndarray | None = None
     choose: ChooseCode | None = None
     result: object = None
@@ -217,12 +218,12 @@ class BatchScheduler:
         """The gathered requests: each prefill alone, the single-position feeds as one run, the frames as one."""
         feeds = [r for r in batch if r.kind == "feed"]
         for r in [r for r in feeds if len(r.ids) != 1]:
-            self._guard([r], lambda r=r: [self.rows.feed(r.member.row, r.ids, r.codes)])
+            self._guard([r], lambda r=r: [self.rows.feed(r.member.row, r.ids, r.codes, r.logits)])
             self.stats.prefills += 1
         steps = [r for r in feeds if len(r.ids) == 1]
         if steps:
             self.stats.add(self.stats.llm_batches, len(steps))
-            inputs = [StepInput(r.member.row, int(r.ids[0]), r.codes) for r in steps]
+            inputs = [StepInput(r.member.row, int(r.ids[0]), r.codes, r.logits) for r in steps]
             self._guard(steps, lambda inputs=inputs: self.rows.step(inputs))
         frames = [r for r in batch if r.kind == "frame"]
         if frames:
@@ -274,8 +275,9 @@ class BatchedBackend:
         """The valid part of this conversation's KV cache (for tests and debugging)."""
         return self.scheduler.rows.cache(self.member.row)
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.scheduler._call(_Request(self.member, "feed", ids=list(ids), codes=codes))
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        return self.scheduler._call(_Request(self.member, "feed", ids=list(ids), codes=codes, logits=logits))
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         return self.scheduler._call(_Request(self.member, "frame", hidden=hidden, choose=choose))

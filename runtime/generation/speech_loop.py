@@ -27,10 +27,13 @@ ChooseCode = Callable[[int, np.ndarray], int]
 
 
 class Backend(Protocol):
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
         """Append positions to the conversation; -> (last logits (V,), last final-normed hidden (H,)).
 
-        ``codes`` (len(ids), num_codebooks) gives the frames of ``<audio_pad>`` positions.
+        ``codes`` (len(ids), num_codebooks) gives the frames of ``<audio_pad>`` positions. ``logits=False``
+        says the loop will not read this feed's logits (audio frames, prefills): the backend may skip the
+        lm_head, the largest weight an audio frame's step would read, and gives None in their place.
         """
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
@@ -185,13 +188,14 @@ class SpeechLoop:
 
     # ----- prompts -----
 
-    def _feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+              ) -> tuple[np.ndarray | None, np.ndarray]:
         if len(self.context) + len(ids) > self.max_context:
             self._make_room(len(ids))
         k = self.cfg.bridge.num_codebooks
         self.context.extend(ids)
         self._codes.append(np.zeros((len(ids), k), np.int64) if codes is None else np.asarray(codes, np.int64))
-        return self.backend.feed(ids, codes)
+        return self.backend.feed(ids, codes, logits=logits)
 
     def turn_overhead(self) -> int:
         """Positions a spoken turn takes besides its audio codes: the system prompt (always kept), the turn's
@@ -221,7 +225,7 @@ class SpeechLoop:
         self.turn_starts = [system_end] + [s - shift for s in self.turn_starts if s > keep_from]
         self.context, self._codes = list(ids), [kept]
         self.backend.reset()
-        self.backend.feed(ids, kept)
+        self.backend.feed(ids, kept, logits=False)
 
     def _guarded(self, events: Iterator[Event]) -> Iterator[Event]:
         """Turn ContextFull into a clean turn end, and time the turn from its first step."""
@@ -337,7 +341,7 @@ class SpeechLoop:
                 codes[n] = frame
                 n += 1
                 if n < params.max_new_tokens:
-                    _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n])
+                    _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n], logits=False)
                 ends.append(len(self.context))
                 yield from pieces(stream.add(codes[:n]))
             yield from pieces(stream.finish(codes[:n]), final=True)
@@ -394,14 +398,14 @@ class SpeechLoop:
         if asr:
             self._new_turn()
             self.turn_starts.append(len(self.context))
-            self._feed(self.codec.encode(self.gen.asr_prompt) + [self.tok.audio_start])
+            self._feed(self.codec.encode(self.gen.asr_prompt) + [self.tok.audio_start], logits=False)
         else:
-            self._feed(self._turn_prefix() + [self.tok.audio_start])
+            self._feed(self._turn_prefix() + [self.tok.audio_start], logits=False)
 
     def add_user_audio(self, codes: np.ndarray) -> None:
         """Feed (frames, K) codes of the user's speech as ``<audio_pad>`` positions."""
         if len(codes):
-            self._feed([self.tok.audio_pad] * len(codes), np.asarray(codes, dtype=np.int64))
+            self._feed([self.tok.audio_pad] * len(codes), np.asarray(codes, dtype=np.int64), logits=False)
 
     def answer(self) -> Iterator[Event]:
         """Close the user's audio and run the §8 rounds as the demo does: after the last allowed segment one
@@ -424,7 +428,7 @@ class SpeechLoop:
             if ended and len(tokens) == 1:
                 yield TurnEnd("eos")
                 return
-            _, hidden = self._feed([self.tok.audiogen_start])  # replaces the step's last token
+            _, hidden = self._feed([self.tok.audiogen_start], logits=False)  # replaces the step's last token
             for piece in self._segment(hidden):
                 if log is not None:
                     log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
@@ -470,7 +474,7 @@ class SpeechLoop:
         keep = common_prefix(self.context[start:], now, ids, codes)
         self.truncate(start + keep)
         if keep < len(ids):
-            self._feed(ids[keep:], codes[keep:])
+            self._feed(ids[keep:], codes[keep:], logits=False)
         log.settled = True
         self.history_prefilled = len(ids) - keep
         self.history_seconds = time.perf_counter() - t0
@@ -528,7 +532,7 @@ class SpeechLoop:
         else:
             self.backend.reset()
             if length:
-                self.backend.feed(self.context, codes)
+                self.backend.feed(self.context, codes, logits=False)
 
     def interrupt_at(self, boundary: int, heard: int | None = None) -> None:
         """Keep the answer up to ``boundary`` (just after a played segment's last frame) and close it with
@@ -541,7 +545,7 @@ class SpeechLoop:
             else:
                 self._log.heard, self._log.settled = heard, False
         self.truncate(boundary)
-        self._feed([self.tok.audiogen_end])
+        self._feed([self.tok.audiogen_end], logits=False)
 
     def respond_text(self, user_codes: np.ndarray) -> Iterator[Event]:
         """Speech in, text only: the prompt ends with ``<C_A>``. The published history holds the answer as the
@@ -596,13 +600,13 @@ class SpeechLoop:
 
         def run() -> Iterator[Event]:
             prefix = self._turn_prefix() + self.codec.encode(text)
-            self._feed(prefix + [self.tok.audiotext_start, self.tok.assistant])
+            self._feed(prefix + [self.tok.audiotext_start, self.tok.assistant], logits=False)
             for piece in split_clauses(text, self.gen.clause_marks, self.gen.tts_min_piece_chars):
                 ids = self.codec.encode(piece)
                 yield TextDelta(piece, ids)
-                _, hidden = self._feed(ids + [self.tok.audiogen_start])
+                _, hidden = self._feed(ids + [self.tok.audiogen_start], logits=False)
                 yield from self._segment(hidden)
-                self._feed([self.tok.audiogen_end])
+                self._feed([self.tok.audiogen_end], logits=False)
             yield TurnEnd("done")
 
         return self._guarded(run())

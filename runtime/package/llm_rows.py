@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY
+from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY, WITH_LOGITS, skips_logits
 
 Observer = Callable[[float, float], None]
 
@@ -45,6 +45,7 @@ class StepInput:
     row: Row
     token: int
     codes: np.ndarray | None = None
+    logits: bool = True  # False: this row will not read the step's logits (see LlmState.feed)
 
 
 class LlmRows:
@@ -61,6 +62,7 @@ class LlmRows:
             raise ValueError("batched decoding runs on the CPU with an fp32 KV cache; this llm graph's cache is "
                              f"{inputs['past_key.0'].type}")
         self.session, self.observe = session, observe
+        self.skips_logits = skips_logits(session)
         self.kv_heads, self.head_dim, self.num_codebooks = kv_heads, head_dim, num_codebooks
         self.past_names = [n for n in inputs if n.startswith("past_")]
         self.present_names = [o.name for o in session.get_outputs() if o.name.startswith("present_")]
@@ -126,20 +128,23 @@ class LlmRows:
 
     # ----- compute -----
 
-    def feed(self, row: Row, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Append positions to one row, alone (a prefill); -> (last logits (V,), last hidden (H,))."""
+    def feed(self, row: Row, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Append positions to one row, alone (a prefill); -> (last logits (V,), last hidden (H,)), the logits
+        None with ``logits=False`` (as ``LlmState.feed``)."""
         n = len(ids)
         self._fit(row.position + n)
         codes = (np.zeros((1, n, self.num_codebooks), np.int64) if codes is None
                  else np.asarray(codes, np.int64).reshape(1, n, self.num_codebooks))
-        logits, hidden = self._run(row.index, row.index + 1, np.asarray(ids, np.int64)[None], codes,
-                                   np.array([row.position + n - 1], np.int32), row.position + n)
+        last, hidden = self._run(row.index, row.index + 1, np.asarray(ids, np.int64)[None], codes,
+                                 np.array([row.position + n - 1], np.int32), row.position + n, logits)
         row.position += n
-        return logits[0], hidden[0, -1]
+        return (last[0] if logits else None), hidden[0, -1]
 
-    def step(self, inputs: Sequence[StepInput]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def step(self, inputs: Sequence[StepInput]) -> list[tuple[np.ndarray | None, np.ndarray]]:
         """One new position for each of several rows, as one batch over the span of their rows;
-        -> (logits (V,), hidden (H,)) per input, in order."""
+        -> (logits (V,), hidden (H,)) per input, in order. The lm_head runs when any input reads its logits
+        (its weights are read once for the whole batch); an input that said ``logits=False`` gets None."""
         if len({id(s.row) for s in inputs}) != len(inputs):
             raise ValueError("a batched step feeds each row at most once")
         lo, hi = min(s.row.index for s in inputs), max(s.row.index for s in inputs) + 1
@@ -152,20 +157,22 @@ class LlmRows:
             if s.codes is not None:
                 codes[s.row.index - lo, 0] = np.asarray(s.codes, np.int64).reshape(self.num_codebooks)
         seqlens = np.array([r.position for r in span], np.int32)
-        logits, hidden = self._run(lo, hi, ids, codes, seqlens, int(seqlens.max()) + 1)
+        logits, hidden = self._run(lo, hi, ids, codes, seqlens, int(seqlens.max()) + 1, any(s.logits for s in inputs))
         out = []
         for s in inputs:
-            out.append((logits[s.row.index - lo], hidden[s.row.index - lo, -1]))
+            out.append((logits[s.row.index - lo] if s.logits else None, hidden[s.row.index - lo, -1]))
             s.row.position += 1
         return out
 
-    def _run(self, lo: int, hi: int, ids: np.ndarray, codes: np.ndarray, seqlens_k: np.ndarray, total: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, lo: int, hi: int, ids: np.ndarray, codes: np.ndarray, seqlens_k: np.ndarray, total: int,
+             logits: bool) -> tuple[np.ndarray, np.ndarray]:
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("audio_codes", codes)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        if self.skips_logits:  # as LlmState binds it: an input with a default is bound as an OrtValue
+            binding.bind_ortvalue_input(WITH_LOGITS, ort.OrtValue.ortvalue_from_numpy(np.array(logits)))
         for key in ("logits", "hidden_states"):  # first: get_outputs lists outputs in binding order
             binding.bind_output(key, "cpu")
         shape = (hi - lo, self.kv_heads, self.capacity, self.head_dim)

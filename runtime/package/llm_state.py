@@ -19,7 +19,14 @@ import onnxruntime as ort
 Observer = Callable[[float, float], None]
 
 DEFAULT_KV_CAPACITY = 256
+WITH_LOGITS = "with_logits"  # the fast llm graph's switch for the lm_head (export/fast_llm.py)
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def skips_logits(session: ort.InferenceSession) -> bool:
+    """Whether the graph takes ``with_logits``: graphs exported before it compute the logits always. ORT lists an
+    input with a default among the overridable initializers, not the inputs."""
+    return WITH_LOGITS in {i.name for i in session.get_overridable_initializers()}
 
 
 class LlmState:
@@ -35,6 +42,7 @@ class LlmState:
         inputs = {i.name: i for i in session.get_inputs()}
         self.session, self.device = session, device
         self.shared = "seqlens_k" in inputs
+        self.skips_logits = skips_logits(session)
         self.io_binding = io_binding or self.shared  # the shared buffer only exists as a bound OrtValue
         self.kv_heads, self.head_dim, self.num_codebooks = kv_heads, head_dim, num_codebooks
         self.past_names = [n for n in inputs if n.startswith("past_")]
@@ -89,12 +97,18 @@ class LlmState:
             self.past = {n: np.ascontiguousarray(v[:, :, :position]) for n, v in self.past.items()}
         self.position = position
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Append tokens (audio positions carry their codes); returns the last position's logits and hidden state."""
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Append tokens (audio positions carry their codes); returns the last position's logits and hidden state.
+
+        ``logits=False``: the caller will not read them, so a graph with ``with_logits`` skips the lm_head;
+        None in their place on every graph, so a wrong read fails the same way whichever graph runs."""
         n = len(ids)
         feeds = {"input_ids": np.asarray(ids, dtype=np.int64)[None],
                  "audio_codes": (np.zeros((1, n, self.num_codebooks), np.int64) if codes is None
                                  else np.asarray(codes, dtype=np.int64).reshape(1, n, self.num_codebooks))}
+        if self.skips_logits:
+            feeds[WITH_LOGITS] = np.array(logits)
         if self.shared:
             if self.position + n > self.capacity:
                 self._grow(self.position + n)
@@ -104,19 +118,22 @@ class LlmState:
             feeds["position_ids"] = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         start = time.perf_counter()
         if self.io_binding:
-            logits, hidden = self._run_bound(feeds)
+            last, hidden = self._run_bound(feeds)
         else:
-            logits, hidden, *values = self.session.run(None, {**feeds, **self.past})
+            last, hidden, *values = self.session.run(None, {**feeds, **self.past})
             self.past = dict(zip(self.past_names, values, strict=True))
         if self.observe is not None:
             self.observe(start, time.perf_counter())
         self.position += n
-        return logits[0], hidden[0, -1]
+        return (last[0] if logits else None), hidden[0, -1]
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         binding = self.session.io_binding()
         for key, value in feeds.items():
-            binding.bind_cpu_input(key, value)
+            if key == WITH_LOGITS:  # bind_cpu_input looks the name up among the inputs without a default only
+                binding.bind_ortvalue_input(key, ort.OrtValue.ortvalue_from_numpy(value))
+            else:
+                binding.bind_cpu_input(key, value)
         for key, value in self.past.items():
             binding.bind_ortvalue_input(key, value)
         for key in ("logits", "hidden_states"):
@@ -127,10 +144,10 @@ class LlmState:
             else:
                 binding.bind_output(present, self.device)
         self.session.run_with_iobinding(binding)
-        logits, hidden, *presents = binding.get_outputs()
+        values, hidden, *presents = binding.get_outputs()
         if not self.shared:
             self.past = dict(zip(self.past_names, presents, strict=True))
-        return logits.numpy(), hidden.numpy()
+        return values.numpy(), hidden.numpy()
 
     def cache(self) -> dict[str, np.ndarray]:
         """The cache's valid positions on the host."""

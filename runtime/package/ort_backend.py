@@ -60,8 +60,9 @@ class OrtBackend:
     def truncate(self, position: int) -> None:
         self.llm.truncate(position)
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.llm.feed(ids, codes)
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+        return self.llm.feed(ids, codes, logits)
 
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
         return tokenize_audio(self.s, audio16k)

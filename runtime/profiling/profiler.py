@@ -103,9 +103,10 @@ class ProfilingBackend(OrtBackend):
         super().__init__(sessions, seed=seed, flow_steps=flow_steps)
         self.recorder = recorder
 
-    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, ids: Sequence[int], codes: np.ndarray | None = None, logits: bool = True
+             ) -> tuple[np.ndarray | None, np.ndarray]:
         self.recorder.feed_started(list(ids))
-        return super().feed(ids, codes)
+        return super().feed(ids, codes, logits)
 
     def audio_frame(self, hidden: np.ndarray, choose: ChooseCode) -> list[int]:
         self.recorder.frames += 1
