@@ -9,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from bcaudio.benchmarks.op_profile import llm_profile
+from bcaudio.onnx_files import subgraphs
 from bcaudio.quant.blocks import quantize_blocks
 from bcaudio.runtime.package.manifest import load_manifest
 
@@ -33,7 +34,7 @@ def test_each_matmulnbits_group_is_timed_and_charged_its_weights(tiny_exported: 
             "MatMulNBits 8-bit attention in", "MatMulNBits 8-bit attention out"} <= set(by_name)
     assert "GroupQueryAttention" in by_name and by_name["GroupQueryAttention"].mb == 0
     model = onnx.load(str(graph))  # the weights themselves, loaded, not the profile's count from dims
-    arrays = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    arrays = {t.name: numpy_helper.to_array(t).nbytes for g in subgraphs(model.graph) for t in g.initializer}
     weights = sum(arrays.get(i, 0) for n in _all_nodes(model.graph) if n.op_type == "MatMulNBits" for i in n.input)
     assert sum(g.mb for g in groups) * 1e6 == pytest.approx(weights)
     assert all(g.ms > 0 for g in groups)
