@@ -27,6 +27,8 @@ ROLES = (("lm head", ("lm_head", "logits")), ("attention in", ("qkv", "q_proj", 
          ("attention out", ("attn_out", "o_proj")), ("mlp in", ("gate_up", "gate_proj", "up_proj")),
          ("mlp out", ("mlp_out", "down_proj")))
 
+CONTAINERS = ("If", "Loop", "Scan")  # ops whose kernel time is that of their subgraphs' nodes
+
 
 @dataclass
 class OpGroup:
@@ -93,6 +95,8 @@ def profile_steps(graph: Path, threads: int, prepare: Callable[[ort.InferenceSes
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
+        if e["args"].get("op_name") in CONTAINERS:
+            continue  # its time is its branch's nodes', which have events of their own
         node = e["name"][: -len("_kernel_time")]
         key, size = groups.get(node, (e["args"].get("op_name", node), 0))
         ms[key] = ms.get(key, 0.0) + e["dur"] / 1000 / steps

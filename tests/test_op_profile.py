@@ -33,6 +33,7 @@ def test_each_matmulnbits_group_is_timed_and_charged_its_weights(tiny_exported: 
     assert {"MatMulNBits 4-bit mlp in", "MatMulNBits 4-bit mlp out", "MatMulNBits 4-bit lm head",
             "MatMulNBits 8-bit attention in", "MatMulNBits 8-bit attention out"} <= set(by_name)
     assert "GroupQueryAttention" in by_name and by_name["GroupQueryAttention"].mb == 0
+    assert "If" not in by_name, "the lm_head's If counts its branch's time a second time"
     model = onnx.load(str(graph))  # the weights themselves, loaded, not the profile's count from dims
     arrays = {t.name: numpy_helper.to_array(t).nbytes for g in subgraphs(model.graph) for t in g.initializer}
     weights = sum(arrays.get(i, 0) for n in _all_nodes(model.graph) if n.op_type == "MatMulNBits" for i in n.input)
