@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bcaudio.benchmarks.roofline import tensor_bytes
+from bcaudio.benchmarks.roofline import step_graphs, tensor_bytes
 from bcaudio.config import ModelConfig
 from bcaudio.runtime.package.llm_state import LlmState
 
@@ -46,19 +46,9 @@ def _role(node_name: str) -> str:
     return next((role for role, words in ROLES if any(w in lowered for w in words)), "other")
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    """The graph and its If / Loop branches, nested ones included (weights may sit behind an ``If``)."""
-    out = [graph]
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out += _graphs(a.g)
-    return out
-
-
 def weight_groups(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     """MatMulNBits node -> (``MatMulNBits <bits>-bit <role>``, bytes of its initializer inputs)."""
-    graphs = _graphs(model.graph)
+    graphs = list(step_graphs(model.graph))  # the lm_head may sit behind an If
     sizes = {t.name: tensor_bytes(t) for g in graphs for t in g.initializer}
     groups = {}
     for node in (n for g in graphs for n in g.node):

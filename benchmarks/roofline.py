@@ -34,7 +34,7 @@ def tensor_bytes(t: onnx.TensorProto) -> int:
     return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
-def _step_graphs(graph: onnx.GraphProto, logits: bool) -> Iterator[onnx.GraphProto]:
+def step_graphs(graph: onnx.GraphProto, logits: bool = True) -> Iterator[onnx.GraphProto]:
     """``graph`` and the subgraphs a step runs: without ``logits``, not the lm_head's branch (export/fast_llm.py)."""
     yield graph
     for node in graph.node:
@@ -42,7 +42,7 @@ def _step_graphs(graph: onnx.GraphProto, logits: bool) -> Iterator[onnx.GraphPro
             lm_head = node.op_type == "If" and node.input[0] == WITH_LOGITS and attr.name == "then_branch"
             skipped = lm_head and not logits
             if attr.type == onnx.AttributeProto.GRAPH and not skipped:
-                yield from _step_graphs(attr.g, logits)
+                yield from step_graphs(attr.g, logits)
 
 
 def onnx_step_bytes(path: Path, logits: bool = True) -> int:
@@ -52,7 +52,7 @@ def onnx_step_bytes(path: Path, logits: bool = True) -> int:
     An initializer read as a table by one node and as a whole by another counts whole.
     """
     model = onnx.load(str(path), load_external_data=False)
-    graphs = list(_step_graphs(model.graph, logits))
+    graphs = list(step_graphs(model.graph, logits))
     uses: dict[str, set[bool]] = defaultdict(set)  # initializer -> {read as rows?}
     for node in (n for g in graphs for n in g.node):
         rows = ROW_TABLES.get(node.op_type, ())

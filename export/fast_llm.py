@@ -50,12 +50,12 @@ from bcaudio.config import ModelConfig
 from bcaudio.export.deferred import Deferred, Rewrite, Thunk, write_graph
 from bcaudio.export.llm import BaichuanLLM
 from bcaudio.export.weights import Weights, module_weights
+from bcaudio.runtime.package.llm_state import WITH_LOGITS
 
 MS_DOMAIN = "com.microsoft"
 # 21: the int4 recipe quantizes the embedding tables with GatherBlockQuantized, which needs it, and
 # onnx cannot convert a graph holding contrib operators to a newer opset later.
 FAST_LLM_OPSET = 21
-WITH_LOGITS = "with_logits"
 
 
 def _quiet(_: str) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY, WITH_LOGITS, skips_logits
+from bcaudio.runtime.package.llm_state import DEFAULT_KV_CAPACITY, bind_with_logits, skips_logits
 
 Observer = Callable[[float, float], None]
 
@@ -171,8 +171,8 @@ class LlmRows:
         binding.bind_cpu_input("audio_codes", codes)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        if self.skips_logits:  # as LlmState binds it: an input with a default is bound as an OrtValue
-            binding.bind_ortvalue_input(WITH_LOGITS, ort.OrtValue.ortvalue_from_numpy(np.array(logits)))
+        if self.skips_logits:
+            bind_with_logits(binding, logits)
         for key in ("logits", "hidden_states"):  # first: get_outputs lists outputs in binding order
             binding.bind_output(key, "cpu")
         shape = (hi - lo, self.kv_heads, self.capacity, self.head_dim)

@@ -29,6 +29,11 @@ def skips_logits(session: ort.InferenceSession) -> bool:
     return WITH_LOGITS in {i.name for i in session.get_overridable_initializers()}
 
 
+def bind_with_logits(binding: ort.IOBinding, logits: bool) -> None:
+    """Bind ``with_logits``: ``bind_cpu_input`` looks a name up among the inputs without a default only."""
+    binding.bind_ortvalue_input(WITH_LOGITS, ort.OrtValue.ortvalue_from_numpy(np.array(logits)))
+
+
 class LlmState:
     """Batch-1 conversation state of one llm session: the KV cache and the position counter.
 
@@ -130,8 +135,8 @@ class LlmState:
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         binding = self.session.io_binding()
         for key, value in feeds.items():
-            if key == WITH_LOGITS:  # bind_cpu_input looks the name up among the inputs without a default only
-                binding.bind_ortvalue_input(key, ort.OrtValue.ortvalue_from_numpy(value))
+            if key == WITH_LOGITS:
+                bind_with_logits(binding, bool(value))
             else:
                 binding.bind_cpu_input(key, value)
         for key, value in self.past.items():
