@@ -26,6 +26,13 @@ def decode_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("bcaudio-decode")]
 
 
+def started_since(old: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads alive now that were not at ``old``: this test's own. Another test's unclosed conversation may
+    still hold a decode worker until it is collected, and it may end at any moment, so counts of every thread
+    in the process would be that test's, not this one's."""
+    return [t for t in threading.enumerate() if t not in old]
+
+
 def assistant(pkg: Path, overlap: bool, delay: float = 0.0) -> tuple[VoiceAssistant, list[str]]:
     """A greedy conversation on the tiny package with the growing schedule; ``delay`` slows each decode, so the
     frames run ahead of it; the names of the threads that decoded are recorded."""
@@ -83,24 +90,25 @@ def test_one_decode_worker_serves_every_segment_and_turn(tiny_package: Path, spe
     """The loop's worker is made on the first streamed segment and kept: over many segments and turns the windows
     decoded aside all ran on one thread, no more threads were left than that one, and closing the conversation
     ends it."""
-    before = threading.active_count()
+    before = set(threading.enumerate())
     a, _ = assistant(tiny_package, overlap=True)
     decode, idents, counts = a.backend.decode_segment, set(), []
 
     def recorded(*args, **kwargs):
         if threading.current_thread().name.startswith("bcaudio-decode"):
             idents.add(threading.get_ident())
-        counts.append(len(decode_threads()))
+        counts.append(len(started_since(before)))
         return decode(*args, **kwargs)
 
     a.backend.decode_segment = recorded  # type: ignore[method-assign]
     segments = 0
     for _ in range(5):
         segments += sum(s.final for s in collect(a.respond(speech_16k, 16000), 240).segments)
-        assert len(decode_threads()) == 1 and threading.active_count() == before + 1
+        new = started_since(before)
+        assert len(new) == 1 and new[0].name.startswith("bcaudio-decode")
     assert segments >= 5 and len(idents) == 1 and max(counts) == 1
     a.close()
-    assert decode_threads() == [] and threading.active_count() == before
+    assert started_since(before) == []
 
 
 def test_pieces_come_in_order_once_decoded(tiny_cfg: ModelConfig) -> None:
@@ -142,7 +150,7 @@ def test_closed_turns_stop_the_decode_in_flight_and_leave_no_thread(tiny_package
     only the conversation's idle worker is left, the conversation goes on, and closing it ends the worker."""
     a, _ = assistant(tiny_package, overlap=True)
     a.loop.gen.stream = dataclasses.replace(a.loop.gen.stream, first_chunk_frames=2, chunk_frames=2, growth=1.0)
-    before = threading.active_count()
+    before = set(threading.enumerate())
     real, stopped, running = a.backend.decode_segment, [], threading.Event()
     calls: dict[int, int] = {}  # decodes per answer segment so far
 
@@ -171,12 +179,13 @@ def test_closed_turns_stop_the_decode_in_flight_and_leave_no_thread(tiny_package
         t0 = time.perf_counter()
         events.close()
         assert time.perf_counter() - t0 < 2.0
-        assert len(decode_threads()) == 1  # the loop's worker, idle: it decodes the next turn's windows
+        new = started_since(before)  # the loop's worker, idle: it decodes the next turn's windows
+        assert len(new) == 1 and new[0].name.startswith("bcaudio-decode")
     assert stopped == [True] * turns  # each close found the third window's decode in flight, and stopped it
     a.backend.decode_segment = real  # type: ignore[method-assign]
     assert collect(a.respond(speech_16k, 16000), 240).segments  # the conversation still answers
     a.close()
-    assert decode_threads() == [] and threading.active_count() == before
+    assert started_since(before) == []
 
 
 def test_cancel_decode_stops_a_run_in_flight_and_not_the_next(tiny_package: Path) -> None:
