@@ -43,11 +43,11 @@ def format_table(result: dict[str, Any]) -> str:
                          _f(forced.get("top1_agreement"))])
     out += _table(["variant", "ctx", "prefill tok/s", "decode ms", "tok/s", "roofline ms", "% roofline",
                    "x torch", "weights MB/step", "logits rel L2", "top-1"], rows)
-    frames = [[name, n, _f(f["decode_ms"]), _f(f["audio_head_ms"]), _f(f["full_frame_ms"]), _f(f["margin_ms"]),
+    frames = [[name, n, _f(f["llm_ms"]), _f(f["audio_head_ms"]), _f(f["full_frame_ms"]), _f(f["margin_ms"]),
                _f(f["realtime_factor"])]
               for name, v in result["variants"].items() for n, f in v.get("frame", {}).items()]
     if frames:
-        out += ["", f"audio frame (1 LLM step + {result.get('codebooks', 8)} head steps), "
+        out += ["", f"audio frame (1 LLM step, logits not read, + {result.get('codebooks', 8)} head steps), "
                     f"budget {result['frame_budget_ms']:.0f} ms:"]
         out += _table(["variant", "ctx", "llm ms", "head ms", "frame ms", "margin ms", "x real time"], frames)
     turns = [[name, _f(t["felt_ms"], ".0f"), t["ended_by"], _f(t["first_audio_ms"], ".0f"), _f(t["min_buffer_s"]),

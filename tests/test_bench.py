@@ -13,8 +13,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bcaudio.benchmarks.decoders import PackageDecoder
+from bcaudio.benchmarks.frame import frame_llm_ms
 from bcaudio.cli import main
 from bcaudio.cli.bench import VARIANTS
 
@@ -47,7 +50,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
     result, _ = bench
-    assert result["schema"] == "bcaudio-bench/1" and result["preset"] == "tiny"
+    assert result["schema"] == "bcaudio-bench/2" and result["preset"] == "tiny"
     assert set(result["variants"]) == set(RUN)
     assert all(_finite(result["bandwidth"][k]) and result["bandwidth"][k] > 0
                for k in ("single_thread_gb_s", "all_threads_gb_s", "best_gb_s"))
@@ -68,6 +71,30 @@ def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
     genai = {f"int4_vs_genai_int4@{n}" for n in CONTEXTS} | {"int4_logits_rel_l2_vs_genai"} if HAS_GENAI else set()
     assert set(result["targets"]) == {"int4_vs_optimum_int4", "int4_roofline_pct", "full_frame_ms",
                                       "first_audio_ms"} | genai
+
+
+def test_frame_step_is_an_audio_position_without_logits(tiny_package: Path) -> None:
+    """The frame's llm step is timed as the speech loop feeds it: one ``<audio_pad>`` with its codes, the lm_head
+    skipped; each timed step rewound to its context."""
+    decoder = PackageDecoder("bcaudio-fp32", tiny_package, 1)
+    assert decoder.llm.skips_logits  # the exported graph has the switch the step relies on
+    calls: list[tuple[list[int], object, bool]] = []
+    feed = decoder.llm.feed
+
+    def spy(ids, codes=None, logits=True):  # noqa: ANN001, ANN202
+        calls.append((list(ids), codes, logits))
+        return feed(ids, codes, logits)
+
+    decoder.llm.feed = spy
+    ms = frame_llm_ms(decoder, np.arange(100, 140), (8, 24), iterations=2, warmup=1)
+    assert set(ms) == {8, 24} and all(_finite(v) and v > 0 for v in ms.values())
+    pad = decoder.sessions.cfg.tokens.audio_pad
+    frames = [c for c in calls if c[0] == [pad]]
+    assert len(frames) == 2 * 3 and not any(logits for _, _, logits in frames)
+    sizes = decoder.sessions.cfg.bridge.codebook_sizes
+    assert all(np.asarray(codes).shape == (1, len(sizes)) and (np.asarray(codes)[0] < sizes).all()
+               for _, codes, _ in frames)
+    assert decoder.llm.position == 24
 
 
 def test_sessions_table_runs_batched_and_separate(bench: tuple[dict, Path]) -> None:
