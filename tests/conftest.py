@@ -12,6 +12,7 @@ import pytest
 
 from bcaudio.config import ModelConfig, SamplingParams
 from bcaudio.presets import get_preset
+from bcaudio.runtime.generation.speech_loop import SpeechLoop
 
 # Ctrl-C tests (in-process and in child processes) need Python's own SIGINT handler. A suite started in the
 # background of a non-interactive shell inherits SIGINT ignored, which its children inherit too: the chat then
@@ -19,6 +20,23 @@ from bcaudio.presets import get_preset
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SENTENCE = "Hello, this is a test of the voice assistant. What is the weather like today?"
+
+
+@pytest.fixture(autouse=True)
+def close_speech_loops(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Close every speech loop a test made: a streamed segment starts the conversation's decode worker, which
+    otherwise lives on until the loop is collected, in a later test's thread counts and memory."""
+    made: list[SpeechLoop] = []
+    init = SpeechLoop.__init__
+
+    def tracked(self: SpeechLoop, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(SpeechLoop, "__init__", tracked)
+    yield
+    for loop in made:
+        loop.close()
 
 
 @pytest.fixture
