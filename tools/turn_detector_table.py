@@ -10,10 +10,11 @@ the sentence's last voiced sample, i.e. inside the sentence.
 
 ``--greetings`` says questions that begin with a greeting instead ("Hello!" and then the question, the
 demo's form: the greeting alone sounds finished), to weigh ``turn_min_ms``: the detector is asked only once
-the utterance has lasted that long.
+the utterance has lasted that long. ``--short`` says short replies ("Yes, please.", "Stop now!"), which are
+what a minimum costs: a turn shorter than ``turn_min_ms`` is never judged and waits for the hangover.
 
     python tools/turn_detector_table.py [--voices en-us,en,en+f3] [--rates 150,175,200] [--pauses 0,300,500,800] \
-        [--greetings]
+        [--greetings | --short]
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ GREETINGS = [  # (the greeting, the question after it)
     ("Good morning!", "Please remind me to call my mother tonight."),
     ("Hey!", "Turn off the lights in the living room."),
 ]
+SHORT = [  # short replies, split where a pause may fall
+    ("Yes,", "please."),
+    ("No,", "thank you."),
+    ("Stop", "now!"),
+    ("That sounds", "good."),
+    ("What time", "is it?"),
+    ("Turn it", "off."),
+]
 SETTINGS = {  # label -> endpoint settings
     "hangover 640 ms": EndpointSettings(end_ms=640),
     "Smart Turn after 192 ms, else hangover 640 ms": EndpointSettings(end_ms=640, turn_detector=True),
@@ -76,9 +85,11 @@ def main() -> None:
     ap.add_argument("--voices", default="en-us,en,en+f3")
     ap.add_argument("--rates", default="150,175,200", help="espeak-ng words per minute")
     ap.add_argument("--pauses", default="0,300,500,800", help="ms of silence inserted mid-sentence (0: none)")
-    ap.add_argument("--greetings", action="store_true", help="questions that begin with a greeting")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--greetings", action="store_true", help="questions that begin with a greeting")
+    which.add_argument("--short", action="store_true", help="short replies")
     args = ap.parse_args()
-    sentences = GREETINGS if args.greetings else SENTENCES
+    sentences = GREETINGS if args.greetings else SHORT if args.short else SENTENCES
     vad, detector = SileroVad(), SmartTurn()
     rows: dict[str, dict[str, list]] = {k: {"delay": [], "cut": [], "cut_paused": [], "runs": []} for k in SETTINGS}
     pauses = [int(p) for p in args.pauses.split(",")]
