@@ -83,6 +83,11 @@ def test_overlapped_decode_gives_the_same_turn_sample_for_sample(tiny_package: P
     # unstreamed, a piece comes out as its last frame is made; overlapped, the frames run ahead of it
     assert plain_lengths == [s.end for s in plain.segments]
     assert any(n > s.end for n, s in zip(got_lengths, got.segments, strict=True) if not s.final)
+    # a later segment's last piece comes out after the next text step was fed (decoded beside it), the first
+    # segment's at once (the speaker may be waiting for it)
+    finals = [(n, s) for n, s in zip(got_lengths, got.segments, strict=True) if s.final]
+    assert len(finals) >= 2, "one segment only: the test needs a turn of several"
+    assert finals[0][0] == finals[0][1].end and any(n > s.end for n, s in finals[1:])
     assert len(decode_threads()) == before
 
 
@@ -139,6 +144,39 @@ def test_pieces_come_in_order_once_decoded(tiny_cfg: ModelConfig) -> None:
         got = [piece for ready in early for piece in ready] + [p for k in range(12, 21) for p in stream.add(codes[:k])]
         got += stream.finish(codes)
     assert [end for end, _ in got] == [end for end, _ in want] == [4, 8, 12, 16, 20, 20]  # the last: its hold-back
+    for (_, g), (_, w) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("frames", [3, 8, 11])
+def test_deferred_last_window_gives_the_same_pieces(tiny_cfg: ModelConfig, frames: int) -> None:
+    """``first_at_once=False`` and ``finish(defer=True)``: every window on the worker, the last piece handed out by
+    ``drain`` (a segment never streamed, one whose last window was in flight at its end, and one whose last
+    window starts at ``finish``), the pieces equal to the stream's without a worker."""
+    code_samples = tiny_cfg.bridge.avg_pooler * tiny_cfg.vocoder.samples_per_frame
+    threads: list[str] = []
+
+    def decode(codes: np.ndarray, first: int, phase: SourcePhase, steps: int | None = None) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        frames_ = tiny_cfg.decoded_frames(len(codes))
+        phase.record(first * tiny_cfg.bridge.avg_pooler, np.zeros((phase.boundaries.shape[0], frames_)))
+        return np.sin((first * code_samples + np.arange(frames_ * tiny_cfg.vocoder.samples_per_frame)) * 0.01
+                      ).astype(np.float32)
+
+    codes = np.zeros((frames, tiny_cfg.bridge.num_codebooks), np.int64)
+    settings = StreamSettings(chunk_frames=4, first_chunk_frames=4, left_context_frames=2, holdback_samples=960)
+    plain = SegmentStream(decode, settings, 240, tiny_cfg)
+    want = [p for k in range(1, frames + 1) for p in plain.add(codes[:k])] + plain.finish(codes)
+    threads.clear()
+    with ThreadPoolExecutor(1, "bcaudio-decode") as worker:
+        stream = SegmentStream(decode, settings, 240, tiny_cfg, worker, first_at_once=False)
+        got = [p for k in range(1, frames + 1) for p in stream.add(codes[:k])]
+        got += stream.finish(codes, defer=True)
+        assert stream.pending is not None  # the last piece is still to come
+        got += stream.drain()
+        assert stream.pending is None and stream.drain() == []
+    assert threads and all(t.startswith("bcaudio-decode") for t in threads)
+    assert [end for end, _ in got] == [end for end, _ in want]
     for (_, g), (_, w) in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 

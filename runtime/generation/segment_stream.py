@@ -46,14 +46,19 @@ class SegmentStream:
     With a ``worker`` a window is decoded on it while the caller makes the next window's frames (on a
     2-core CPU an llm step and its head steps keep about one core busy, so the decode can use the
     other): one decode in flight, since a window starts where the one before it ended and takes up
-    its source phase. The segment's first window is still decoded at once: the speaker may be waiting
-    for it, and the frames made beside it would only slow it down. Without a worker every window is
-    decoded at once, in ``add``. The windows, their inputs and so their audio are the same either
-    way; only when a piece comes out differs."""
+    its source phase. The segment's first window is still decoded at once when the speaker may be waiting
+    for it (``first_at_once``: the turn's first segment), since the frames made beside it would only slow
+    it down. ``finish(defer=True)`` puts the last window on the worker too and hands its piece out from
+    ``drain``, so the loop's next text step runs beside it. Without a worker every window is decoded at
+    once. The windows, their inputs and so their audio are the same either way; only when a piece comes
+    out differs."""
 
     def __init__(self, decode: Decode, settings: StreamSettings, crossfade: int, cfg: ModelConfig,
-                 worker: Executor | None = None) -> None:
+                 worker: Executor | None = None, first_at_once: bool = True) -> None:
         self.decode, self.settings, self.crossfade, self.worker = decode, settings, crossfade, worker
+        self.first_at_once = first_at_once
+        self.defer = False  # the last window too goes to the worker (``finish(defer=True)``)
+        self.rest: int | None = None  # deferred: the segment's codes, its last piece cut from the window in flight
         self.frame_samples = cfg.vocoder.samples_per_frame
         self.code_samples = cfg.bridge.avg_pooler * self.frame_samples
         self.phase = SourcePhase(cfg.vocoder.nb_harmonics + 1)
@@ -73,18 +78,37 @@ class SegmentStream:
         self._start_window(codes)
         return out + self._collect(wait=self.worker is None)  # a window decoded at once is ready now
 
-    def finish(self, codes: np.ndarray) -> list[Piece]:
-        """The pieces still to come, the segment's last piece last."""
+    def finish(self, codes: np.ndarray, defer: bool = False) -> list[Piece]:
+        """The pieces still to come, the segment's last piece last; with ``defer`` (and a worker) the pieces
+        ready now, the last one still being decoded (``pending``) for ``drain`` to hand out."""
+        self.defer = defer and self.worker is not None
+        if self.defer and self.pending is not None and self.pending[1] == len(codes):
+            self.rest = len(codes)  # the window in flight saw the last code: its remainder follows it in drain
+            return []
         out = self._collect(wait=True)
         if len(codes) == 0:
             return out + [(0, np.zeros(0, np.float32))]
-        if self.done == 0:  # never streamed: the reference's whole-segment decode
-            return out + [(len(codes), self.decode(codes, 0, self.phase, None))]
+        if self.done == 0:  # never streamed: the reference's whole-segment decode, as one final window
+            if not self.defer:
+                return out + [(len(codes), self.decode(codes, 0, self.phase, None))]
+            self.done, self.pending = len(codes), (self.worker.submit(self.decode, codes, 0, self.phase, None),
+                                                   len(codes), 0, 0, True)
+            return out
         if len(codes) == self.done and self.last is not None:  # the last window already saw the last code
             base, wave = self.last
             return out + [(len(codes), wave[self._start() - base:])]
         self._start_window(codes, final=True)
-        return out + self._collect(wait=True)
+        return out + self._collect(wait=not self.defer)
+
+    def drain(self) -> list[Piece]:
+        """The deferred pieces (``finish(defer=True)``), the segment's last one last, once decoded; [] if none
+        is left."""
+        out = self._collect(wait=True)
+        if self.rest is not None and self.last is not None:
+            base, wave = self.last
+            out.append((self.rest, wave[self._start() - base:]))
+        self.rest = None
+        return out
 
     def stop(self) -> Future | None:
         """Drop the window in flight (the turn was cut off): a decode not started yet never starts. -> that
@@ -104,7 +128,7 @@ class SegmentStream:
         self.phase.take_up_at(start // self.frame_samples)
         window = np.array(codes[first:])  # the caller goes on writing its frames while this is decoded
         steps = (self.settings.first_flow_steps or None) if self.windows == 0 else None
-        if self.worker is None or final or self.windows == 0:
+        if self.worker is None or (final and not self.defer) or (self.windows == 0 and self.first_at_once):
             decoded: Future = Future()
             decoded.set_result(self.decode(window, first, self.phase, steps))
         else:

@@ -185,6 +185,8 @@ class SpeechLoop:
         self.history_prefilled = 0  # positions it prefilled again
         self._settled_at_start: float | None = None  # settle_history run by this turn's start, for its timings
         self._worker: ThreadPoolExecutor | None = None  # decodes streamed windows beside the frames (_segment)
+        # a segment's last piece still decoding, for the turn to hand out after its next LLM work: (pieces, stream)
+        self._tail: tuple[Callable[[], Iterator[AudioSegment]], SegmentStream] | None = None
 
     # ----- prompts -----
 
@@ -301,12 +303,16 @@ class SpeechLoop:
         before, text = len(self.codec.decode(ids[:-1], skip_special=False)), self.codec.decode(ids, skip_special=False)
         return any(mark in text[max(0, before - len(mark) + 1):] for mark in self.gen.clause_marks)
 
-    def _segment(self, hidden: np.ndarray) -> Iterator[AudioSegment]:
+    def _segment(self, hidden: np.ndarray, queued: bool = False) -> Iterator[AudioSegment]:
         """Frames until code 0 is EOS or the frame limit, each frame fed back but the one that reaches the limit
         (the demo gives its position to ``<audiogen_end>``); the segment's audio comes as pieces while the frames
         are made when ``generation.stream`` says so (``SegmentStream``), decoded on the loop's decode worker
         when it says ``overlap_decode`` and the backend can stop a decode (``cancel_decode``): a turn closed
-        early (a barge-in) stops the decode in flight and waits for it to end."""
+        early (a barge-in) stops the decode in flight and waits for it to end.
+
+        ``queued``: this turn's audio already went out, so the speaker is not waiting on this segment: its first
+        window is decoded aside as well, and its last one is left in flight for ``_drain_tail`` to hand out after
+        the caller's next LLM work (the next text step runs beside it)."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
@@ -315,7 +321,8 @@ class SpeechLoop:
             and cancel else None
         stream = SegmentStream(
             lambda codes, first, phase, steps: self.backend.decode_segment(codes, segment, first, phase, steps),
-            self.gen.stream, self.gen.crossfade_samples, self.cfg, worker)
+            self.gen.stream, self.gen.crossfade_samples, self.cfg, worker, first_at_once=not queued)
+        handed_off = False
         codes = np.zeros((params.max_new_tokens, len(sizes)), dtype=np.int64)  # the frames, filled row by row
         ends = [len(self.context)]  # the context's length once frame k was made (and fed, but the last)
         n = played = 0  # frames made; frames covered by the pieces so far
@@ -344,13 +351,36 @@ class SpeechLoop:
                     _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n], logits=False)
                 ends.append(len(self.context))
                 yield from pieces(stream.add(codes[:n]))
-            yield from pieces(stream.finish(codes[:n]), final=True)
+            ready = stream.finish(codes[:n], defer=queued)
+            if stream.pending is None and stream.rest is None:
+                yield from pieces(ready, final=True)
+            else:
+                yield from pieces(ready)
+                self._tail, handed_off = (lambda: pieces(stream.drain(), final=True), stream), True
         finally:
-            if worker is not None:
-                in_flight = stream.stop()
-                cancel()
-                if in_flight is not None:
-                    wait([in_flight])
+            if worker is not None and not handed_off:
+                self._stop_stream(stream)
+
+    def _stop_stream(self, stream: SegmentStream) -> None:
+        """Drop the stream's window in flight and stop its decode (a barge-in), waiting for it to end."""
+        in_flight = stream.stop()
+        self.backend.cancel_decode()
+        if in_flight is not None:
+            wait([in_flight])
+
+    def _drain_tail(self, log: AnswerLog | None) -> Iterator[AudioSegment]:
+        """The last piece of the segment before, left decoding by ``_segment(queued=True)``, logged to its step."""
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            for piece in tail[0]():
+                if log is not None:
+                    log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
+                yield piece
+
+    def _drop_tail(self) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            self._stop_stream(tail[1])
 
     def _decode_worker(self) -> ThreadPoolExecutor:
         """The thread that decodes streamed windows beside the frames, made on first use and kept for every
@@ -415,30 +445,37 @@ class SpeechLoop:
         log = self._start_log()
         self._begin_text()
         params = self.gen.first_text
-        for round_ in range(self.gen.max_rounds + 1):
-            tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
-            if log is not None:
-                log.add_text(tokens)
-            ended = tokens[-1] == self.tok.eos
-            delta = self._delta(tokens)
-            if delta.ids:
-                yield delta
-            if round_ == self.gen.max_rounds:
-                break
-            if ended and len(tokens) == 1:
-                yield TurnEnd("eos")
-                return
-            _, hidden = self._feed([self.tok.audiogen_start], logits=False)  # replaces the step's last token
-            for piece in self._segment(hidden):
+        spoke = False  # audio of this turn went out: later segments need not be decoded at once
+        try:
+            for round_ in range(self.gen.max_rounds + 1):
+                tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
+                yield from self._drain_tail(log)  # the segment before's last piece, decoded beside this text step
                 if log is not None:
-                    log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
-                yield piece
-            if ended:
-                yield TurnEnd("eos")
-                return
-            logits, hidden = self._feed([self.tok.audiogen_end])
-            params = self.gen.text
-        yield TurnEnd("max_rounds")
+                    log.add_text(tokens)
+                ended = tokens[-1] == self.tok.eos
+                delta = self._delta(tokens)
+                if delta.ids:
+                    yield delta
+                if round_ == self.gen.max_rounds:
+                    break
+                if ended and len(tokens) == 1:
+                    yield TurnEnd("eos")
+                    return
+                _, hidden = self._feed([self.tok.audiogen_start], logits=False)  # replaces the step's last token
+                for piece in self._segment(hidden, queued=spoke):
+                    spoke = True
+                    if log is not None:
+                        log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
+                    yield piece
+                if ended:
+                    yield from self._drain_tail(log)
+                    yield TurnEnd("eos")
+                    return
+                logits, hidden = self._feed([self.tok.audiogen_end])
+                params = self.gen.text
+            yield TurnEnd("max_rounds")
+        finally:
+            self._drop_tail()  # closed early (a barge-in): the piece in flight is never played
 
     # The published history (``published_history.py``).
 
