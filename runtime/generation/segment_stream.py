@@ -100,6 +100,10 @@ class SegmentStream:
         self._start_window(codes, final=True)
         return out + self._collect(wait=not self.defer)
 
+    def ready(self) -> bool:
+        """Whether ``drain`` would return without waiting."""
+        return self.pending is None or self.pending[0].done()
+
     def drain(self) -> list[Piece]:
         """The deferred pieces (``finish(defer=True)``), the segment's last one last, once decoded; [] if none
         is left."""

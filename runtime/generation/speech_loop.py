@@ -9,7 +9,7 @@ token for token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -282,9 +282,10 @@ class SpeechLoop:
 
     # ----- steps -----
 
-    def _text_step(self, logits: np.ndarray, params: SamplingParams, stop_at_clause: bool
-                   ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
-        """Sample until a stop; every token but the last is fed. -> (tokens, logits, hidden) after the feeds."""
+    def _text_step(self, logits: np.ndarray, params: SamplingParams, stop_at_clause: bool, log: AnswerLog | None
+                   ) -> Generator[AudioSegment, None, tuple[list[int], np.ndarray, np.ndarray | None]]:
+        """Sample until a stop; every token but the last is fed. -> (tokens, logits, hidden) after the feeds.
+        Between tokens it yields the segment before's last piece (``_drain_tail``) as soon as it is decoded."""
         out: list[int] = []
         hidden = None
         stops = {self.tok.audiogen_start, self.tok.eos}
@@ -295,6 +296,8 @@ class SpeechLoop:
                 break
             if len(out) < params.max_new_tokens:
                 logits, hidden = self._feed([token])
+            if self._tail is not None and self._tail[1].ready():
+                yield from self._drain_tail(log)
         return out, logits, hidden
 
     def _ends_clause(self, ids: list[int]) -> bool:
@@ -310,9 +313,10 @@ class SpeechLoop:
         when it says ``overlap_decode`` and the backend can stop a decode (``cancel_decode``): a turn closed
         early (a barge-in) stops the decode in flight and waits for it to end.
 
-        ``queued``: this turn's audio already went out, so the speaker is not waiting on this segment: its first
-        window is decoded aside as well, and its last one is left in flight for ``_drain_tail`` to hand out after
-        the caller's next LLM work (the next text step runs beside it)."""
+        ``queued``: this turn's audio already went out, so the speaker is not waiting on this segment's first
+        window: it is decoded aside as well. Once audio of the turn is out (``queued`` or a piece of this
+        segment), the last window is left in flight for ``_drain_tail`` to hand out during the caller's next
+        text step, which runs beside it."""
         params = self.gen.audio
         sizes = self.cfg.bridge.codebook_sizes
         segment, self._segments = self._segments, self._segments + 1
@@ -351,7 +355,7 @@ class SpeechLoop:
                     _, hidden = self._feed([self.tok.audio_pad], codes[n - 1:n], logits=False)
                 ends.append(len(self.context))
                 yield from pieces(stream.add(codes[:n]))
-            ready = stream.finish(codes[:n], defer=queued)
+            ready = stream.finish(codes[:n], defer=queued or played > 0)
             if stream.pending is None and stream.rest is None:
                 yield from pieces(ready, final=True)
             else:
@@ -448,8 +452,8 @@ class SpeechLoop:
         spoke = False  # audio of this turn went out: later segments need not be decoded at once
         try:
             for round_ in range(self.gen.max_rounds + 1):
-                tokens, logits, hidden = self._text_step(logits, params, stop_at_clause=round_ > 0)
-                yield from self._drain_tail(log)  # the segment before's last piece, decoded beside this text step
+                tokens, logits, hidden = yield from self._text_step(logits, params, round_ > 0, log)
+                yield from self._drain_tail(log)  # the segment before's last piece, if still decoding: wait for it
                 if log is not None:
                     log.add_text(tokens)
                 ended = tokens[-1] == self.tok.eos
