@@ -185,7 +185,7 @@ class SpeechLoop:
         self.history_prefilled = 0  # positions it prefilled again
         self._settled_at_start: float | None = None  # settle_history run by this turn's start, for its timings
         self._worker: ThreadPoolExecutor | None = None  # decodes streamed windows beside the frames (_segment)
-        # a segment's last piece still decoding, for the turn to hand out after its next LLM work: (pieces, stream)
+        # a segment's last piece still decoding, for the turn to hand out during its next text step: (pieces, stream)
         self._tail: tuple[Callable[[], Iterator[AudioSegment]], SegmentStream] | None = None
 
     # ----- prompts -----
@@ -373,7 +373,7 @@ class SpeechLoop:
             wait([in_flight])
 
     def _drain_tail(self, log: AnswerLog | None) -> Iterator[AudioSegment]:
-        """The last piece of the segment before, left decoding by ``_segment(queued=True)``, logged to its step."""
+        """The last piece of the segment before, left decoding by ``_segment``, logged to its step (waits for it)."""
         tail, self._tail = self._tail, None
         if tail is not None:
             for piece in tail[0]():
