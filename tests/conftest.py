@@ -71,12 +71,15 @@ def tiny_exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 
 def espeak_wav(text: str, out: Path, rate: int = 16000) -> Path:
-    """Speak ``text`` to a mono wav at ``rate`` (espeak-ng writes 22.05 kHz; sox converts)."""
+    """Speak ``text`` to a mono wav at ``rate`` (espeak-ng writes 22.05 kHz; sox converts). ``-D``: no dither,
+    which sox otherwise adds with a fresh random seed each run, so every run hears the same samples (a dithered
+    input changed the greedy turn of the waveform parity test between runs, and once its error past the bound)."""
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         pytest.fail("espeak-ng and sox are required: run `make test` (it installs them) or apt-get install them")
     raw = out.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    subprocess.run(["sox", "-D", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True,
+                   capture_output=True)
     raw.unlink()
     return out
 
