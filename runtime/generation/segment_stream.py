@@ -57,7 +57,6 @@ class SegmentStream:
                  worker: Executor | None = None, first_at_once: bool = True) -> None:
         self.decode, self.settings, self.crossfade, self.worker = decode, settings, crossfade, worker
         self.first_at_once = first_at_once
-        self.defer = False  # the last window too goes to the worker (``finish(defer=True)``)
         self.rest: int | None = None  # deferred: the segment's codes, its last piece cut from the window in flight
         self.frame_samples = cfg.vocoder.samples_per_frame
         self.code_samples = cfg.bridge.avg_pooler * self.frame_samples
@@ -81,15 +80,15 @@ class SegmentStream:
     def finish(self, codes: np.ndarray, defer: bool = False) -> list[Piece]:
         """The pieces still to come, the segment's last piece last; with ``defer`` (and a worker) the pieces
         ready now, the last one still being decoded (``pending``) for ``drain`` to hand out."""
-        self.defer = defer and self.worker is not None
-        if self.defer and self.pending is not None and self.pending[1] == len(codes):
+        defer = defer and self.worker is not None
+        if defer and self.pending is not None and self.pending[1] == len(codes):
             self.rest = len(codes)  # the window in flight saw the last code: its remainder follows it in drain
             return []
         out = self._collect(wait=True)
         if len(codes) == 0:
             return out + [(0, np.zeros(0, np.float32))]
         if self.done == 0:  # never streamed: the reference's whole-segment decode, as one final window
-            if not self.defer:
+            if not defer:
                 return out + [(len(codes), self.decode(codes, 0, self.phase, None))]
             self.done, self.pending = len(codes), (self.worker.submit(self.decode, codes, 0, self.phase, None),
                                                    len(codes), 0, 0, True)
@@ -97,8 +96,8 @@ class SegmentStream:
         if len(codes) == self.done and self.last is not None:  # the last window already saw the last code
             base, wave = self.last
             return out + [(len(codes), wave[self._start() - base:])]
-        self._start_window(codes, final=True)
-        return out + self._collect(wait=not self.defer)
+        self._start_window(codes, final=True, aside=defer)
+        return out + self._collect(wait=not defer)
 
     def ready(self) -> bool:
         """Whether ``drain`` would return without waiting."""
@@ -126,13 +125,14 @@ class SegmentStream:
     def _start(self) -> int:
         return max(0, self.played_to - self.crossfade)
 
-    def _start_window(self, codes: np.ndarray, final: bool = False) -> None:
+    def _start_window(self, codes: np.ndarray, final: bool = False, aside: bool = False) -> None:
+        """``aside``: a final window too is decoded on the worker (``finish(defer=True)``)."""
         start = self._start()
         first = max(0, min(self.done - self.settings.left_context_frames, start // self.code_samples))
         self.phase.take_up_at(start // self.frame_samples)
         window = np.array(codes[first:])  # the caller goes on writing its frames while this is decoded
         steps = (self.settings.first_flow_steps or None) if self.windows == 0 else None
-        if self.worker is None or (final and not self.defer) or (self.windows == 0 and self.first_at_once):
+        if self.worker is None or (final and not aside) or (self.windows == 0 and self.first_at_once):
             decoded: Future = Future()
             decoded.set_result(self.decode(window, first, self.phase, steps))
         else:

@@ -376,10 +376,13 @@ class SpeechLoop:
         """The last piece of the segment before, left decoding by ``_segment``, logged to its step (waits for it)."""
         tail, self._tail = self._tail, None
         if tail is not None:
-            for piece in tail[0]():
-                if log is not None:
-                    log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
-                yield piece
+            yield from self._logged(tail[0](), log)
+
+    def _logged(self, pieces: Iterator[AudioSegment], log: AnswerLog | None) -> Iterator[AudioSegment]:
+        for piece in pieces:
+            if log is not None:
+                log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
+            yield piece
 
     def _drop_tail(self) -> None:
         tail, self._tail = self._tail, None
@@ -449,7 +452,6 @@ class SpeechLoop:
         log = self._start_log()
         self._begin_text()
         params = self.gen.first_text
-        spoke = False  # audio of this turn went out: later segments need not be decoded at once
         try:
             for round_ in range(self.gen.max_rounds + 1):
                 tokens, logits, hidden = yield from self._text_step(logits, params, round_ > 0, log)
@@ -466,11 +468,8 @@ class SpeechLoop:
                     yield TurnEnd("eos")
                     return
                 _, hidden = self._feed([self.tok.audiogen_start], logits=False)  # replaces the step's last token
-                for piece in self._segment(hidden, queued=spoke):
-                    spoke = True
-                    if log is not None:
-                        log.add_piece(piece.waveform, piece.end - self.turn_starts[-1])
-                    yield piece
+                # after the turn's first segment its audio is out: later ones need not be decoded at once
+                yield from self._logged(self._segment(hidden, queued=round_ > 0), log)
                 if ended:
                     yield from self._drain_tail(log)
                     yield TurnEnd("eos")
