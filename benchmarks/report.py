@@ -52,6 +52,7 @@ def format_table(result: dict[str, Any]) -> str:
         out += _table(["variant", "ctx", "llm ms", "head ms", "frame ms", "margin ms", "x real time"], frames)
     turns = [[name, _f(t["felt_ms"], ".0f"), t["ended_by"], _f(t["first_audio_ms"], ".0f"), _f(t["min_buffer_s"]),
               _f(t["total_ms"], ".0f"), _f(t["answer_audio_s"]), _f(t["rtf"]),
+              "-" if t.get("cores_busy") is None else f"{t['cores_busy']:.0%}",
               str(t["prefilled_while_speaking"]), str(t["prefilled_after_speech"]),
               str(t["text_tokens_to_first_audio"]), str(t["frames_to_first_audio"])]
              for name, v in result["variants"].items() if (t := v.get("turn"))]
@@ -59,7 +60,7 @@ def format_table(result: dict[str, Any]) -> str:
         out += ["", "spoken turn, incremental prefill (felt: last voiced sample -> first sample out; first audio: "
                     "end-of-turn decision -> first piece):"]
         out += _table(["variant", "felt ms", "ended by", "first audio ms", "min buffer s", "turn ms", "answer s", "RTF",
-                       "prefilled while speaking",
+                       "cores busy", "prefilled while speaking",
                        "after", "text tokens to 1st audio", "frames to 1st audio"], turns)
     if result.get("sessions"):
         sess = result["sessions"]

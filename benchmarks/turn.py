@@ -38,6 +38,7 @@ class TurnFigures:
     stages_to_first_audio_ms: dict[str, float]
     text_tokens_to_first_audio: int  # the first text round: the model decides its length
     frames_to_first_audio: int  # the first segment's frames, or the stream chunk when segments are streamed
+    cores_busy: float | None = None  # CPU time over turn time x the process's cores: near 1 it is compute-bound
 
     @property
     def rtf(self) -> float | None:
@@ -57,4 +58,4 @@ def incremental_turn(profiler: Profiler, audio16k: np.ndarray) -> TurnFigures:
         audio_frames=m.audio_frames, decode_tokens=m.decode_tokens, stop=m.stop,
         stages_to_first_audio_ms=m.stages_to_first_audio_ms,
         text_tokens_to_first_audio=m.text_tokens_to_first_audio or 0,
-        frames_to_first_audio=m.frames_to_first_audio or 0)
+        frames_to_first_audio=m.frames_to_first_audio or 0, cores_busy=m.cores_busy)

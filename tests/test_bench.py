@@ -66,6 +66,7 @@ def test_every_variant_has_finite_figures(bench: tuple[dict, Path]) -> None:
             turn = v["turn"]
             assert _finite(turn["first_audio_ms"]) and _finite(turn["rtf"]) and turn["answer_audio_s"] > 0, name
             assert turn["prefilled_while_speaking"] > 0 and turn["prefilled_after_speech"] > 0
+            assert 0 < turn["cores_busy"] <= 1.05, name  # CPU time over turn time x cores
             assert 1 <= turn["text_tokens_to_first_audio"] <= turn["first_text_tokens_cap"] == 4
             assert 1 <= turn["frames_to_first_audio"] <= turn["stream_first_window_frames"]  # the profile streams
     genai = {f"int4_vs_genai_int4@{n}" for n in CONTEXTS} | {"int4_logits_rel_l2_vs_genai"} if HAS_GENAI else set()

@@ -24,8 +24,9 @@ from bcaudio.runtime.profiling.profiler import (
     TurnRecorder,
     speech_input,
     stage_sums,
+    usable_cores,
 )
-from bcaudio.runtime.profiling.report import REPORT_SCHEMA, load_report, validate
+from bcaudio.runtime.profiling.report import REPORT_SCHEMA, load_report, validate, verdict
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIGHT_PROFILE = """description = "a budget no box meets: exercises the failing verdict"
@@ -88,6 +89,7 @@ def test_the_report_matches_its_schema(reports: dict[str, Path]) -> None:
         assert 0 < turn["ttft_ms"] <= turn["first_audio_ms"] <= turn["total_ms"]
         assert turn["rtf"] == pytest.approx(turn["total_ms"] / 1000 / turn["answer_audio_s"])
         assert turn["gpu_mem_mb"] is None
+        assert 0 < turn["cores_busy"] <= 1.05  # CPU time over wall time x the cores the process may use
     # the second turn continued the conversation: the first turn's prompt is still in the cache (the published
     # history rebuilds the answer part, so its length is not the first turn's positions)
     assert second["context_tokens"] >= first["context_tokens"] + first["prefill_tokens"]
@@ -198,8 +200,57 @@ def test_an_answer_made_slower_than_it_plays_names_the_stage_that_decides_it(
     assert "NOT real time" in verdict["line"] and "the stage that decides it: vocoder" in verdict["line"]
     assert "on its own" in verdict["line"]  # 2 s per second of audio: the vocoder alone is too slow
     assert "NOT real time" in (tmp_path / "slow.md").read_text()
+    assert not verdict["compute_bound"] and "The cores were only" in verdict["line"]  # it slept: it waited
     fast = json.loads(reports["fast"].read_text())["verdict"]
     assert fast["real_time"] and "real time" not in fast["line"]
+
+
+def test_cores_busy_counts_the_cpu_time_of_every_thread(tiny_pkg: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each vocoder run (on the decode worker's thread as well as the loop's) made to burn 0.2 s of its thread's
+    CPU time: the turn's CPU time (cores busy x turn time x cores) holds at least all of it."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession.run
+    burn = 0.2
+
+    def busy(self, output_names, feeds, *args, **kwargs):
+        if Path(self._model_path).name == "vocoder.onnx":
+            until = time.thread_time() + burn
+            while time.thread_time() < until:
+                pass
+        return real(self, output_names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", busy)
+    run_cli(["profile", "--model", str(tiny_pkg), "--device-profile", "cpu-2core", "--turns", "1", "--warmup", "0",
+             "--output", str(tmp_path / "busy.json"), "--no-charts"])
+    turn = json.loads((tmp_path / "busy.json").read_text())["turns"][0]
+    cpu_s = turn["cores_busy"] * turn["total_ms"] / 1000 * usable_cores()
+    assert turn["graph_runs"]["vocoder"] >= 1
+    assert cpu_s >= burn * turn["graph_runs"]["vocoder"]
+    assert "cores busy" in (tmp_path / "busy.md").read_text()
+
+
+def test_a_compute_bound_turn_is_named_so_and_a_waiting_one_too(reports: dict[str, Path]) -> None:
+    """The verdict on a report's own figures with the cores' share set: busy cores say only less work helps,
+    idle ones that the stages waited; a turn within its budget says neither, and a GPU profile never."""
+    report = json.loads(reports["tight"].read_text())
+
+    def judged(busy: float, provider: str = "cpu") -> dict:
+        summary = copy.deepcopy(report["summary"])
+        summary["cores_busy"] = {"median": busy, "p90": busy}
+        profile = copy.deepcopy(report["profile"])
+        profile["session"]["provider"] = provider
+        return verdict(summary, report["stages"], report["turns"], profile)
+
+    bound = judged(0.93)
+    assert bound["compute_bound"] and "Compute-bound: the cores were 93% busy" in bound["line"]
+    assert "can take more than 7% off it" in bound["line"]
+    waiting = judged(0.4)
+    assert not waiting["compute_bound"] and "The cores were only 40% busy" in waiting["line"]
+    assert not judged(0.93, "cuda")["compute_bound"] and "busy" not in judged(0.93, "cuda")["line"]
+    fast = json.loads(reports["fast"].read_text())
+    assert fast["verdict"]["meets_budget"] and "busy" not in fast["verdict"]["line"]
 
 
 def test_schema_rejects_a_broken_report(reports: dict[str, Path], tmp_path: Path) -> None:

@@ -82,20 +82,21 @@ def main() -> None:
             apply(profiler, profile, gen)
             results[v].append(incremental_turn(profiler, audio))
             t = results[v][-1]
-            print(f"round {r + 1} {v}: felt {t.felt_ms:.0f} ms, first audio {t.first_audio_ms:.0f} ms, RTF {t.rtf:.2f}",
-                  flush=True)
+            print(f"round {r + 1} {v}: felt {t.felt_ms:.0f} ms, first audio {t.first_audio_ms:.0f} ms, "
+                  f"RTF {t.rtf:.2f}, cores {t.cores_busy:.0%} busy", flush=True)
 
     def med(v: str, key: str) -> float:
         values = [getattr(t, key) for t in results[v]]
         return float(np.median([x for x in values if x is not None])) if any(x is not None for x in values) else np.nan
 
     print(f"\ninput: {source}; profile {base.name}; {args.rounds} rounds, variants interleaved\n")
-    print("| variant | felt ms | first audio ms | RTF | least buffer s | ended by | felt / first audio / RTF vs "
-          f"{variants[0]} |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | felt ms | first audio ms | RTF | cores busy | least buffer s | ended by | "
+          f"felt / first audio / RTF vs {variants[0]} |")
+    print("|---|---|---|---|---|---|---|---|")
     for v in variants:
         ratios = " / ".join(f"{med(v, k) / med(variants[0], k):.2f}" for k in ("felt_ms", "first_audio_ms", "rtf"))
         print(f"| {v} | {med(v, 'felt_ms'):.0f} | {med(v, 'first_audio_ms'):.0f} | {med(v, 'rtf'):.2f} | "
+              f"{med(v, 'cores_busy'):.0%} | "
               f"{med(v, 'min_buffer_s'):.2f} | {results[v][0].ended_by} | {ratios} |")
 
 

@@ -152,6 +152,16 @@ class TurnMeasure:
     backlog_ms: float = 0.0  # prefill of chunks sent while speaking still running at the decision
     speaking_spans: list[Span] = field(default_factory=list)  # graph runs while the user spoke, s from the decision
     playback: Playback | None = None
+    cpu_s: float | None = None  # CPU time of the process's threads over the turn
+    cores: int = 1  # the cores the process may run on
+
+    @property
+    def cores_busy(self) -> float | None:
+        """Share of the cores the turn kept busy: near 1 the turn is compute-bound, so no schedule of its stages
+        can make it much faster; well below, stages wait on each other (or on a GPU)."""
+        if self.cpu_s is None or self.total_ms <= 0:
+            return None
+        return self.cpu_s / (self.total_ms / 1000 * self.cores)
 
     @property
     def voice_gap_ms(self) -> float:
@@ -206,6 +216,14 @@ def merge_spans(spans: Sequence[Span], gap_s: float = 5e-4) -> list[Span]:
         else:
             merged.append(Span(span.stage, span.start, span.end))
     return merged
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container or ``taskset`` limit), not the box's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def peak_rss_mb() -> float:
@@ -354,11 +372,11 @@ class Profiler:
             spoken.while_speaking()
             speaking = list(rec.spans)
             rec.reset()  # what was fed while the user spoke is not part of the timed turn
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             spoken.end_of_speech()
             events = a.loop.guarded_answer()
         else:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             events = a.respond(heard.audio, rate)
         for event in events:
             now = time.perf_counter()
@@ -376,7 +394,7 @@ class Profiler:
             if progress is not None:
                 progress(f"{text_tokens} text tokens, {rec.frames} audio frames, {rec.segments} segment(s), "
                          f"{now - start:.1f} s")
-        end = time.perf_counter()
+        end, cpu = time.perf_counter(), time.process_time() - cpu
         # a turn that ends without feeding an answer token (EOS first) shows its first text with the first event
         first_token = rec.first_token_at or first_text
 
@@ -402,7 +420,8 @@ class Profiler:
             encoded_seconds=spoken.last_window_seconds if spoken else None,
             fed_while_speaking=spoken.fed if spoken else 0, text_tokens_to_first_audio=to_first[0],
             frames_to_first_audio=to_first[1], heard=heard, backlog_ms=backlog * 1000,
-            speaking_spans=speaking_spans, playback=playback([t + backlog * 1000 for t in arrivals], durations))
+            speaking_spans=speaking_spans, playback=playback([t + backlog * 1000 for t in arrivals], durations),
+            cpu_s=cpu, cores=usable_cores())
 
     def _while_speaking(self, spoken: SpokenInput | None, heard: Heard, spans: list[Span]
                         ) -> tuple[float, list[Span]]:
@@ -450,7 +469,8 @@ class Profiler:
             fa = f"{m.first_audio_ms:.0f} ms" if m.first_audio_ms is not None else "none"
             felt = f"{m.felt_ms:.0f} ms" if m.felt_ms is not None else "none"
             rtf = f"{m.rtf:.2f}" if m.rtf is not None else "n/a"
+            busy = f", cores {m.cores_busy:.0%} busy" if m.cores_busy is not None else ""
             show(f"turn {i + 1}/{turns}: {m.total_ms / 1000:.2f} s, felt latency {felt} (end of turn by "
-                 f"{m.heard.ended_by} {m.voice_gap_ms:.0f} ms after the voice), first audio {fa}, RTF {rtf}, "
+                 f"{m.heard.ended_by} {m.voice_gap_ms:.0f} ms after the voice), first audio {fa}, RTF {rtf}{busy}, "
                  f"{m.answer_audio_s:.2f} s of answer audio", True)
         return measures

@@ -21,6 +21,8 @@ from bcaudio.runtime.package.profiles import DeviceProfile
 from bcaudio.runtime.profiling.profiler import STAGES, Span, TurnMeasure, merge_spans
 
 SCHEMA_ID = "bcaudio.profile/2"  # 2: felt latency, end-of-turn decision, playback buffer
+ADDED_METRICS = ("cores_busy",)  # absent from reports written before it
+COMPUTE_BOUND = 0.85  # cores busier than this over a turn: only less work (recipe, box) makes it faster
 # (key, label, unit, higher_is_better): the per-turn metrics summarized as median and p90
 METRICS = (
     ("felt_ms", "felt latency (last voiced sample -> first sample out)", "ms", False),
@@ -32,6 +34,7 @@ METRICS = (
     ("first_text_event_ms", "first text shown", "ms", False),
     ("first_audio_ms", "first audio after the decision", "ms", False),
     ("rtf", "real-time factor", "", False),
+    ("cores_busy", "share of the CPU cores busy over the turn", "", False),
     ("answer_audio_s", "answer audio", "s", True),
     ("prefill_tok_s", "LLM prefill", "tok/s", True),
     ("decode_tok_s", "LLM decode", "tok/s", True),
@@ -66,12 +69,13 @@ TURN_SCHEMA = _obj({
     "text_tokens": _INT, "prefill_tokens": _INT, "decode_tokens": _INT, "audio_frames": _INT, "segments": _INT,
     "stop": _STR, "peak_rss_mb": _NUM, "gpu_mem_mb": _OPT_NUM, "felt_ms": _OPT_NUM, "voice_gap_ms": _NUM,
     "backlog_ms": _NUM, "ended_by": _STR, "detector_ms": _NUM, "min_buffer_s": _OPT_NUM, "underrun_ms": _OPT_NUM,
+    "cores_busy": _OPT_NUM,
     **{k: _OPT_NUM for k in ("prefill_tok_s", "decode_tok_s", "audio_head_ms_per_frame", "flow_ms_per_segment",
                              "vocoder_ms_per_segment", "encoder_ms_per_audio_s")},
     "stages_ms": _STAGE_MS, "stage_share": {"type": "object", "additionalProperties": _NUM},
     "stages_to_first_audio_ms": {"type": "object", "additionalProperties": _NUM},
     "graph_runs": {"type": "object", "additionalProperties": _INT},
-})
+}, optional=ADDED_METRICS)
 REPORT_SCHEMA: dict[str, Any] = _obj({
     "schema": {"enum": [SCHEMA_ID]},
     "created": _STR,
@@ -89,7 +93,8 @@ REPORT_SCHEMA: dict[str, Any] = _obj({
     "settings": _obj({"turns": {"type": "integer", "minimum": 1}, "warmup": _INT, "seed": _INT,
                       "live_prefill": {"type": "boolean"}}, optional=["live_prefill"]),
     "turns": {"type": "array", "items": TURN_SCHEMA},
-    "summary": {"type": "object", "required": [m[0] for m in METRICS], "additionalProperties": False,
+    "summary": {"type": "object", "required": [m[0] for m in METRICS if m[0] not in ADDED_METRICS],
+                "additionalProperties": False,
                 "properties": {m[0]: _obj({"median": _OPT_NUM, "p90": _OPT_NUM}) for m in METRICS}},
     "stages": {"type": "object", "required": list(STAGES), "additionalProperties": False,
                "properties": {s: _obj({"median_ms": _NUM, "p90_ms": _NUM, "share": _NUM}) for s in STAGES}},
@@ -103,8 +108,9 @@ REPORT_SCHEMA: dict[str, Any] = _obj({
                      optional=["playback"]),
     "verdict": _obj({"meets_budget": {"type": "boolean"}, "rtf_ok": {"type": "boolean"},
                      "felt_ok": {"type": "boolean"}, "biggest_stage": _STR, "biggest_share": _NUM,
-                     "real_time": {"type": "boolean"}, "rtf_stage": _STR, "line": _STR},
-                    optional=["real_time", "rtf_stage"]),  # absent from reports written before them
+                     "real_time": {"type": "boolean"}, "rtf_stage": _STR, "compute_bound": {"type": "boolean"},
+                     "line": _STR},
+                    optional=["real_time", "rtf_stage", "compute_bound"]),  # absent from reports written before them
     "charts": {"type": "object", "additionalProperties": _STR},
 }, optional=("charts",))
 
@@ -169,7 +175,8 @@ def turn_json(m: TurnMeasure) -> dict[str, Any]:
             "backlog_ms": m.backlog_ms, "ended_by": m.heard.ended_by if m.heard else "",
             "detector_ms": sum(s for _, s, _ in m.heard.detector_runs) * 1000 if m.heard else 0.0,
             "min_buffer_s": m.playback.min_buffer_s if m.playback else None,
-            "underrun_ms": m.playback.underrun_ms if m.playback else None, **m.rates(), "stages_ms": dict(m.stages_ms),
+            "underrun_ms": m.playback.underrun_ms if m.playback else None, "cores_busy": m.cores_busy, **m.rates(),
+            "stages_ms": dict(m.stages_ms),
             "stage_share": {s: (v / total if total else 0.0) for s, v in m.stages_ms.items()},
             "stages_to_first_audio_ms": dict(m.stages_to_first_audio_ms), "graph_runs": dict(m.counts)}
 
@@ -201,6 +208,14 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
             f"{budget['felt_ms']:g} ms), RTF {fmt_rtf} ({'<' if rtf_ok else 'not <'} {budget['rtf']:g}); "
             f"{action}: {biggest} ({share:.0%} {scope})")
     real_time = rtf is not None and rtf < 1.0
+    busy = summary.get("cores_busy", {}).get("median")
+    compute_bound = busy is not None and busy >= COMPUTE_BOUND and profile["session"].get("provider") == "cpu"
+    if busy is not None and not (rtf_ok and felt_ok) and profile["session"].get("provider") == "cpu":
+        line += (f". Compute-bound: the cores were {busy:.0%} busy over the turn, so no other order of its stages "
+                 f"can take more than {1 - busy:.0%} off it; less work can (a cheaper recipe, fewer flow steps) "
+                 "or more cores" if compute_bound else
+                 f". The cores were only {busy:.0%} busy over the turn: its stages waited on each other (the "
+                 "timeline shows where)")
     if rtf is not None and not real_time:
         alone = stages[rtf_stage]["share"] * rtf  # the stage's seconds per second of answer audio
         line += (f". NOT real time: {rtf:.1f} s to make each second of answer audio; the stage that decides it: "
@@ -208,7 +223,7 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
                  + (" on its own" if alone >= 1.0 else "") + f" ({stages[rtf_stage]['share']:.0%} of the turn)")
     return {"meets_budget": rtf_ok and felt_ok, "rtf_ok": rtf_ok, "felt_ok": felt_ok,
             "biggest_stage": biggest, "biggest_share": share, "real_time": real_time, "rtf_stage": rtf_stage,
-            "line": line}
+            "compute_bound": compute_bound, "line": line}
 
 
 def timeline_json(m: TurnMeasure) -> dict[str, Any]:
@@ -239,7 +254,7 @@ def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device
     if not measures:
         raise UserError("no turns were measured; pass --turns 1 or more")
     turns = [turn_json(m) for m in measures]
-    summary = {key: _stats([t[key] for t in turns]) for key, *_ in METRICS}
+    summary = {key: _stats([t.get(key) for t in turns]) for key, *_ in METRICS}
     grand = sum(sum(t["stages_ms"].values()) for t in turns)  # the turns, or more: an overlapped decode runs beside
     stages = {s: {"median_ms": float(np.median([t["stages_ms"][s] for t in turns])),
                   "p90_ms": float(np.percentile([t["stages_ms"][s] for t in turns], 90)),
@@ -282,11 +297,15 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _busy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def metric_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(label, median, p90) for every metric the report has a value for."""
     rows = []
     for key, label, unit, _ in METRICS:
-        s = report["summary"][key]
+        s = report["summary"].get(key, {"median": None})
         if s["median"] is not None:
             rows.append((f"{label} ({unit})" if unit else label, _fmt(s["median"]), _fmt(s["p90"])))
     return rows
@@ -328,10 +347,11 @@ def to_markdown(report: dict[str, Any]) -> str:
               "real time: the least audio queued ahead of it says how close it came to running dry.", "",
               "## Turns", "",
               *_table(["turn", "context", "felt ms", "ended by", "wait ms", "first audio ms", "first token ms",
-                       "total ms", "RTF", "min buffer s", "dry ms", "answer s", "stop"],
+                       "total ms", "RTF", "cores busy", "min buffer s", "dry ms", "answer s", "stop"],
                       [(str(t["index"] + 1), str(t["context_tokens"]), _fmt(t["felt_ms"]), t["ended_by"],
                         _fmt(t["voice_gap_ms"]), _fmt(t["first_audio_ms"]), _fmt(t["ttft_ms"]), _fmt(t["total_ms"]),
-                        _fmt(t["rtf"]), _fmt(t["min_buffer_s"]), _fmt(t["underrun_ms"]), _fmt(t["answer_audio_s"]),
+                        _fmt(t["rtf"]), _busy(t.get("cores_busy")), _fmt(t["min_buffer_s"]), _fmt(t["underrun_ms"]),
+                        _fmt(t["answer_audio_s"]),
                         t["stop"]) for t in report["turns"]])]
     for name, path in report.get("charts", {}).items():
         lines += ["", f"![{name}]({Path(path).name})"]
@@ -367,7 +387,7 @@ def compare_table(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> s
         ["package", *[Path(r["model"]["package"]).name for r in reports]],
     ]
     for key, label, unit, _ in METRICS:
-        values = [r["summary"][key]["median"] for r in reports]
+        values = [r["summary"].get(key, {"median": None})["median"] for r in reports]
         if any(v is not None for v in values):
             rows.append([f"{label} ({unit})" if unit else label, *[_fmt(v) for v in values]])
     for stage in STAGES:
