@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+from bcaudio.atomic import atomic_path
 from bcaudio.errors import UserError
 
 QUESTION = "Hello! Can you tell me what the weather will be like tomorrow?"
 
 
 def speak_question(path: Path) -> Path:
-    """A spoken question made offline by espeak-ng (installed by `make`), converted to 16 kHz by sox."""
+    """A spoken question made offline by espeak-ng (installed by `make`), converted to 16 kHz by sox without
+    dither (``-D``: sox dithers with a fresh seed each run, so the demo's question, and so its answer, would differ
+    between runs)."""
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         raise UserError("espeak-ng and sox are needed for the demo question; run `make demo` (it installs them)")
-    raw = path.with_suffix(".22k.wav")
-    subprocess.run(["espeak-ng", "-w", str(raw), QUESTION], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", str(path)], check=True, capture_output=True)
-    raw.unlink()
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(path) as converted:
+        raw = Path(tmp) / "question.22k.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), QUESTION], check=True, capture_output=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", str(converted)], check=True,
+                       capture_output=True)
     return path
 
 

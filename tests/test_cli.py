@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from bcaudio.cli import main
+from bcaudio.demo import speak_question
 from bcaudio.export.checkpoint import load_checkpoint
 from bcaudio.export.reference_turn import reference_events
 from bcaudio.runtime.generation.assistant import VoiceAssistant
@@ -155,6 +156,9 @@ def test_demo_answers_its_spoken_question(tiny_exported: tuple[Path, Path], tmp_
     audio, rate = sf.read(tmp_path / "reply.wav")
     question, qrate = sf.read(tmp_path / "question.wav")
     assert rate == 24000 and qrate == 16000 and audio.size > 0 and question.size > 16000
+    again, _ = sf.read(speak_question(tmp_path / "again.wav"))  # undithered: every run hears the same question
+    assert np.array_equal(question, again)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or ".22k" in p.name]  # no leftovers
 
 
 def _commands(parser):
