@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from bcaudio.onnx_files import INLINE_BYTES, ConstantInfo, ExternalData, model_tensors, needs_external, save_model
 
 PROGRESS_SECONDS = 10.0
+TILE = 512  # rows x columns of contiguous's tiles: 256 and 2048 measured slower
 
 Thunk = Callable[[], np.ndarray]
 
@@ -40,7 +41,22 @@ class Deferred:
         return onnx.TensorProto(name=name)
 
     def make(self, name: str) -> np.ndarray:
-        return np.ascontiguousarray(self.thunks.pop(name)())
+        return contiguous(self.thunks.pop(name)())
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order. The builders hand their MatMul weights over as transposed views of the checkpoint's
+    (out, in) tensors, and numpy's own copy of such a view walks the whole source column by column, missing the
+    cache on every element at the 7B widths; copied in square tiles, each tile's source rows stay in cache
+    (docs/real-scale.md, "Export time": the figures)."""
+    if array.flags.c_contiguous or array.ndim != 2:
+        return np.ascontiguousarray(array)
+    out = np.empty(array.shape, array.dtype)
+    rows, cols = array.shape
+    for i in range(0, rows, TILE):
+        for j in range(0, cols, TILE):
+            out[i:i + TILE, j:j + TILE] = array[i:i + TILE, j:j + TILE]
+    return out
 
 
 class Rewrite(Protocol):

@@ -20,6 +20,7 @@ from bcaudio.cli import main
 from bcaudio.export.checkpoint import CheckpointError, init_checkpoint
 from bcaudio.export.package import export_package
 from bcaudio.presets import get_preset
+from bcaudio.quant.fp16 import CHUNK, to_fp16
 from bcaudio.quant.package import quantize_package
 from bcaudio.quant.recipes import Recipe
 from bcaudio.runtime.package.manifest import load_manifest
@@ -83,6 +84,22 @@ def test_direct_recipe_equals_export_then_quantize(tiny: Path, tmp_path: Path, r
     assert not [p for p in (tmp_path / "direct").iterdir() if p.name.startswith(".")]  # no temporary left
     if "audio_head" in graphs:  # written tensor by tensor (int4, fp16) or copied (flow_prenet at int4)
         assert_mapped_layout(tmp_path / "direct")
+
+
+def test_fp16_weights_are_the_converters_bit_for_bit() -> None:
+    """``to_fp16`` against onnxruntime's ``convert_np_to_float16`` (what ``bcaudio quantize`` stores): values too
+    small or too large for fp16, zeros of both signs, NaN and infinities, over more than one chunk, and a
+    transposed (not C-contiguous) weight as the llm's MatMuls hand it over."""
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(CHUNK + 1000) * np.exp(rng.uniform(-40, 15, CHUNK + 1000))).astype(np.float32)
+    x[:13] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-9, -1e-9, 7e5, -7e5, 5.96e-8, 65504, 65520, 3e-8]
+    x[CHUNK:CHUNK + 4] = [1e-30, -1e30, np.nan, 0.0]  # the second chunk has its own odd values
+    want = convert_np_to_float16(x).view(np.uint16)
+    assert np.array_equal(to_fp16(x).view(np.uint16), want)
+    matrix = x[:1200 * 900].reshape(1200, 900)
+    assert np.array_equal(to_fp16(matrix.T).view(np.uint16), convert_np_to_float16(matrix.T).view(np.uint16))
 
 
 def test_recipe_toml_and_cli(tiny: Path, tmp_path: Path) -> None:
