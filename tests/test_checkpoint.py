@@ -11,7 +11,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bcaudio.config import ModelConfig
-from bcaudio.export.checkpoint import INDEX, SINGLE, CheckpointError, expected_shapes, init_checkpoint, load_checkpoint
+from bcaudio.export.checkpoint import (
+    INDEX,
+    SINGLE,
+    CheckpointError,
+    expected_shapes,
+    finite,
+    init_checkpoint,
+    load_checkpoint,
+)
 from bcaudio.export.reference import PARTS
 from bcaudio.presets import get_preset
 
@@ -166,3 +174,22 @@ def test_cut_vocabulary_keeps_the_special_tokens_at_its_top() -> None:
             assert real.llm.vocab_size - getattr(real.tokens, name) == 8192 - getattr(cut.tokens, name), name
     with pytest.raises(ConfigError, match="special tokens"):
         get_preset("baichuan-audio-7b", vocab=32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_non_finite_weights_are_refused_in_every_float_dtype(dtype: torch.dtype, bad: float | None) -> None:
+    """``finite`` agrees with ``torch.isfinite`` on each checkpoint dtype: one NaN or infinity anywhere (here in a
+    transposed, non-contiguous view, next to the largest finite values and subnormals) is refused by name."""
+    info = torch.finfo(dtype)
+    t = torch.randn(64, 48).to(dtype)
+    t[3, 5], t[7, 1], t[9, 9] = info.max, -info.max, info.tiny / 4
+    if bad is not None:
+        t[60, 40] = bad
+    view = t.T
+    assert bool(torch.isfinite(view).all()) == (bad is None)
+    if bad is None:
+        assert finite("w", view, Path("model.safetensors")) is view
+    else:
+        with pytest.raises(CheckpointError, match="tensor w has 1 NaN or infinite value"):
+            finite("w", view, Path("model.safetensors"))
