@@ -66,12 +66,13 @@ def format_table(result: dict[str, Any]) -> str:
         sess = result["sessions"]
         out += ["", f"conversations at once on {sess['variant']} ({sess['device_profile']}), aggregate frames/s:"]
         out += _table(["sessions", "steps", "frames/s", "x one session", "decode loop frames/s", "x one",
-                       "first audio median ms", "max ms", "worst RTF", "mean llm batch"],
+                       "first audio median ms", "max ms", "worst RTF", "mean llm batch", "cores busy"],
                       [[str(r["sessions"]), "batched" if r["batched"] else "separate",
                         _f(r["aggregate_frames_per_s"], ".1f"), _f(r["x_one_session"]),
                         _f(r["decode_loop_frames_per_s"], ".1f"), _f(r["decode_loop_x_one_session"]),
                         _f(r["first_audio_ms_median"], ".0f"), _f(r["first_audio_ms_max"], ".0f"), _f(r["rtf_max"]),
-                        _f(r["mean_llm_batch"], ".2f")] for r in sess["runs"]])
+                        _f(r["mean_llm_batch"], ".2f"),
+                        "-" if r.get("cores_busy") is None else f"{r['cores_busy']:.0%}"] for r in sess["runs"]])
     if result["targets"]:
         out += ["", "targets (README, Performance; small preset on 2 cores; logits vs fp32, teacher-forced):"]
         out += [f"  {k}: {v['value']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}"

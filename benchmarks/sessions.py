@@ -28,6 +28,7 @@ from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile
 from bcaudio.runtime.package.sessions import PackageSessions
 from bcaudio.runtime.package.text_codec import TextCodec
+from bcaudio.runtime.profiling.profiler import usable_cores
 
 
 @dataclass
@@ -50,6 +51,7 @@ class SessionsRun:
     wall_s: float
     turns: list[ConversationTurn] = field(default_factory=list)
     llm_batches: dict[int, int] = field(default_factory=dict)
+    cpu_s: float = 0.0  # CPU time of the process's threads over the run
 
     def figures(self) -> dict[str, Any]:
         frames = sum(t.frames for t in self.turns)
@@ -58,6 +60,7 @@ class SessionsRun:
         steps = sum(self.llm_batches.values())
         return {"sessions": self.sessions, "batched": self.batched, "wall_s": self.wall_s, "frames": frames,
                 "aggregate_frames_per_s": frames / self.wall_s,
+                "cores_busy": self.cpu_s / (self.wall_s * usable_cores()),  # near 1: more sessions cannot add frames
                 "first_audio_ms_median": statistics.median(firsts) if firsts else None,
                 "first_audio_ms_max": max(firsts) if firsts else None,
                 "rtf_max": max(rtfs) if rtfs else None, "all_real_time": bool(rtfs) and max(rtfs) < 1.0,
@@ -80,18 +83,18 @@ def _converse(loop: SpeechLoop, codes: np.ndarray, rate: int, start: threading.B
     out.total_ms = (time.perf_counter() - t0) * 1000
 
 
-def _together(jobs: Sequence[Callable[[threading.Barrier], None]]) -> float:
+def _together(jobs: Sequence[Callable[[threading.Barrier], None]]) -> tuple[float, float]:
     """Run each job on its own thread; each waits on the barrier it is given, so the clock starts when all are
-    ready; -> seconds until the last one ends."""
+    ready; -> (seconds until the last one ends, the process's CPU seconds meanwhile)."""
     go = threading.Barrier(len(jobs) + 1)
     threads = [threading.Thread(target=job, args=(go,)) for job in jobs]
     for t in threads:
         t.start()
     go.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_sessions(sessions: PackageSessions, codec: TextCodec, profile: DeviceProfile, codes: np.ndarray, count: int,
@@ -104,13 +107,13 @@ def run_sessions(sessions: PackageSessions, codec: TextCodec, profile: DevicePro
                 for i in range(count)]
     loops = [SpeechLoop(cfg, b, codec, seed=i, generation=generation) for i, b in enumerate(backends)]
     turns = [ConversationTurn() for _ in range(count)]
-    wall = _together([lambda go, loop=loop, turn=turn: _converse(loop, codes, cfg.vocoder.sampling_rate, go, turn)
+    wall, cpu = _together([lambda go, loop=loop, turn=turn: _converse(loop, codes, cfg.vocoder.sampling_rate, go, turn)
                       for loop, turn in zip(loops, turns, strict=True)])
     batches: dict[int, int] = {}
     if scheduler is not None:
         batches = dict(scheduler.stats.llm_batches)
         scheduler.close()
-    return SessionsRun(count, batched, wall, turns, batches)
+    return SessionsRun(count, batched, wall, turns, batches, cpu)
 
 
 def decode_loop_rate(sessions: PackageSessions, count: int, frames: int, batched: bool, context: int = 128) -> float:
@@ -129,7 +132,7 @@ def decode_loop_rate(sessions: PackageSessions, count: int, frames: int, batched
             codes = backend.audio_frame(hidden, lambda _i, logits: int(np.argmax(logits[:-1])))
             _, hidden = backend.feed([pad], np.asarray(codes, np.int64).reshape(1, k), logits=False)
 
-    wall = _together([lambda go, b=b, i=i: frames_of(b, i, go) for i, b in enumerate(backends)])
+    wall, _ = _together([lambda go, b=b, i=i: frames_of(b, i, go) for i, b in enumerate(backends)])
     if scheduler is not None:
         scheduler.close()
     return count * frames / wall
@@ -154,7 +157,8 @@ def sessions_table(package: Path, profile: DeviceProfile, speech: Path | None, c
             progress(f"  {count} session(s) {'batched' if batched else 'separate'}: "
                      f"{run['aggregate_frames_per_s']:.1f} frames/s (decode loop alone "
                      f"{run['decode_loop_frames_per_s']:.1f}), first audio median "
-                     f"{run['first_audio_ms_median']:.0f} ms, worst RTF {run['rtf_max']:.2f}")
+                     f"{run['first_audio_ms_median']:.0f} ms, worst RTF {run['rtf_max']:.2f}, "
+                     f"cores {run['cores_busy']:.0%} busy")
             runs.append(run)
     # against one conversation on the plain path (OrtBackend), what the runtime does without batching
     alone = next((r["aggregate_frames_per_s"] for r in runs if r["sessions"] == 1 and not r["batched"]), None)

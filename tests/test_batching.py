@@ -161,3 +161,45 @@ def test_leaving_from_another_thread_fails_the_waiting_step_at_once(pkg: Path) -
         assert len(scheduler.rows.rows) == 1 and scheduler.summary()["conversations"] == 1
         with pytest.raises(LeftBatch):
             leaving.feed([4])
+
+
+def test_a_batched_conversation_decodes_beside_its_steps(pkg: Path, speech_16k: np.ndarray) -> None:
+    """With the overlapped streaming schedule, a conversation on the scheduler decodes its windows on the speech
+    loop's decode worker (it has ``cancel_decode``, as ``OrtBackend``), beside its batched steps; those decodes
+    leave its state alone (its loop thread goes on posting), and its audio equals the same greedy conversation's
+    on ``OrtBackend`` sample for sample."""
+    from bcaudio.config import StreamSettings
+    from bcaudio.runtime.generation import batching
+
+    schedule = StreamSettings(chunk_frames=2, first_chunk_frames=4, left_context_frames=3, growth=1.5,
+                              max_chunk_frames=32, overlap_decode=True)
+    greedy = _greedy(pkg)
+    audio = speech_16k[: 16000 * 3]
+    alone = VoiceAssistant(pkg, None, generation=greedy, stream=schedule, log=lambda _: None)
+    want = collect(alone.respond(audio, 16000), 240)
+    alone.close()
+    sessions = PackageSessions(pkg, log=lambda _: None)
+    seen: list[tuple[str, str]] = []  # (thread, the member's state) at each decode
+    real = batching.decode_window
+    with BatchScheduler(sessions) as scheduler:
+        a = VoiceAssistant(pkg, None, generation=greedy, stream=schedule, log=lambda _: None, scheduler=scheduler,
+                           sessions=sessions)
+        member = a.backend.member
+
+        def recorded(*args, **kwargs):
+            seen.append((threading.current_thread().name, member.state))
+            return real(*args, **kwargs)
+
+        batching.decode_window = recorded
+        try:
+            got = collect(a.respond(audio, 16000), 240)
+        finally:
+            batching.decode_window = real
+        a.close()
+    assert _tokens(got) == _tokens(want)
+    np.testing.assert_array_equal(got.waveform(240), want.waveform(240))
+    aside = [state for name, state in seen if name.startswith("bcaudio-decode")]
+    assert aside, f"no window was decoded on the decode worker: {seen}"
+    assert batching.AWAY not in aside  # a decode beside the steps does not mark the conversation away
+    on_loop = [state for name, state in seen if not name.startswith("bcaudio-decode")]
+    assert all(state == batching.AWAY for state in on_loop)  # one on the loop's own thread does

@@ -106,6 +106,7 @@ def test_sessions_table_runs_batched_and_separate(bench: tuple[dict, Path]) -> N
     for r in runs.values():
         assert r["frames"] > 0 and _finite(r["aggregate_frames_per_s"]) and _finite(r["first_audio_ms_median"])
         assert len(r["turns"]) == r["sessions"] and all(t["reason"] for t in r["turns"])
+        assert 0 < r["cores_busy"] <= 1.05
     assert runs[(1, False)]["x_one_session"] == 1.0
     assert runs[(2, True)]["mean_llm_batch"] > 1.0  # two conversations shared steps
     assert runs[(2, True)]["frames"] == runs[(2, False)]["frames"]  # the same answers, batched or not

@@ -12,7 +12,9 @@ noise, so it produces the same tokens as when run alone (greedy; tests/test_batc
 
 Gathering: after the first request of a step, the scheduler waits until every conversation that
 is mid-turn has posted, at most ``gather_ms``. A conversation decoding audio (flow + vocoder,
-not batched: they run on its own thread) is away and not waited for; one that missed a step
+not batched) on its loop's own thread is away and not waited for; one decoding on its loop's decode
+worker (the overlapped streaming schedule, as on ``OrtBackend``: ``cancel_decode``) goes on
+stepping beside it and is waited for as usual; one that missed a step
 (between turns) is not waited for again until it posts. Single-position feeds of all rows
 are one batched llm run; longer feeds (prefill) run on their row alone; frames of all rows are
 8 batched head runs (one per codebook; each conversation's sampler picks its code in between).
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 
 from bcaudio.runtime.generation.noise import NoiseSource
 from bcaudio.runtime.generation.source_phase import SourcePhase
@@ -74,6 +78,7 @@ class _Member:
     row: Row
     state: str = STEPPING
     closed: bool = False
+    stepper: int | None = None  # the thread that posts its steps (its SpeechLoop's)
 
 
 @dataclass
@@ -144,6 +149,7 @@ class BatchScheduler:
             if request.member.closed:
                 raise LeftBatch("this conversation has left the batch")
             request.member.state = POSTED
+            request.member.stepper = threading.get_ident()
             self._pending.append(request)
             self._cond.notify_all()
         request.done.wait()
@@ -151,10 +157,25 @@ class BatchScheduler:
             raise request.error
         return request.result
 
-    def _set_state(self, member: _Member, state: str) -> None:
-        with self._cond:
-            member.state = state
-            self._cond.notify_all()
+    @contextmanager
+    def _away(self, member: _Member) -> Iterator[None]:
+        """``member`` runs a graph of its own (tokenizer, flow, vocoder): not waited for meanwhile, if the thread
+        running it is the one that posts its steps. A decode on another thread (the speech loop's decode worker,
+        beside the frames) leaves the state alone: the stepping thread goes on posting, and marking it away, or
+        back to stepping when the decode ends while a step is posted, would make the gather skip it or wait
+        ``gather_ms`` for a step that is already there."""
+        mine = member.stepper in (None, threading.get_ident())
+        if mine:
+            with self._cond:
+                member.state = AWAY
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            if mine:
+                with self._cond:
+                    member.state = STEPPING
+                    self._cond.notify_all()
 
     def _leave(self, member: _Member) -> None:
         """Stop stepping ``member`` now (its waiting request fails), free its row once no batched run is in
@@ -265,6 +286,7 @@ class BatchedBackend:
         self.scheduler, self.member, self.cfg, self.sessions = scheduler, member, scheduler.cfg, sessions
         self.noise = NoiseSource(self.cfg, seed)
         self.flow_steps = flow_steps or self.cfg.flow.diffusion_steps
+        self._decode_options = ort.RunOptions()
 
     @property
     def position(self) -> int:
@@ -291,21 +313,21 @@ class BatchedBackend:
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
         """The audio tokenizer on this conversation's thread (not batched); as ``decode_segment``, the scheduler
         does not wait for it."""
-        self.scheduler._set_state(self.member, AWAY)
-        try:
+        with self.scheduler._away(self.member):
             return tokenize_audio(self.sessions, audio16k)
-        finally:
-            self.scheduler._set_state(self.member, STEPPING)
 
     def decode_segment(self, codes: np.ndarray, segment: int, first_code: int = 0,
                        phase: SourcePhase | None = None, flow_steps: int | None = None) -> np.ndarray:
         """Flow and vocoder on this conversation's thread (not batched); the scheduler does not wait for it."""
-        self.scheduler._set_state(self.member, AWAY)
-        try:
+        with self.scheduler._away(self.member):
             return decode_window(self.sessions, self.noise, flow_steps or self.flow_steps, codes, segment,
-                                 first_code, phase)
-        finally:
-            self.scheduler._set_state(self.member, STEPPING)
+                                 first_code, phase, self._decode_options)
+
+    def cancel_decode(self) -> None:
+        """Stop a decode running on the speech loop's decode worker at its next graph node (a barge-in); as
+        ``OrtBackend.cancel_decode``, and what lets the loop decode beside this conversation's batched steps."""
+        options, self._decode_options = self._decode_options, ort.RunOptions()
+        options.terminate = True
 
     def close(self) -> None:
         """Leave the batch, from any thread: a waiting step fails with ``LeftBatch``, the row is freed between
