@@ -31,7 +31,7 @@ def test_active_lanes_take_turns_step_by_step() -> None:
     scheduler = ComputeScheduler()
     blocker, lanes = scheduler.lane(), [scheduler.lane() for _ in range(3)]
     release, order = threading.Event(), []
-    threading.Thread(target=lambda: blocker.run("vocoder", release.wait), daemon=True).start()
+    threading.Thread(target=lambda: blocker.run("audio_head", release.wait), daemon=True).start()
 
     def until(n: int) -> None:
         deadline = time.monotonic() + 5
@@ -58,7 +58,7 @@ def test_closing_a_lane_fails_its_waiting_step_at_once() -> None:
     scheduler = ComputeScheduler()
     busy, other = scheduler.lane(), scheduler.lane()
     release = threading.Event()
-    threading.Thread(target=lambda: busy.run("vocoder", release.wait), daemon=True).start()
+    threading.Thread(target=lambda: busy.run("audio_head", release.wait), daemon=True).start()
     time.sleep(0.05)
     outcome: list[BaseException | None] = []
 
@@ -80,6 +80,28 @@ def test_closing_a_lane_fails_its_waiting_step_at_once() -> None:
         other.run("llm", lambda: None)
     release.set()
     scheduler.stop()
+
+
+def test_a_decode_runs_beside_the_steps_and_waits_only_for_decodes() -> None:
+    """The decode graphs have their own compute thread: a vocoder run in flight does not hold up any lane's llm
+    step (a connection's streamed window is decoded beside its next frames), but it does hold up another
+    decode, which runs when it ends; never more than one graph per thread."""
+    scheduler = ComputeScheduler()
+    decoding, stepping, other = scheduler.lane(), scheduler.lane(), scheduler.lane()
+    release, order = threading.Event(), []
+    first = threading.Thread(target=lambda: decoding.run("vocoder", lambda: (release.wait(5), order.append("voc"))))
+    first.start()
+    time.sleep(0.05)
+    assert stepping.run("llm", lambda: order.append("llm") or threading.current_thread().name) == "bcaudio-compute"
+    second = threading.Thread(target=lambda: other.run("flow_estimator", lambda: order.append("flow")))
+    second.start()
+    time.sleep(0.05)
+    assert order == ["llm"] and scheduler.waiting == 1  # the flow step waits for the vocoder's thread
+    release.set()
+    first.join(5)
+    second.join(5)
+    scheduler.stop()
+    assert order == ["llm", "voc", "flow"] and scheduler.jobs_run == 3
 
 
 def test_a_step_error_reaches_its_own_worker_only() -> None:

@@ -3,7 +3,7 @@
 The conversation logic is ``bcaudio chat``'s (runtime/live/conversation.py): server-side VAD and
 endpointing, incremental tokenize + prefill while the user speaks, barge-in that keeps only what was
 heard. The speaker is the client (``RemoteSpeaker``), and the model is shared: every graph run goes
-through this connection's lane of the server's one compute queue.
+through this connection's lane of the server's compute queues.
 
 ``emit`` is called from the listener, the worker and the event loop alike; the app makes it thread-safe.
 """

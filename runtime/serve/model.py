@@ -1,4 +1,4 @@
-"""What every connection of a server shares: the package loaded once, its device profile, one compute queue, and
+"""What every connection of a server shares: the package loaded once, its device profile, the compute queues, and
 the batch that steps every active conversation's llm and audio head together."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class SharedModel:
         self.batcher = self._batcher() if wanted else None
 
     def _batcher(self) -> BatchScheduler | None:
-        """The batch on the compute queue, or None (with the reason logged) where this package cannot batch."""
+        """The batch on the steps queue, or None (with the reason logged) where this package cannot batch."""
         lane = self.scheduler.lane()
         try:
             return BatchScheduler(self.sessions, run_batch=lambda fn: lane.run("batch", fn))

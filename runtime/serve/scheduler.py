@@ -1,15 +1,18 @@
-"""Every model step of every connection runs on one compute thread, taken in turn.
+"""Every model step of every connection runs on one of two compute threads, taken in turn.
 
 A connection's worker never runs a graph itself: each ONNX Runtime run (an LLM feed, one audio-head
 step, one flow step, the vocoder, a tokenizer window) is a job handed to ``ComputeScheduler`` through
-the connection's ``Lane``, and the worker waits for its result. A worker has at most one job waiting,
-so the first-in-first-out queue is a round robin over the active turns: with N turns generating, each
-gets every N-th step, and a step's intra-op threads have the cores to themselves (two graphs running
-at once on a small CPU only fight over its cores).
+the connection's ``Lane``, and the worker waits for its result. The decode graphs (flow pre-net, flow
+estimator, vocoder) have a thread and queue of their own, everything else (llm, audio head, tokenizer,
+batched runs) the other: so a connection's streamed window is decoded beside the next frames, as the
+speech loop's decode worker does in ``bcaudio chat`` (on 2 cores the frames alone keep about one core
+busy: docs/benchmarks.md, "Session 9"), and at most two graphs run at once. Each queue is first in,
+first out, and a connection's thread has at most one job waiting in it, so each is a round robin over
+the active turns: with N turns generating, each gets every N-th step.
 
-Closing a lane (a client that disconnected) drops its waiting job and makes its next one fail at once
-with ``LaneClosed``: the turn stops within the step already running. This queue is the one place where
-sessions' steps meet, so batching steps of several sessions into one run can replace ``_next``.
+Closing a lane (a client that disconnected) drops its waiting jobs and makes its next one fail at once
+with ``LaneClosed``: the turn stops within the steps already running. These queues are the one place
+where sessions' steps meet, so batched runs of several sessions' steps come through the steps queue.
 """
 
 from __future__ import annotations
@@ -38,17 +41,23 @@ class _Job:
     error: BaseException | None = None
 
 
+DECODE_GRAPHS = frozenset({"flow_prenet", "flow_estimator", "vocoder"})  # their own thread and queue
+
+
 class ComputeScheduler:
-    """One compute thread; jobs run in arrival order, one at a time."""
+    """Two compute threads, one for the decode graphs and one for the rest; each runs its jobs in arrival
+    order, one at a time."""
 
     def __init__(self) -> None:
-        self._queue: deque[_Job] = deque()
+        self._queues: dict[bool, deque[_Job]] = {False: deque(), True: deque()}  # keyed by "is a decode graph"
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
         self._stopped = False
         self.jobs_run = 0
-        self._thread = threading.Thread(target=self._run, name="bcaudio-compute", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(decode,), name=name, daemon=True)
+                         for decode, name in ((False, "bcaudio-compute"), (True, "bcaudio-compute-decode"))]
+        for thread in self._threads:
+            thread.start()
 
     def lane(self) -> Lane:
         """A new connection's way in."""
@@ -57,14 +66,14 @@ class ComputeScheduler:
     @property
     def waiting(self) -> int:
         with self._cv:
-            return len(self._queue)
+            return sum(len(q) for q in self._queues.values())
 
     def submit(self, job: _Job) -> Any:
         with self._cv:
             if job.lane.closed or self._stopped:
                 raise LaneClosed(f"lane {job.lane.id} is closed")
-            self._queue.append(job)
-            self._cv.notify()
+            self._queues[job.graph in DECODE_GRAPHS].append(job)
+            self._cv.notify_all()
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -73,8 +82,9 @@ class ComputeScheduler:
     def drop(self, lane: Lane) -> None:
         """Fail the lane's waiting jobs now (their workers get ``LaneClosed``)."""
         with self._cv:
-            dropped = [j for j in self._queue if j.lane is lane]
-            self._queue = deque(j for j in self._queue if j.lane is not lane)
+            dropped = [j for q in self._queues.values() for j in q if j.lane is lane]
+            for key, q in self._queues.items():
+                self._queues[key] = deque(j for j in q if j.lane is not lane)
         for job in dropped:
             job.error = LaneClosed(f"lane {lane.id} is closed")
             job.done.set()
@@ -82,27 +92,30 @@ class ComputeScheduler:
     def stop(self) -> None:
         with self._cv:
             self._stopped = True
-            pending, self._queue = list(self._queue), deque()
-            self._cv.notify()
+            pending = [j for q in self._queues.values() for j in q]
+            self._queues = {False: deque(), True: deque()}
+            self._cv.notify_all()
         for job in pending:
             job.error = LaneClosed("the scheduler stopped")
             job.done.set()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
-    def _next(self) -> _Job | None:
+    def _next(self, decode: bool) -> _Job | None:
         with self._cv:
-            while not self._queue and not self._stopped:
+            while not self._queues[decode] and not self._stopped:
                 self._cv.wait()
-            return None if self._stopped else self._queue.popleft()
+            return None if self._stopped else self._queues[decode].popleft()
 
-    def _run(self) -> None:
-        while (job := self._next()) is not None:
+    def _run(self, decode: bool) -> None:
+        while (job := self._next(decode)) is not None:
             try:
                 job.result = job.fn()
             except BaseException as exc:  # handed to the waiting worker, which owns the turn
                 job.error = exc
-            job.lane.steps += 1
-            self.jobs_run += 1
+            with self._cv:  # two threads count
+                job.lane.steps += 1
+                self.jobs_run += 1
             job.done.set()
 
 
