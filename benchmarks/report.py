@@ -52,7 +52,7 @@ def format_table(result: dict[str, Any]) -> str:
         out += _table(["variant", "ctx", "llm ms", "head ms", "frame ms", "margin ms", "x real time"], frames)
     turns = [[name, _f(t["felt_ms"], ".0f"), t["ended_by"], _f(t["first_audio_ms"], ".0f"), _f(t["min_buffer_s"]),
               _f(t["total_ms"], ".0f"), _f(t["answer_audio_s"]), _f(t["rtf"]),
-              "-" if t.get("cores_busy") is None else f"{t['cores_busy']:.0%}",
+              _f(t.get("cores_busy"), ".0%"),
               str(t["prefilled_while_speaking"]), str(t["prefilled_after_speech"]),
               str(t["text_tokens_to_first_audio"]), str(t["frames_to_first_audio"])]
              for name, v in result["variants"].items() if (t := v.get("turn"))]
@@ -72,7 +72,7 @@ def format_table(result: dict[str, Any]) -> str:
                         _f(r["decode_loop_frames_per_s"], ".1f"), _f(r["decode_loop_x_one_session"]),
                         _f(r["first_audio_ms_median"], ".0f"), _f(r["first_audio_ms_max"], ".0f"), _f(r["rtf_max"]),
                         _f(r["mean_llm_batch"], ".2f"),
-                        "-" if r.get("cores_busy") is None else f"{r['cores_busy']:.0%}"] for r in sess["runs"]])
+                        _f(r.get("cores_busy"), ".0%")] for r in sess["runs"]])
     if result["targets"]:
         out += ["", "targets (README, Performance; small preset on 2 cores; logits vs fp32, teacher-forced):"]
         out += [f"  {k}: {v['value']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}"

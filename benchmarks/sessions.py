@@ -28,7 +28,7 @@ from bcaudio.runtime.package.ort_backend import OrtBackend
 from bcaudio.runtime.package.profiles import DeviceProfile
 from bcaudio.runtime.package.sessions import PackageSessions
 from bcaudio.runtime.package.text_codec import TextCodec
-from bcaudio.runtime.profiling.profiler import usable_cores
+from bcaudio.runtime.profiling.profiler import cores_busy
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SessionsRun:
         steps = sum(self.llm_batches.values())
         return {"sessions": self.sessions, "batched": self.batched, "wall_s": self.wall_s, "frames": frames,
                 "aggregate_frames_per_s": frames / self.wall_s,
-                "cores_busy": self.cpu_s / (self.wall_s * usable_cores()),  # near 1: more sessions cannot add frames
+                "cores_busy": cores_busy(self.cpu_s, self.wall_s),  # near 1: more sessions cannot add frames
                 "first_audio_ms_median": statistics.median(firsts) if firsts else None,
                 "first_audio_ms_max": max(firsts) if firsts else None,
                 "rtf_max": max(rtfs) if rtfs else None, "all_real_time": bool(rtfs) and max(rtfs) < 1.0,

@@ -163,7 +163,8 @@ def test_leaving_from_another_thread_fails_the_waiting_step_at_once(pkg: Path) -
             leaving.feed([4])
 
 
-def test_a_batched_conversation_decodes_beside_its_steps(pkg: Path, speech_16k: np.ndarray) -> None:
+def test_a_batched_conversation_decodes_beside_its_steps(pkg: Path, speech_16k: np.ndarray,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """With the overlapped streaming schedule, a conversation on the scheduler decodes its windows on the speech
     loop's decode worker (it has ``cancel_decode``, as ``OrtBackend``), beside its batched steps; those decodes
     leave its state alone (its loop thread goes on posting), and its audio equals the same greedy conversation's
@@ -190,11 +191,8 @@ def test_a_batched_conversation_decodes_beside_its_steps(pkg: Path, speech_16k: 
             seen.append((threading.current_thread().name, member.state))
             return real(*args, **kwargs)
 
-        batching.decode_window = recorded
-        try:
-            got = collect(a.respond(audio, 16000), 240)
-        finally:
-            batching.decode_window = real
+        monkeypatch.setattr(batching, "decode_window", recorded)
+        got = collect(a.respond(audio, 16000), 240)
         a.close()
     assert _tokens(got) == _tokens(want)
     np.testing.assert_array_equal(got.waveform(240), want.waveform(240))

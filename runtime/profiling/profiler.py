@@ -159,9 +159,7 @@ class TurnMeasure:
     def cores_busy(self) -> float | None:
         """Share of the cores the turn kept busy: near 1 the turn is compute-bound, so no schedule of its stages
         can make it much faster; well below, stages wait on each other (or on a GPU)."""
-        if self.cpu_s is None or self.total_ms <= 0:
-            return None
-        return self.cpu_s / (self.total_ms / 1000 * self.cores)
+        return None if self.cpu_s is None else cores_busy(self.cpu_s, self.total_ms / 1000, self.cores)
 
     @property
     def voice_gap_ms(self) -> float:
@@ -224,6 +222,11 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity API (macOS, Windows)
         return os.cpu_count() or 1
+
+
+def cores_busy(cpu_s: float, wall_s: float, cores: int | None = None) -> float | None:
+    """CPU seconds of the process's threads over wall seconds x ``cores`` (default: ``usable_cores()``)."""
+    return cpu_s / (wall_s * (cores or usable_cores())) if wall_s > 0 else None
 
 
 def peak_rss_mb() -> float:

@@ -208,9 +208,9 @@ def verdict(summary: dict[str, Any], stages: dict[str, Any], turns: Sequence[dic
             f"{budget['felt_ms']:g} ms), RTF {fmt_rtf} ({'<' if rtf_ok else 'not <'} {budget['rtf']:g}); "
             f"{action}: {biggest} ({share:.0%} {scope})")
     real_time = rtf is not None and rtf < 1.0
-    busy = summary.get("cores_busy", {}).get("median")
-    compute_bound = busy is not None and busy >= COMPUTE_BOUND and profile["session"].get("provider") == "cpu"
-    if busy is not None and not (rtf_ok and felt_ok) and profile["session"].get("provider") == "cpu":
+    busy = summary.get("cores_busy", {}).get("median") if profile["session"].get("provider") == "cpu" else None
+    compute_bound = busy is not None and busy >= COMPUTE_BOUND
+    if busy is not None and not (rtf_ok and felt_ok):
         line += (f". Compute-bound: the cores were {busy:.0%} busy over the turn, so no other order of its stages "
                  f"can take more than {1 - busy:.0%} off it; less work can (a cheaper recipe, fewer flow steps) "
                  "or more cores" if compute_bound else

@@ -93,7 +93,8 @@ class ComputeScheduler:
         with self._cv:
             self._stopped = True
             pending = [j for q in self._queues.values() for j in q]
-            self._queues = {False: deque(), True: deque()}
+            for q in self._queues.values():
+                q.clear()
             self._cv.notify_all()
         for job in pending:
             job.error = LaneClosed("the scheduler stopped")
