@@ -236,12 +236,16 @@ def test_cancel_decode_stops_a_run_in_flight_and_not_the_next(tiny_package: Path
     assert a.backend.decode_segment(codes, 0).size > 0
 
 
-def test_decoder_threads_are_the_flow_and_vocoder_graphs_own(tiny_package: Path) -> None:
+def test_decoder_and_head_threads_are_those_graphs_own(tiny_package: Path) -> None:
     from bcaudio.runtime.package.manifest import ManifestError
     from bcaudio.runtime.package.sessions import DECODER_GRAPHS, PackageSessions, SessionSettings
 
     sessions = PackageSessions(tiny_package, SessionSettings(intra_op_threads=2, decoder_threads=1), log=lambda _: None)
     threads = {name: s.get_session_options().intra_op_num_threads for name, s in sessions.sessions.items()}
     assert threads == {name: 1 if name in DECODER_GRAPHS else 2 for name in threads}
-    with pytest.raises(ManifestError, match="decoder_threads 4096 is out of range"):
-        SessionSettings(decoder_threads=4096).validate()
+    sessions = PackageSessions(tiny_package, SessionSettings(intra_op_threads=2, head_threads=1), log=lambda _: None)
+    threads = {name: s.get_session_options().intra_op_num_threads for name, s in sessions.sessions.items()}
+    assert threads == {name: 1 if name == "audio_head" else 2 for name in threads}
+    for key in ("decoder_threads", "head_threads"):
+        with pytest.raises(ManifestError, match=f"{key} 4096 is out of range"):
+            SessionSettings(**{key: 4096}).validate()

@@ -3,10 +3,11 @@
 Every variant is a change of the device profile's generation settings (first streamed window, later
 windows, flow steps, the first window's flow steps, the decode overlapped with the next frames, the live
 prefill's chunk and the tokenizer's left context: ``prefill`` / ``lctx`` in ms) or of its session threads
-(``threads``: the llm and audio head's, ``dthreads``: the flow and vocoder's; each distinct pair opens the
-package once more): turns run round-robin, the order rotated every round, each in a fresh conversation
-(``benchmarks.turn.incremental_turn``: live prefill, the profile's endpointing), so the load of a shared
-machine falls on all variants alike. Medians per variant and their ratios to the first.
+(``threads``: the llm and audio head's, ``dthreads``: the flow and vocoder's, ``hthreads``: the audio head's;
+each distinct set opens the package once more): turns run round-robin, the order rotated every round,
+each in a fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the profile's
+endpointing), so the load of a shared machine falls on all variants alike.
+Medians per variant and their ratios to the first.
 
     python tools/latency_levers.py --model PKG [--device-profile cpu-2core] [--input speech.wav] [--rounds 3] \
         [--variants "base;first=4;chunk=25;steps=4;fsteps=3;first=4,chunk=4,growth=2,max=32;overlap=1,threads=1"]
@@ -29,7 +30,7 @@ KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "l
         "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames",
         "overlap": "stream_overlap_decode", "prefill": "prefill_chunk_ms", "lctx": "tokenize_left_context_ms",
         "fsteps": "stream_first_flow_steps"}
-SESSION_KEYS = {"threads": "intra_op_threads", "dthreads": "decoder_threads"}
+SESSION_KEYS = {"threads": "intra_op_threads", "dthreads": "decoder_threads", "hthreads": "head_threads"}
 
 
 def parse_variant(spec: str) -> tuple[dict[str, float], dict[str, int]]:

@@ -26,6 +26,10 @@ class SessionSettings:
     # The flow and vocoder graphs' threads (0: intra_op_threads). With the decode overlapped with the llm and
     # head steps (generation.stream_overlap_decode) the two run at once and may share the cores differently.
     decoder_threads: int = 0
+    # The audio head's threads (0: intra_op_threads). Its runs are short (eight a frame), so a second thread buys
+    # less wall time than the CPU time its hand-offs take from the decode beside it; whether that shows in a whole
+    # turn is the box's to say (docs/benchmarks.md, "Session 10": on 2 cores it did not).
+    head_threads: int = 0
     graph_optimization: str = "all"
     memory_arena: bool = True
     # Idle intra-op threads may spin for work. Each graph has its own pool, so in a voice turn the pools
@@ -34,7 +38,7 @@ class SessionSettings:
     spin_wait: bool = False
 
     def validate(self) -> None:
-        for key in ("intra_op_threads", "decoder_threads"):
+        for key in ("intra_op_threads", "decoder_threads", "head_threads"):
             if not 0 <= getattr(self, key) <= max_threads():
                 raise ManifestError(f"{key} {getattr(self, key)} is out of range: this machine has {cores()} "
                                     f"core(s); use 0 (one per core) or 1..{max_threads()}")
@@ -90,6 +94,8 @@ class PackageSessions:
         threads = self.settings.intra_op_threads
         if name in DECODER_GRAPHS and self.settings.decoder_threads:
             threads = self.settings.decoder_threads
+        if name == "audio_head" and self.settings.head_threads:
+            threads = self.settings.head_threads
         if threads:
             opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin_wait else "0")
