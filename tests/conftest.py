@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +25,20 @@ SENTENCE = "Hello, this is a test of the voice assistant. What is the weather li
 
 @pytest.fixture(autouse=True)
 def close_speech_loops(monkeypatch: pytest.MonkeyPatch) -> object:
-    """Close every speech loop a test made: a streamed segment starts the conversation's decode worker, which
-    otherwise lives on until the loop is collected, in a later test's thread counts and memory."""
-    made: list[SpeechLoop] = []
+    """Close every speech loop a test made that is still alive at its end: a streamed segment starts the
+    conversation's decode worker, which otherwise lives on until the loop is collected, in a later test's
+    thread counts and memory. Held weakly, so a loop the test dropped is collected as in a user's process
+    (the soak tests count what a dropped assistant leaves behind)."""
+    made: weakref.WeakSet[SpeechLoop] = weakref.WeakSet()
     init = SpeechLoop.__init__
 
     def tracked(self: SpeechLoop, *args: object, **kwargs: object) -> None:
         init(self, *args, **kwargs)
-        made.append(self)
+        made.add(self)
 
     monkeypatch.setattr(SpeechLoop, "__init__", tracked)
     yield
-    for loop in made:
+    for loop in list(made):
         loop.close()
 
 
