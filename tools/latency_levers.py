@@ -7,7 +7,8 @@ prefill's chunk and the tokenizer's left context: ``prefill`` / ``lctx`` in ms) 
 each distinct set opens the package once more): turns run round-robin, the order rotated every round,
 each in a fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the profile's
 endpointing), so the load of a shared machine falls on all variants alike.
-Medians per variant and their ratios to the first.
+Medians per variant and their ratios to the first. A ``left`` below the hold-back's reach (3 codes) decodes
+the same windows as 3: such a pair is an A/A test of the box's spread (docs/benchmarks.md, Session 10).
 
     python tools/latency_levers.py --model PKG [--device-profile cpu-2core] [--input speech.wav] [--rounds 3] \
         [--variants "base;first=4;chunk=25;steps=4;fsteps=3;first=4,chunk=4,growth=2,max=32;overlap=1,threads=1"]

@@ -37,7 +37,10 @@ class StreamSettings:
     The reference decodes whole segments (spec §12), so the first audio waits for a segment's last
     frame; a window of ``chunk_frames`` new codes with ``left_context_frames`` codes before it is
     decoded as soon as its frames exist, and its last ``holdback_samples`` wait for the next window
-    (the vocoder looks ahead). 0 ``chunk_frames`` decodes whole segments, as the reference does.
+    (the vocoder looks ahead). A window also starts no later than the code where its piece starts (the
+    hold-back and crossfade before the last window's end), so a ``left_context_frames`` below that reach
+    (3 codes at 200 ms) decodes the same windows. 0 ``chunk_frames`` decodes whole segments, as the
+    reference does.
     ``first_chunk_frames`` (0: ``chunk_frames``) sizes a segment's first window on its own: small for
     an early first sound, while the later, larger windows decode fewer codes twice. A growing schedule
     (``growth`` > 1) makes each window after the second ``growth`` times the one before (rounded up, at
