@@ -4,8 +4,8 @@ A kiosk runs one process for days. After a warm-up (first-run allocations of eve
 growth), resident memory, the thread count and the open file descriptors must stay flat: a leaked thread
 pool, an unclosed file or a cache that grows per turn shows up here long before it takes the box down.
 Bounds: threads and file descriptors exactly as after the warm-up (+2 fds of slack for the logging and
-import machinery); resident memory within ``RSS_DRIFT_MB``. Measured drift is printed (``pytest -s``);
-docs/robustness.md has the figures of the last run.
+import machinery); resident memory in use (read after ``malloc_trim``) within ``RSS_DRIFT_MB``.
+Measured drift is printed (``pytest -s``); docs/robustness.md has the figures of the last run.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A frame is the head's eight runs (one per codebook) on the package's own graph; each batch size runs
 at 1 and at 2 threads, the order flipped every round, and the medians of ``--rounds`` are printed. On
 a box whose turn keeps the cores busy, CPU time is what the decode beside the head loses, so a thread
-count that costs less CPU at about the same wall time is the one a voice turn wants
-(``[session] head_threads``, docs/benchmarks.md, "Session 10").
+count that costs less CPU at about the same wall time is the candidate to measure on whole turns
+(``tools/latency_levers.py`` variant ``hthreads``; ``[session] head_threads``; docs/benchmarks.md,
+"Session 10": on 2 cores the turns could not tell the two apart).
 
     python tools/head_threads.py --model small-int4 --batches 1,2,4,8 --rounds 3
 """
