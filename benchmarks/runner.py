@@ -51,6 +51,7 @@ class BenchOptions:
     seed: int = 0
     reexport: bool = False  # export the checkpoint again into the work folder (after an exporter change)
     first_text_tokens: int = 0  # cap the first text round (0: the model decides, up to spec §8's 50)
+    segment_frames: int = 0  # every answer segment this many frames, as a trained model's clause (0: the model's)
     sessions: tuple[int, ...] = ()  # conversations at once for the sessions-per-box table (empty: none)
     accuracy_steps: int = 32  # teacher-forced decode steps whose logits are compared with the fp32 reference
 
@@ -70,6 +71,8 @@ class BenchOptions:
             raise UserError(f"--sessions must be counts 1 .. 64, got {self.sessions}")
         if self.first_text_tokens < 0:
             raise UserError(f"--first-text-tokens must be >= 0 (0: the model decides), got {self.first_text_tokens}")
+        if not 0 <= self.segment_frames <= 500:
+            raise UserError(f"--segment-frames must be 0 .. 500 (0: the model decides), got {self.segment_frames}")
 
     @property
     def thread_count(self) -> int:
@@ -136,7 +139,8 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
     profile = resolve_profile(opts.device_profile, lambda _: None)
     profile = dataclasses.replace(profile, session=dataclasses.replace(profile.session,
                                                                        intra_op_threads=opts.thread_count))
-    profiler = Profiler(package, profile, seed=opts.seed, log=lambda _: None, live_prefill=True)
+    profiler = Profiler(package, profile, seed=opts.seed, log=lambda _: None, live_prefill=True,
+                        segment_frames=opts.segment_frames)
     gen = profiler.assistant.loop.gen
     if opts.first_text_tokens:  # a trained model's first clause, which random weights never end early
         gen.first_text = dataclasses.replace(gen.first_text, max_new_tokens=opts.first_text_tokens)
@@ -150,6 +154,7 @@ def _turn_figures(package: Path, opts: BenchOptions, workdir: Path, progress: Pr
                    stream_chunk_frames=gen.stream.chunk_frames, stream_first_window_frames=gen.stream.window_frames(0),
                    tokenize_left_context_ms=profile.generation.tokenize_left_context_ms,
                    first_text_tokens_cap=opts.first_text_tokens or None,
+                   segment_frames=opts.segment_frames or None,
                    first_audio_ms_all=[t.first_audio_ms for t in turns], rtf_all=[t.rtf for t in turns],
                    felt_ms_all=[t.felt_ms for t in turns], min_buffer_s_all=[t.min_buffer_s for t in turns])
     return figures

@@ -65,7 +65,7 @@ def reports(tiny_pkg: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     tight = out / "tight.toml"
     tight.write_text(TIGHT_PROFILE)
     run_cli(["profile", "--model", str(tiny_pkg), "--device-profile", str(tight), "--turns", "1", "--warmup", "0",
-             "--output", str(out / "tight.json"), "--no-charts", "--live-prefill"])
+             "--output", str(out / "tight.json"), "--no-charts", "--live-prefill", "--segment-frames", "6"])
     return {"fast": out / "fast.json", "tight": out / "tight.json"}
 
 
@@ -164,6 +164,15 @@ def test_live_prefill_times_the_turn_from_end_of_speech(tiny_pkg: Path, speech_1
     assert validate(report) == [] and report["settings"]["live_prefill"] is True
     assert "--live-prefill" in report["command"]
     assert "prefilled in the profile's chunks while spoken" in reports["tight"].with_suffix(".md").read_text()
+
+
+def test_segment_frames_gives_every_segment_that_length(reports: dict[str, Path]) -> None:
+    """--segment-frames 6: the tight profile decodes whole segments, so each decode is one segment of 6 frames."""
+    report = json.loads(reports["tight"].read_text())
+    assert report["settings"]["segment_frames"] == 6 and "--segment-frames 6" in report["command"]
+    assert all(t["audio_frames"] == 6 * t["segments"] > 0 for t in report["turns"])
+    assert "every answer segment forced to 6 frames" in reports["tight"].with_suffix(".md").read_text()
+    assert "segment_frames" not in json.loads(reports["fast"].read_text())["settings"]
 
 
 def test_failing_budget_names_the_stage_to_fix(reports: dict[str, Path]) -> None:

@@ -2,8 +2,9 @@
 each client gets the greedy answer it gets from a server that runs every step on its own.
 
 Two servers on the tiny package: one with `--no-batching` answers each question alone (the reference), one with
-batching answers four clients whose turns overlap (each starts while the previous is mid-answer, so conversations
-join and leave the batch between steps). Questions differ in length, so answers differ and cross-talk would show.
+batching answers four clients whose turns overlap (the first two speak at once; each later one starts while the
+previous is mid-answer, so conversations join and leave the batch between steps). Questions differ in length, so
+answers differ and cross-talk would show.
 A client that disconnects mid-answer leaves the batch at once.
 """
 
@@ -95,9 +96,12 @@ def test_batched_clients_get_the_answers_they_get_alone(tiny_package: Path, ques
     try:
         results: list[dict | None] = [None] * CLIENTS
         speaking = [threading.Event() for _ in range(CLIENTS)]
+        together = threading.Barrier(2)
 
         def client(i: int) -> None:
-            if i:
+            if i < 2:
+                together.wait(60)  # the first two speak at once: their answers overlap whatever the box's load
+            else:
                 speaking[i - 1].wait(60)  # join while the previous client is mid-answer
             results[i] = _greedy_turn(port, questions[i], speaking[i])
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from bcaudio.config import ModelConfig
 from bcaudio.runtime.generation.speech_loop import AudioSegment, SpeechLoop, TextDelta, TurnEnd, collect, split_clauses
@@ -146,6 +147,37 @@ def test_text_step_token_limit_and_max_rounds(greedy_cfg: ModelConfig) -> None:
     assert [type(e).__name__ for e in events[-2:]] == ["TextDelta", "TurnEnd"]  # no segment after the third
     assert backend.decoded == [1, 1]
     assert events[-1].reason == "max_rounds"
+
+
+def test_audio_min_new_tokens_holds_the_segment_open(greedy_cfg: ModelConfig) -> None:
+    """``audio.min_new_tokens`` bans code 0's EOS before that many frames (``--segment-frames``: a chosen clause
+    length on any checkpoint); the same script ends its segment after one frame without it."""
+    tok = greedy_cfg.tokens
+
+    def segments(min_frames: int, script: list[int]) -> list[int]:
+        greedy_cfg.generation.audio.min_new_tokens = min_frames
+        greedy_cfg.generation.audio.max_new_tokens = 3
+        backend = Scripted(greedy_cfg, PROMPT + [tok.audiogen_start] + script, [FRAME, EOS_FRAME, EOS_FRAME])
+        events = list(SpeechLoop(greedy_cfg, backend, ByteCodec()).respond(np.ones((1, 8), dtype=np.int64)))
+        codes = [e.codes for e in events if isinstance(e, AudioSegment)]
+        assert all(c[:, 0].max() < greedy_cfg.bridge.codebook_sizes[0] for c in codes)  # no EOS code kept
+        return [len(c) for c in codes]
+
+    assert segments(0, [0, 0, tok.eos]) == [1]
+    assert segments(3, [0, 0, 0, tok.eos]) == [3]
+
+
+def test_min_new_tokens_is_checked(greedy_cfg: ModelConfig) -> None:
+    from bcaudio.config.base import ConfigError
+
+    gen = greedy_cfg.generation
+    gen.audio.min_new_tokens = gen.audio.max_new_tokens + 1
+    with pytest.raises(ConfigError, match="min_new_tokens must be in 0 .. max_new_tokens"):
+        gen.validate()
+    gen.audio.min_new_tokens = 0
+    gen.text.min_new_tokens = 2
+    with pytest.raises(ConfigError, match="generation.text: min_new_tokens applies to the audio phase only"):
+        gen.validate()
 
 
 def test_codebooks_after_the_first_never_pick_eos(greedy_cfg: ModelConfig) -> None:

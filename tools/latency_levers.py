@@ -2,7 +2,9 @@
 
 Every variant is a change of the device profile's generation settings (first streamed window, later
 windows, flow steps, the first window's flow steps, the decode overlapped with the next frames, the live
-prefill's chunk and the tokenizer's left context: ``prefill`` / ``lctx`` in ms) or of its session threads
+prefill's chunk and the tokenizer's left context: ``prefill`` / ``lctx`` in ms, and ``seg``: every answer
+segment that many frames, a chosen clause length, which ``--segment-frames`` sets for all variants)
+or of its session threads
 (``threads``: the llm and audio head's, ``dthreads``: the flow and vocoder's, ``hthreads``: the audio head's;
 each distinct set opens the package once more): turns run round-robin, the order rotated every round,
 each in a fresh conversation (``benchmarks.turn.incremental_turn``: live prefill, the profile's
@@ -30,7 +32,7 @@ from bcaudio.runtime.profiling.profiler import Profiler, speech_input
 KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "left": "stream_left_context_frames",
         "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames",
         "overlap": "stream_overlap_decode", "prefill": "prefill_chunk_ms", "lctx": "tokenize_left_context_ms",
-        "fsteps": "stream_first_flow_steps"}
+        "fsteps": "stream_first_flow_steps", "seg": "segment_frames"}
 SESSION_KEYS = {"threads": "intra_op_threads", "dthreads": "decoder_threads", "hthreads": "head_threads"}
 
 
@@ -49,10 +51,14 @@ def parse_variant(spec: str) -> tuple[dict[str, float], dict[str, int]]:
 
 
 def apply(profiler: Profiler, base: object, changes: dict[str, float]) -> None:
+    changes = dict(changes)
+    frames = changes.pop("segment_frames", 0)
     gen = dataclasses.replace(base.generation, **changes)
     profiler.profile = dataclasses.replace(base, generation=gen)
     loop_gen = profiler.assistant.loop.gen
-    profiler.assistant.loop.gen = dataclasses.replace(loop_gen, stream=gen.stream())
+    audio = loop_gen.audio if not frames else dataclasses.replace(loop_gen.audio, min_new_tokens=frames,
+                                                                   max_new_tokens=frames)
+    profiler.assistant.loop.gen = dataclasses.replace(loop_gen, stream=gen.stream(), audio=audio)
 
 
 def main() -> None:
@@ -62,6 +68,8 @@ def main() -> None:
     ap.add_argument("--input", help="speech file (default: the profiler's espeak-ng sentence)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default="base;first=4;chunk=25;steps=4;first=4,chunk=25")
+    ap.add_argument("--segment-frames", type=int, default=0,
+                    help="every answer segment N frames, as a trained model's clause (0: the model decides)")
     args = ap.parse_args()
     base = resolve_profile(args.device_profile, print)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +80,8 @@ def main() -> None:
         key = tuple(sorted(parse_variant(v)[1].items()))
         if key not in profilers:
             profile = dataclasses.replace(base, session=dataclasses.replace(base.session, **dict(key)))
-            profiler = Profiler(args.model, profile, log=lambda _: None, live_prefill=True)
+            profiler = Profiler(args.model, profile, log=lambda _: None, live_prefill=True,
+                                segment_frames=args.segment_frames)
             incremental_turn(profiler, audio)  # warm-up
             profilers[key] = (profiler, profile, profiler.assistant.loop.gen)
     results: dict[str, list[TurnFigures]] = {v: [] for v in variants}
@@ -91,7 +100,8 @@ def main() -> None:
         values = [getattr(t, key) for t in results[v]]
         return float(np.median([x for x in values if x is not None])) if any(x is not None for x in values) else np.nan
 
-    print(f"\ninput: {source}; profile {base.name}; {args.rounds} rounds, variants interleaved\n")
+    segments = f"; segments of {args.segment_frames} frames" if args.segment_frames else ""
+    print(f"\ninput: {source}; profile {base.name}{segments}; {args.rounds} rounds, variants interleaved\n")
     print("| variant | felt ms | first audio ms | RTF | cores busy | least buffer s | ended by | "
           f"felt / first audio / RTF vs {variants[0]} |")
     print("|---|---|---|---|---|---|---|---|")

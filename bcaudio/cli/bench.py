@@ -26,7 +26,8 @@ def _run(args: argparse.Namespace) -> None:
         prefill_repeats=args.prefill_repeats, threads=args.threads, bandwidth_mb=args.bandwidth_mb,
         variants=tuple(args.variants), turns=args.turns,
         speech=args.input, device_profile=args.device_profile, reexport=args.reexport,
-        first_text_tokens=args.first_text_tokens, accuracy_steps=args.accuracy_steps,
+        first_text_tokens=args.first_text_tokens, segment_frames=args.segment_frames,
+        accuracy_steps=args.accuracy_steps,
         sessions=args.sessions)
     results = args.results_dir or (args.workdir or default_workdir(args.preset)) / "results"
     result = run_bench(opts, progress=log)
@@ -71,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-text-tokens", type=v.int_range(0, 10_000), default=0,
                    help="cap the turn's first text round at N tokens, as a trained model's first clause "
                         "(random weights run to spec's 50); 0: no cap")
+    p.add_argument("--segment-frames", type=v.int_range(0, 500), default=0,
+                   help="make every answer segment of the turn N audio frames, a chosen clause length (random weights "
+                        "run every segment to the frame cap: 40 in small, 500 published); 0: the model decides")
     p.add_argument("--sessions", type=v.int_list(1, 64), default=(),
                    help="comma-separated counts of conversations answering at once (e.g. 1,2,4,8), each 1..64: "
                         "decode steps batched vs separate (default: none)")

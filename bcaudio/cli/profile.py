@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--live-prefill", action="store_true",
                    help="feed the input as `bcaudio chat` does: tokenized and prefilled in the profile's chunks "
                         "while spoken, the turn timed from end of speech (default: all of it at end of speech)")
+    p.add_argument("--segment-frames", type=v.int_range(0, 500), default=0,
+                   help="make every answer segment N audio frames (80 ms each), a chosen clause length: random "
+                        "weights run every segment to the frame cap (40 in small, 500 published); 0: the model "
+                        "decides (default)")
     modes = p.add_subparsers(dest="profile_command", metavar="compare")
     c = modes.add_parser("compare", help="side-by-side table and chart of saved reports")
     c.add_argument("reports", nargs="+", type=v.input_file, help="two or more report JSON files")
@@ -85,7 +89,8 @@ def _profile(args: argparse.Namespace) -> None:
     profile = resolve_profile(args.device_profile, log)
     log(f"profiling {args.model} with device profile {profile.name}: {profile.session.provider}, "
         f"{profile.session.intra_op_threads or 'default'} threads, {profile.generation.flow_steps} flow steps")
-    profiler = Profiler(args.model, profile, seed=args.seed, log=log, live_prefill=args.live_prefill)
+    profiler = Profiler(args.model, profile, seed=args.seed, log=log, live_prefill=args.live_prefill,
+                        segment_frames=args.segment_frames)
     mismatches = profiler.recipe_mismatches()
     if mismatches:
         log("note: the package's precisions differ from the profile's recipe (" + "; ".join(mismatches)
@@ -95,7 +100,8 @@ def _profile(args: argparse.Namespace) -> None:
     manifest = profiler.assistant.sessions.manifest
     report = build_report(measures, profile, device_info(profiler.assistant.sessions.providers), str(args.model),
                           {g: e.precision for g, e in manifest.graphs.items()}, mismatches, source, audio.size / rate,
-                          args.warmup, args.seed, "bcaudio " + shlex.join(_argv_of(args)), args.live_prefill)
+                          args.warmup, args.seed, "bcaudio " + shlex.join(_argv_of(args)), args.live_prefill,
+                          args.segment_frames)
     out = Path(args.output)
     if not args.no_charts:
         report["charts"] = _charts(report, out, log)
@@ -116,7 +122,8 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     argv = ["profile", "--model", str(args.model), "--device-profile", args.device_profile, "--turns",
             str(args.turns), "--warmup", str(args.warmup), "--seed", str(args.seed), "--output", str(args.output)]
     return (argv + (["--input", str(args.input)] if args.input else []) + (["--no-charts"] if args.no_charts else [])
-            + (["--live-prefill"] if args.live_prefill else []))
+            + (["--live-prefill"] if args.live_prefill else [])
+            + (["--segment-frames", str(args.segment_frames)] if args.segment_frames else []))
 
 
 def _charts(report: dict, out: Path, log: Callable[[str], None]) -> dict[str, str]:

@@ -11,19 +11,27 @@ from bcaudio.config.base import check, from_plain
 
 @dataclass
 class SamplingParams:
-    """One phase's sampling settings; temperature 0 means greedy."""
+    """One phase's sampling settings; temperature 0 means greedy.
+
+    ``min_new_tokens`` (the audio phase only, as transformers' ``min_new_tokens`` bans EOS): frames before
+    code 0 may end a segment. Random checkpoints almost never pick EOS, so their segments run to
+    ``max_new_tokens`` (40 in ``small``, 500 published), where a trained model ends each clause; the profiler
+    and bench set both (``--segment-frames``) so a turn has the same, chosen clause length on any checkpoint."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 50
+    min_new_tokens: int = 0
 
     def validate(self, where: str) -> None:
         check(self.temperature >= 0, f"{where}: temperature must be >= 0")
         check(0 < self.top_p <= 1, f"{where}: top_p must be in (0, 1]")
         check(self.top_k >= 0 and self.repetition_penalty > 0, f"{where}: top_k >= 0 and repetition_penalty > 0")
         check(self.max_new_tokens >= 1, f"{where}: max_new_tokens must be >= 1")
+        check(0 <= self.min_new_tokens <= self.max_new_tokens,
+              f"{where}: min_new_tokens must be in 0 .. max_new_tokens ({self.max_new_tokens})")
 
 
 def _greedy(rp: float, n: int) -> SamplingParams:
@@ -125,6 +133,8 @@ class GenerationConfig:
     def validate(self) -> None:
         for name in self.PHASES:
             getattr(self, name).validate(f"generation.{name}")
+            check(name == "audio" or getattr(self, name).min_new_tokens == 0,
+                  f"generation.{name}: min_new_tokens applies to the audio phase only; leave it 0")
         check(self.max_rounds >= 1, "generation: max_rounds must be >= 1")
         check(self.history in HISTORY_MODES,
               f"generation.history must be one of {', '.join(HISTORY_MODES)}, not {self.history!r}")

@@ -333,8 +333,8 @@ class SpeechLoop:
 
         def choose(i: int, logits: np.ndarray) -> int:
             scores = np.asarray(logits, dtype=np.float64).copy()
-            if i > 0:
-                scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment
+            if i > 0 or n < params.min_new_tokens:
+                scores[sizes[i]] = -np.inf  # only codebook 0 may end the segment, and not before min_new_tokens
             return sample_token(scores, params, codes[:n, i].tolist(), self.rng)
 
         def pieces(ready: list[tuple[int, np.ndarray]], final: bool = False) -> Iterator[AudioSegment]:

@@ -10,6 +10,7 @@ No torch: this runs on the edge box being profiled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -312,14 +313,20 @@ class Profiler:
     """Runs voice turns on one package under one device profile and measures each."""
 
     def __init__(self, package: str | Path, profile: DeviceProfile, seed: int = 0,
-                 log: Callable[[str], None] = print, live_prefill: bool = False) -> None:
+                 log: Callable[[str], None] = print, live_prefill: bool = False, segment_frames: int = 0) -> None:
         """``live_prefill``: feed the user's audio as ``bcaudio chat`` does, chunk by chunk while it is spoken
         (``SpokenInput``), and time the turn from end of speech; otherwise the whole utterance is tokenized
-        and prefilled inside the timed turn."""
+        and prefilled inside the timed turn. ``segment_frames`` (0: the model decides) makes every audio
+        segment exactly that many frames: random weights run every segment to the frame cap (40 in
+        ``small``, 500 published) where a trained model ends each clause."""
         self.profile, self.seed, self.log, self.live_prefill = profile, seed, log, live_prefill
         self.assistant = VoiceAssistant(package, None, settings=profile.session, seed=seed,
                                         flow_steps=profile.generation.flow_steps,
                                         stream=profile.generation.stream(), log=log)
+        if segment_frames:
+            gen = self.assistant.loop.gen
+            self.assistant.loop.gen = dataclasses.replace(gen, audio=dataclasses.replace(
+                gen.audio, min_new_tokens=segment_frames, max_new_tokens=segment_frames))
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
         self.assistant.sessions.run_observers.append(self.recorder.observe)
         try:  # the live session's endpointing decides where the user's turn ends, so felt latency is its

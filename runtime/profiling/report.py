@@ -91,7 +91,8 @@ REPORT_SCHEMA: dict[str, Any] = _obj({
                      "budget": _obj({"felt_ms": _NUM, "rtf": _NUM}), "endpoint": {"type": "object"}}),
     "input": _obj({"source": _STR, "seconds": _NUM}),
     "settings": _obj({"turns": {"type": "integer", "minimum": 1}, "warmup": _INT, "seed": _INT,
-                      "live_prefill": {"type": "boolean"}}, optional=["live_prefill"]),
+                      "live_prefill": {"type": "boolean"}, "segment_frames": _INT},
+                     optional=["live_prefill", "segment_frames"]),
     "turns": {"type": "array", "items": TURN_SCHEMA},
     "summary": {"type": "object", "required": [m[0] for m in METRICS if m[0] not in ADDED_METRICS],
                 "additionalProperties": False,
@@ -249,8 +250,10 @@ def timeline_json(m: TurnMeasure) -> dict[str, Any]:
 
 def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device: dict[str, Any], package: str,
                  precisions: dict[str, str], mismatches: list[str], input_source: str, input_seconds: float,
-                 warmup: int, seed: int, command: str, live_prefill: bool = False) -> dict[str, Any]:
-    """The whole report as JSON values; validated against ``REPORT_SCHEMA`` before it is returned."""
+                 warmup: int, seed: int, command: str, live_prefill: bool = False,
+                 segment_frames: int = 0) -> dict[str, Any]:
+    """The whole report as JSON values; validated against ``REPORT_SCHEMA`` before it is returned.
+    ``segment_frames``: the turns' answer segments were forced to that many frames (``Profiler``)."""
     if not measures:
         raise UserError("no turns were measured; pass --turns 1 or more")
     turns = [turn_json(m) for m in measures]
@@ -268,7 +271,8 @@ def build_report(measures: Sequence[TurnMeasure], profile: DeviceProfile, device
     report = {"schema": SCHEMA_ID, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
               "model": {"package": package, "precisions": precisions, "recipe_mismatches": mismatches},
               "device": device, "profile": prof, "input": {"source": input_source, "seconds": input_seconds},
-              "settings": {"turns": len(measures), "warmup": warmup, "seed": seed, "live_prefill": live_prefill},
+              "settings": {"turns": len(measures), "warmup": warmup, "seed": seed, "live_prefill": live_prefill,
+                           **({"segment_frames": segment_frames} if segment_frames else {})},
               "turns": turns,
               "summary": summary, "stages": stages, "timeline": timeline,
               "verdict": verdict(summary, stages, turns, prof)}
@@ -329,7 +333,10 @@ def to_markdown(report: dict[str, Any]) -> str:
              + ("the user's audio was tokenized and prefilled in the profile's chunks while spoken, so times run "
                 "from end of speech as in `bcaudio chat`" if report["settings"].get("live_prefill") else
                 "the user's audio was tokenized and prefilled at end of speech (`--live-prefill` does it while "
-                "spoken, as `bcaudio chat`)"), ""]
+                "spoken, as `bcaudio chat`)")
+             + (f"; every answer segment forced to {report['settings']['segment_frames']} frames "
+                "(`--segment-frames`)" if report["settings"].get("segment_frames")
+                else ""), ""]
     if report["model"]["recipe_mismatches"]:
         lines += ["Package precisions differ from the profile's recipe (timings are for the package as built): "
                   + "; ".join(report["model"]["recipe_mismatches"]), ""]
@@ -361,14 +368,15 @@ def to_markdown(report: dict[str, Any]) -> str:
 def comparability_notes(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
     """What differs between the reports besides the device and package: their turns measured different work.
 
-    Input audio, live prefill (whether the clock starts at end of speech after incremental prefill) and flow
-    steps each change every time in the table, so a side-by-side of reports that differ in them is not a
-    comparison of devices."""
+    Input audio, live prefill (whether the clock starts at end of speech after incremental prefill), forced
+    segment length and flow steps each change every time in the table, so a side-by-side of reports that
+    differ in them is not a comparison of devices."""
     def described(value: Any) -> str:
         return ", ".join(f"{label}: {value(r)}" for label, r in zip(labels, reports, strict=True))
 
     checks = (("input", lambda r: f"{r['input']['source']} ({r['input']['seconds']:.2f} s)"),
               ("live prefill", lambda r: "on" if r["settings"].get("live_prefill") else "off"),
+              ("segment frames", lambda r: str(r["settings"].get("segment_frames") or "the model's")),
               ("flow steps", lambda r: str(r["profile"]["generation"].get("flow_steps"))))
     notes = []
     for name, value in checks:
