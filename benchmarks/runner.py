@@ -51,7 +51,7 @@ class BenchOptions:
     seed: int = 0
     reexport: bool = False  # export the checkpoint again into the work folder (after an exporter change)
     first_text_tokens: int = 0  # cap the first text round (0: the model decides, up to spec §8's 50)
-    segment_frames: int = 0  # every answer segment this many frames, as a trained model's clause (0: the model's)
+    segment_frames: int = 0  # every answer segment this many frames, one chosen clause length (0: the model's)
     sessions: tuple[int, ...] = ()  # conversations at once for the sessions-per-box table (empty: none)
     accuracy_steps: int = 32  # teacher-forced decode steps whose logits are compared with the fp32 reference
 

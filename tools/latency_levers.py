@@ -27,7 +27,7 @@ import numpy as np
 
 from bcaudio.benchmarks.turn import TurnFigures, incremental_turn
 from bcaudio.runtime.package.profiles import resolve_profile
-from bcaudio.runtime.profiling.profiler import Profiler, speech_input
+from bcaudio.runtime.profiling.profiler import Profiler, speech_input, with_segment_frames
 
 KEYS = {"first": "stream_first_chunk_frames", "chunk": "stream_chunk_frames", "left": "stream_left_context_frames",
         "steps": "flow_steps", "growth": "stream_chunk_growth", "max": "stream_max_chunk_frames",
@@ -55,10 +55,8 @@ def apply(profiler: Profiler, base: object, changes: dict[str, float]) -> None:
     frames = changes.pop("segment_frames", 0)
     gen = dataclasses.replace(base.generation, **changes)
     profiler.profile = dataclasses.replace(base, generation=gen)
-    loop_gen = profiler.assistant.loop.gen
-    audio = loop_gen.audio if not frames else dataclasses.replace(loop_gen.audio, min_new_tokens=frames,
-                                                                   max_new_tokens=frames)
-    profiler.assistant.loop.gen = dataclasses.replace(loop_gen, stream=gen.stream(), audio=audio)
+    loop_gen = with_segment_frames(profiler.assistant.loop.gen, frames)
+    profiler.assistant.loop.gen = dataclasses.replace(loop_gen, stream=gen.stream())
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bcaudio.config import GenerationConfig
 from bcaudio.errors import UserError
 from bcaudio.runtime.audio.end_of_turn import pre_roll_frames
 from bcaudio.runtime.audio.turn_detector import SmartTurn, TurnModelError
@@ -309,6 +310,14 @@ def speech_input(path: str | Path | None, rate: int, workdir: Path) -> tuple[np.
     return load_audio(wav, rate), f"espeak-ng: {DEFAULT_SENTENCE!r}"
 
 
+def with_segment_frames(gen: GenerationConfig, frames: int) -> GenerationConfig:
+    """``gen`` with every audio segment exactly ``frames`` long (``--segment-frames``; 0: ``gen`` unchanged)."""
+    if not frames:
+        return gen
+    return dataclasses.replace(gen, audio=dataclasses.replace(gen.audio, min_new_tokens=frames,
+                                                              max_new_tokens=frames))
+
+
 class Profiler:
     """Runs voice turns on one package under one device profile and measures each."""
 
@@ -323,10 +332,7 @@ class Profiler:
         self.assistant = VoiceAssistant(package, None, settings=profile.session, seed=seed,
                                         flow_steps=profile.generation.flow_steps,
                                         stream=profile.generation.stream(), log=log)
-        if segment_frames:
-            gen = self.assistant.loop.gen
-            self.assistant.loop.gen = dataclasses.replace(gen, audio=dataclasses.replace(
-                gen.audio, min_new_tokens=segment_frames, max_new_tokens=segment_frames))
+        self.assistant.loop.gen = with_segment_frames(self.assistant.loop.gen, segment_frames)
         self.recorder = TurnRecorder(self.assistant.cfg.tokens.assistant)
         self.assistant.sessions.run_observers.append(self.recorder.observe)
         try:  # the live session's endpointing decides where the user's turn ends, so felt latency is its
