@@ -28,6 +28,7 @@ import torch
 from bcaudio.config import ModelConfig
 from bcaudio.export.onnx_io import export_module
 from bcaudio.export.vocoder import HiFTVocoder
+from bcaudio.export.vocoder_stream import StreamingHiFT
 from bcaudio.runtime.generation.vocoder_noise import harmonic_phases, source_noise
 
 VOCODER_INPUTS = ["mel", "noise", "harmonic_phase", "start_phase", "start_frame"]
@@ -58,3 +59,40 @@ def export_vocoder(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int
             "start_phase": {0: "batch"}, "start_frame": {0: "batch"}, "waveform": {0: "batch", 1: "samples"},
             "frame_phase": {0: "batch", 2: "frames"}}
     return export_module(module, args, Path(path), VOCODER_INPUTS, VOCODER_OUTPUTS, axes, opset)
+
+
+# ----- the stateful graph (export/vocoder_stream.py) -----
+STREAM_INPUTS = ["mel", "noise", "harmonic_phase", "first", "final"]
+
+
+def stream_state_names(count: int) -> tuple[list[str], list[str]]:
+    """The state inputs and outputs in the graph's order: ``state_in.{i}`` is what ``state_out.{i}`` returned."""
+    return [f"state_in.{i}" for i in range(count)], [f"state_out.{i}" for i in range(count)]
+
+
+def export_vocoder_stream(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:
+    """Traced on a middle call (states neither empty nor final) at batch 2, so no length is baked in.
+
+    I/O contract (B batch, n mel frames in this call, H = nb_harmonics + 1; B, n, every state length dynamic):
+      mel (B, num_mels, n), noise (B, H, n * samples_per_frame): this call's frames, as for ``vocoder``
+      harmonic_phase (B, H): the segment's; first, final (1,) int64: 1 on the segment's first / last call
+      state_in.{i}: float32 or float64 (B, C, L), empty (L = 0) on the first call; one (B, H) source phase
+        (zeros on the first call) - the runtime builds them all from these input shapes
+      waveform (B, m): the segment's next m samples; state_out.{i}: the next call's state_in.{i}
+    A first call needs more frames than ``StreamingHiFT.lag_samples()`` is worth (vocoder_stream.py).
+    """
+    stream = StreamingHiFT(module).eval()
+    feeds = vocoder_example_inputs(cfg, frames=30, seed=0)
+    torch_feeds = vocoder_args(feeds)
+    samples = cfg.vocoder.samples_per_frame
+    with torch.no_grad():
+        one, zero = torch.tensor([1]), torch.tensor([0])
+        states = stream(torch_feeds[0][..., :24], torch_feeds[1][..., :24 * samples], torch_feeds[2], one, zero)[1:]
+    args = [torch_feeds[0][..., 24:], torch_feeds[1][..., 24 * samples:], torch_feeds[2], zero, zero, *states]
+    ins, outs = stream_state_names(len(states))
+    axes: dict[str, dict[int, str]] = {"mel": {0: "batch", 2: "frames"}, "noise": {0: "batch", 2: "samples"},
+                                       "harmonic_phase": {0: "batch"}, "waveform": {0: "batch", 1: "out_samples"}}
+    for i, state in enumerate(states):
+        axes[ins[i]] = {0: "batch", 2: f"in_len.{i}"} if state.ndim == 3 else {0: "batch"}
+        axes[outs[i]] = {0: "batch", 2: f"out_len.{i}"} if state.ndim == 3 else {0: "batch"}
+    return export_module(stream, args, Path(path), STREAM_INPUTS + ins, ["waveform", *outs], axes, opset)

@@ -126,13 +126,23 @@ class F0Predictor(nn.Module):
 
 def _conv_as_matmul(x: torch.Tensor, conv: WNConv1d) -> torch.Tensor:
     """A stride-1 ``conv`` (its weight norm included) on float64 ``x`` (B, C, T): (B, C_out, T)."""
+    return matmul_conv(F.pad(x, (conv.padding, conv.padding)), double_weight(conv), conv.bias)
+
+
+def double_weight(conv: WNConv1d) -> torch.Tensor:
+    """``conv``'s weight-normed weight in float64 (C_out, C, K)."""
     v, g = conv.weight_v.double(), conv.weight_g.double()
-    weight = v * (g / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))  # (C_out, C, K)
-    kernel, frames = weight.shape[-1], x.shape[-1]
-    padded = F.pad(x, (conv.padding, conv.padding))
-    taps = torch.stack([padded[..., k:k + frames] for k in range(kernel)], dim=-2)  # (B, C, K, T)
+    return v * (g / torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
+
+
+def matmul_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A stride-1 convolution without padding on float64 ``x`` (B, C, L): shifted copies of ``x`` and one MatMul,
+    since onnxruntime has no float64 Conv. -> (B, C_out, L - K + 1)."""
+    kernel = weight.shape[-1]
+    frames = x.shape[-1] - kernel + 1
+    taps = torch.stack([x[..., k:k + frames] for k in range(kernel)], dim=-2)  # (B, C, K, T)
     columns = taps.flatten(1, 2)  # (B, C * K, T), channel-major as the weight's rows
-    return torch.matmul(weight.flatten(1), columns) + conv.bias.double()[:, None]
+    return torch.matmul(weight.flatten(1), columns) + bias.double()[:, None]
 
 
 def _elu(x: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,8 @@ class StreamSettings:
 
     chunk_frames: int = 0
     first_chunk_frames: int = 0
-    left_context_frames: int = 6  # 480 ms: at least the vocoder's look-back, holdback and crossfade
-    holdback_samples: int = 4800  # 200 ms: HiFT's look-ahead (f0 predictor, conv_pre, resblocks), measured
+    left_context_frames: int = 6  # 480 ms: hold-back, crossfade, 270 ms of HiFT's 385 ms look-back (README)
+    holdback_samples: int = 4800  # 200 ms of HiFT's 385 ms look-ahead: a latency choice (README, streaming)
     growth: float = 1.0
     max_chunk_frames: int = 0
     overlap_decode: bool = False
