@@ -82,6 +82,7 @@ def export_vocoder_stream(module: HiFTVocoder, cfg: ModelConfig, path: Path, ops
     A first call needs more frames than ``StreamingHiFT.lag_samples()`` is worth (vocoder_stream.py).
     """
     stream = StreamingHiFT(module).eval()
+    stream.state_count()  # its dry run now, not inside the trace
     feeds = vocoder_example_inputs(cfg, frames=30, seed=0)
     torch_feeds = vocoder_args(feeds)
     samples = cfg.vocoder.samples_per_frame
