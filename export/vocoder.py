@@ -119,7 +119,7 @@ class F0Predictor(nn.Module):
         """
         x = mel.double()
         for conv in self.condnet[::2]:
-            x = _elu(_conv_as_matmul(x, conv))
+            x = elu(_conv_as_matmul(x, conv))
         weight, bias = self.classifier.weight.double(), self.classifier.bias.double()
         return torch.abs(torch.matmul(x.transpose(1, 2), weight.transpose(0, 1)).squeeze(-1) + bias)
 
@@ -145,7 +145,8 @@ def matmul_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.matmul(weight.flatten(1), columns) + bias.double()[:, None]
 
 
-def _elu(x: torch.Tensor) -> torch.Tensor:
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU as its formula: onnxruntime's Elu has no float64 kernel."""
     return torch.where(x > 0, x, torch.exp(x) - 1)
 
 

@@ -33,8 +33,8 @@ from bcaudio.export.vocoder import (
     POST_LRELU_SLOPE,
     HiFTVocoder,
     ResBlock,
-    _elu,
     double_weight,
+    elu,
     matmul_conv,
 )
 
@@ -208,7 +208,7 @@ class StreamingHiFT(nn.Module):
         for conv in predictor.condnet[::2]:
             weight = double_weight(conv)
             buffer = self._buffer(x, io, conv.padding, conv.padding)
-            x = _elu(self._valid(buffer, weight.shape[-1], 1, io,
+            x = elu(self._valid(buffer, weight.shape[-1], 1, io,
                                  lambda b, weight=weight, bias=conv.bias: matmul_conv(b, weight, bias)))
         weight, bias = predictor.classifier.weight.double(), predictor.classifier.bias.double()
         return torch.abs(torch.matmul(x.transpose(1, 2), weight.transpose(0, 1)).squeeze(-1) + bias)
