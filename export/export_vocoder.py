@@ -20,7 +20,9 @@ The source's phase arithmetic is float64 inside the graph (see ``SourceModule``)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +70,14 @@ STREAM_INPUTS = ["mel", "noise", "harmonic_phase", "first", "final"]
 def stream_state_names(count: int) -> tuple[list[str], list[str]]:
     """The state inputs and outputs in the graph's order: ``state_in.{i}`` is what ``state_out.{i}`` returned."""
     return [f"state_in.{i}" for i in range(count)], [f"state_out.{i}" for i in range(count)]
+
+
+def first_stream_states(inputs: Sequence[Any], batch: int = 1) -> dict[str, np.ndarray]:
+    """A segment's first states from the graph's inputs (onnxruntime's ``get_inputs()``) alone: every named
+    length 0, the batch as given, float64 where the graph says double (the F0 predictor's), zeros."""
+    return {i.name: np.zeros([batch if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape],
+                             np.float64 if i.type == "tensor(double)" else np.float32)
+            for i in inputs if i.name.startswith("state_in.")}
 
 
 def export_vocoder_stream(module: HiFTVocoder, cfg: ModelConfig, path: Path, opset: int = 17) -> list[Path]:

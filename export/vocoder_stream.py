@@ -57,11 +57,13 @@ def _zeros(like: Tensor, channels: int, length: int) -> Tensor:
 
 
 class _States:
-    """The graph's state tensors in a fixed order: ``take`` the one a layer held, ``put`` the one it leaves.
-    Given no states, every ``take`` is the state a segment starts with: empty in time, or zeros for ``zeros``."""
+    """One call's state tensors in a fixed order: ``take`` the one a layer held, ``put`` the one it leaves; and
+    the call's ``first`` / ``final`` flags. Given no states, every ``take`` is the state a segment starts with:
+    empty in time, or zeros for ``zeros``."""
 
-    def __init__(self, states: list[Tensor]) -> None:
+    def __init__(self, states: list[Tensor], first: Tensor, final: Tensor) -> None:
         self.inputs, self.outputs, self.fresh = list(states), [], not states
+        self.first, self.final = first.reshape(()), final.reshape(())  # this call's flags, 0 or 1
 
     def take(self, like: Tensor, zeros: bool = False) -> Tensor:
         """``like``: a tensor of the state's batch, channels and dtype (the state itself when ``zeros``)."""
@@ -80,7 +82,6 @@ class StreamingHiFT(nn.Module):
     def __init__(self, vocoder: HiFTVocoder) -> None:
         super().__init__()
         self.vocoder = vocoder
-        self.flags: tuple[Tensor, Tensor] | None = None
         self._dry: tuple[int, int] | None = None  # (states, samples out) of a first call on silence
 
     def _first_call(self) -> tuple[int, int]:
@@ -109,8 +110,7 @@ class StreamingHiFT(nn.Module):
         if states and len(states) != self.state_count():
             raise ValueError(f"{len(states)} states given, this vocoder carries {self.state_count()}: pass the "
                              "states the previous call returned, or none on a segment's first call")
-        self.flags = (first.reshape(()), final.reshape(()))
-        io = _States(list(states))
+        io = _States(list(states), first, final)
         f0 = self._f0(mel.double(), io)
         excitation = self._source(f0, noise, harmonic_phase, io)
         source = self._stft(excitation, io)
@@ -119,7 +119,7 @@ class StreamingHiFT(nn.Module):
         for i, up in enumerate(v.ups):
             x = self._conv_transpose(F.leaky_relu(x, cfg.lrelu_slope), up.weight(), up.bias, up.stride, up.padding, io)
             if i == len(v.ups) - 1:
-                x = torch.cat([_take(x, 1, 1 + self.flags[0]), x], -1)  # the reflect pad (1, 0)
+                x = torch.cat([_take(x, 1, 1 + io.first), x], -1)  # the reflect pad (1, 0)
             down = v.source_downs[i]
             branch = self._conv(source, down, io, weight=down.weight, stride=down.stride[0], padding=down.padding[0])
             x = self._add(x, self._resblock(branch, v.source_resblocks[i], io), io)
@@ -141,7 +141,7 @@ class StreamingHiFT(nn.Module):
 
     def _buffer(self, x: Tensor, io: _States, left: int, right: int) -> Tensor:
         """The layer's kept input, then ``x``; zero padding before the segment (``first``) and after (``final``)."""
-        first, final = self.flags
+        first, final = io.first, io.final
         held = io.take(x)
         return torch.cat([_take(_zeros(x, x.shape[1], left), 0, left * first), held, x,
                           _take(_zeros(x, x.shape[1], right), 0, right * final)], -1)
@@ -169,7 +169,7 @@ class StreamingHiFT(nn.Module):
                         io: _States) -> Tensor:
         """Overlap-add: each call's inputs complete ``stride`` samples apiece; the ``kernel - stride`` after them
         wait in the tail for the next call's. ``padding`` samples are cut at the segment's start and end."""
-        first, final = self.flags
+        first, final = io.first, io.final
         overlap = weight.shape[-1] - stride
         full = F.conv_transpose1d(x, weight, stride=stride)  # (n - 1) * stride + kernel samples
         tail = torch.cat([_take(_zeros(full, full.shape[1], overlap), 0, overlap * first), io.take(full)], -1)
@@ -228,7 +228,7 @@ class StreamingHiFT(nn.Module):
     def _stft(self, excitation: Tensor, io: _States) -> Tensor:
         """The source's STFT with ``torch.stft``'s reflect padding: samples 8..1 before the segment, the mirror
         of its end after it."""
-        first, final = self.flags
+        first, final = io.first, io.final
         stft = self.vocoder.stft
         pad = stft.n_fft // 2
         x = torch.cat([io.take(excitation[:, None]), excitation[:, None]], -1)

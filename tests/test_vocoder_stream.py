@@ -12,6 +12,7 @@ from bcaudio.config import ModelConfig
 from bcaudio.export.export_vocoder import (
     STREAM_INPUTS,
     export_vocoder_stream,
+    first_stream_states,
     stream_state_names,
     vocoder_args,
     vocoder_example_inputs,
@@ -76,13 +77,6 @@ def stream_graph(voiced: tuple[ModelConfig, HiFTVocoder], tmp_path_factory: pyte
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _first_states(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    """The runtime's rule, from the input shapes alone: every named length 0, the batch as given."""
-    return {i.name: np.zeros([batch if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape],
-                             np.float64 if i.type == "tensor(double)" else np.float32)
-            for i in session.get_inputs() if i.name.startswith("state_in.")}
-
-
 @pytest.mark.parametrize("cuts", CHUNKINGS)
 def test_torch_stream_is_the_whole_segment(voiced: tuple[ModelConfig, HiFTVocoder], cuts: list[int]) -> None:
     cfg, module = voiced
@@ -103,11 +97,11 @@ def test_torch_stream_is_the_whole_segment(voiced: tuple[ModelConfig, HiFTVocode
 def test_onnx_stream_is_the_whole_segment(voiced: tuple[ModelConfig, HiFTVocoder],
                                           stream_graph: ort.InferenceSession, cuts: list[int], batch: int) -> None:
     """Every length in the graph stays dynamic (a traced constant would cut a later call wrongly), and the first
-    states come from the graph's input shapes."""
+    states come from the graph's input shapes (``first_stream_states``)."""
     cfg, module = voiced
     feeds = _segment(cfg, batch=batch, seed=4)
     want = _whole(module, feeds)
-    states, pieces = _first_states(stream_graph, batch), []
+    states, pieces = first_stream_states(stream_graph.get_inputs(), batch), []
     for chunk in _chunks(feeds, cuts, cfg.vocoder.samples_per_frame):
         wave, *out = stream_graph.run(None, {**chunk, **states})
         states = dict(zip(states, out, strict=True))
@@ -130,7 +124,7 @@ def test_stream_graph_io_and_lag(voiced: tuple[ModelConfig, HiFTVocoder], stream
     assert len(phase_states) == 1 and phase_states[0].shape[1] == cfg.vocoder.nb_harmonics + 1
     samples = cfg.vocoder.samples_per_frame
     chunks = list(_chunks(_segment(cfg, 1, seed=5), [30, 34, FRAMES], samples))
-    states = _first_states(stream_graph, 1)
+    states = first_stream_states(stream_graph.get_inputs())
     lengths = []
     for chunk in chunks[:2]:
         wave, *out = stream_graph.run(None, {**chunk, **states})

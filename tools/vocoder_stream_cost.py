@@ -27,20 +27,13 @@ import onnxruntime as ort
 
 from bcaudio.config import StreamSettings
 from bcaudio.export.checkpoint import load_checkpoint
-from bcaudio.export.export_vocoder import export_vocoder, export_vocoder_stream
+from bcaudio.export.export_vocoder import export_vocoder, export_vocoder_stream, first_stream_states
 from bcaudio.export.vocoder_stream import StreamingHiFT
 from bcaudio.metrics import snr_db
 from bcaudio.runtime.generation.segment_stream import SegmentStream
 from bcaudio.runtime.generation.source_phase import SourcePhase
 from bcaudio.runtime.generation.speech_loop import crossfade_join
 from bcaudio.runtime.package.profiles import load_profile, stream_settings
-
-
-def empty_states(session: ort.InferenceSession, batch: int = 1) -> dict[str, np.ndarray]:
-    """The first call's states, from the graph's input shapes (the runtime's rule: every length 0)."""
-    return {i.name: np.zeros([batch if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape],
-                             np.float64 if "double" in i.type else np.float32)
-            for i in session.get_inputs() if i.name.startswith("state_in.")}
 
 
 def pairs(text: str) -> list[tuple[int, int]]:
@@ -107,7 +100,7 @@ def main() -> None:
         return times, ends, fed, crossfade_join(pieces, cfg.generation.crossfade_samples)
 
     def stateful(cuts: list[int]) -> tuple[list[float], list[int], np.ndarray]:
-        states, times, ends, done, made, pieces = empty_states(stream), [], [], 0, 0, []
+        states, times, ends, done, made, pieces = first_stream_states(stream.get_inputs()), [], [], 0, 0, []
         for i, cut in enumerate(cuts):
             final = cut == frames
             start = time.perf_counter()
